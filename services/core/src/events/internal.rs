@@ -1,0 +1,147 @@
+//! The topics the services own: `email-requests.v1`,
+//! `backorder-delays.v1` and `backorder-decisions.v1`.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::orders::non_empty;
+use super::{AvroRecord, topic_event, wire_time};
+use crate::domain::{DedupKey, EmailAddress, Locale, ValidationError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EmailCategory {
+    /// Order status: always sent unless the address hard-bounced or complained.
+    Transactional,
+    /// Carts, win-back: only with consent, always with one-click unsubscribe.
+    Marketing,
+}
+
+impl EmailCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailCategory::Transactional => "TRANSACTIONAL",
+            EmailCategory::Marketing => "MARKETING",
+        }
+    }
+}
+
+/// A decided email, handed to the sender (key: dedup_key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailRequested {
+    pub event_id: String,
+    /// When the triggering input event happened, for event-to-SES latency.
+    #[serde(with = "wire_time::millis")]
+    pub occurred_at: DateTime<Utc>,
+    pub dedup_key: String,
+    pub template: String,
+    pub locale: String,
+    pub recipient: String,
+    pub recipient_name: String,
+    pub customer_id: String,
+    #[serde(default)]
+    pub order_id: Option<String>,
+    pub category: EmailCategory,
+    #[serde(default)]
+    pub campaign: Option<String>,
+    /// Template data as a JSON object.
+    pub data_json: String,
+}
+
+impl AvroRecord for EmailRequested {
+    const FULL_NAME: &'static str = "com.backorder.internal.EmailRequested";
+    fn key(&self) -> &str {
+        &self.dedup_key
+    }
+    fn validate(&self) -> Result<(), ValidationError> {
+        non_empty("event_id", &self.event_id)?;
+        if DedupKey::parse(&self.dedup_key).is_none() {
+            return Err(ValidationError::new("dedup_key", "must match [A-Za-z0-9_-]{1,256}"));
+        }
+        non_empty("template", &self.template)?;
+        Locale::parse("locale", &self.locale)?;
+        EmailAddress::parse("recipient", &self.recipient)?;
+        match serde_json::from_str::<serde_json::Value>(&self.data_json) {
+            Ok(serde_json::Value::Object(_)) => Ok(()),
+            _ => Err(ValidationError::new("data_json", "must be a JSON object")),
+        }
+    }
+}
+
+topic_event! {
+    /// Everything `email-requests.v1` carries.
+    EmailRequestEvent {
+        Requested(EmailRequested),
+    }
+}
+
+/// A significant delay of one backordered line (key: order_id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackorderDelayed {
+    pub event_id: String,
+    #[serde(with = "wire_time::millis")]
+    pub occurred_at: DateTime<Utc>,
+    pub order_id: String,
+    pub line_id: String,
+    pub customer_id: String,
+    pub sku: String,
+    #[serde(with = "wire_time::opt_date", default)]
+    pub old_promise_to: Option<NaiveDate>,
+    #[serde(with = "wire_time::opt_date", default)]
+    pub new_promise_from: Option<NaiveDate>,
+    #[serde(with = "wire_time::opt_date", default)]
+    pub new_promise_to: Option<NaiveDate>,
+    pub delayed_value_minor: i64,
+    pub currency: String,
+    pub eta_version: i64,
+}
+
+impl AvroRecord for BackorderDelayed {
+    const FULL_NAME: &'static str = "com.backorder.internal.BackorderDelayed";
+    fn key(&self) -> &str {
+        &self.order_id
+    }
+}
+
+topic_event! {
+    /// Everything `backorder-delays.v1` carries.
+    BackorderDelayEvent {
+        Delayed(BackorderDelayed),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DecisionKind {
+    Switch,
+    Credit,
+    Expedite,
+    Cancel,
+}
+
+/// What a customer chose, for the OMS to execute (key: order_id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackorderDecision {
+    pub event_id: String,
+    #[serde(with = "wire_time::millis")]
+    pub occurred_at: DateTime<Utc>,
+    pub order_id: String,
+    pub line_id: String,
+    pub offer_id: String,
+    pub decision: DecisionKind,
+    #[serde(default)]
+    pub alternative_sku: Option<String>,
+    #[serde(default)]
+    pub credit_minor: Option<i64>,
+    pub currency: String,
+}
+
+impl AvroRecord for BackorderDecision {
+    const FULL_NAME: &'static str = "com.backorder.internal.BackorderDecision";
+    fn key(&self) -> &str {
+        &self.order_id
+    }
+}

@@ -1,0 +1,28 @@
+//! Shared library of the backorder services.
+//!
+//! Where things are:
+//! - [`events`] and `schemas/`: the event contracts; [`codec`]: Avro on the wire.
+//! - [`kafka`]: topics, producer, dead letters and the consumer runtime.
+//! - [`db`], [`clock`]: PostgreSQL and the injectable clock.
+//! - [`config`], [`telemetry`], [`lifecycle`], [`http`], [`service`]: what
+//!   every binary needs to start, be observed and stop cleanly.
+//! - [`domain`]: newtypes that validate at the boundary.
+//!
+//! Business decisions live in the service crates: `orders-consumer`
+//! decides lifecycle emails, `sender` renders and delivers them.
+
+pub mod clock;
+pub mod codec;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod events;
+pub mod http;
+pub mod kafka;
+pub mod lifecycle;
+pub mod service;
+pub mod telemetry;
+
+pub use deadpool_postgres;
+pub use rdkafka;
+pub use tokio_postgres;

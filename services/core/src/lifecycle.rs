@@ -1,0 +1,114 @@
+//! Process lifecycle: signals, readiness and graceful shutdown.
+//!
+//! Kubernetes sends SIGTERM and waits for the grace period; a developer
+//! presses Ctrl-C. Both cancel one token that every loop watches, readiness
+//! turns 503 at once so no new traffic is routed here, and `main` waits for
+//! in-flight work (tracked tasks) before exiting 0.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What `/readyz` reports. Not ready while starting, while draining for
+/// shutdown, and while something the service depends on says "stop"
+/// (for example SES pausing the account).
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// Set once start-up (migrations, connections, subscriptions) finished.
+    started: AtomicBool,
+    /// Set when shutdown began; never cleared.
+    draining: AtomicBool,
+    /// Set while an external party asked us to stop work (SES paused).
+    paused: AtomicBool,
+}
+
+impl Readiness {
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::SeqCst);
+    }
+    pub fn mark_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+    pub fn is_ready(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
+            && !self.paused.load(Ordering::SeqCst)
+    }
+    /// A short word for logs and the `/readyz` body.
+    pub fn state(&self) -> &'static str {
+        if self.draining.load(Ordering::SeqCst) {
+            "draining"
+        } else if !self.started.load(Ordering::SeqCst) {
+            "starting"
+        } else if self.paused.load(Ordering::SeqCst) {
+            "paused"
+        } else {
+            "ready"
+        }
+    }
+}
+
+/// The handles every long-running task of a service shares.
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    /// Cancelled once, on SIGTERM/SIGINT or when a task fails for good.
+    pub shutdown: CancellationToken,
+    /// Tasks `main` waits for before exiting.
+    pub tasks: TaskTracker,
+    pub readiness: Arc<Readiness>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lifecycle {
+    pub fn new() -> Self {
+        Self {
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            readiness: Arc::new(Readiness::default()),
+        }
+    }
+
+    /// Spawns the task that turns SIGTERM or SIGINT into a shutdown.
+    pub fn listen_for_signals(&self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                () = this.shutdown.cancelled() => return,
+            };
+            tracing::info!(signal = which, "shutdown requested; draining");
+            this.begin_shutdown();
+        });
+        Ok(())
+    }
+
+    /// Flips readiness and cancels every loop.
+    pub fn begin_shutdown(&self) {
+        self.readiness.mark_draining();
+        self.shutdown.cancel();
+    }
+
+    /// Waits for every tracked task, at most `grace`. Returns false when
+    /// the grace period ran out first.
+    pub async fn wait_for_tasks(&self, grace: std::time::Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+}

@@ -1,0 +1,160 @@
+//! What every service binary does around its business logic: load
+//! settings, install logs and metrics, connect, serve the operational
+//! endpoints, run its loops, and drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use deadpool_postgres::Pool;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::clock::Clock;
+use crate::codec::{Codec, CodecError};
+use crate::config::{ConfigError, Settings};
+use crate::db::{self, DbError};
+use crate::kafka::producer::ProduceError;
+use crate::kafka::runtime::RuntimeOptions;
+use crate::kafka::{self, Handler, Producer, Topics};
+use crate::lifecycle::Lifecycle;
+use crate::telemetry::{self, TelemetryError};
+
+/// How long `main` waits for in-flight work after SIGTERM. Kubernetes'
+/// default grace period is 30 s; leave room for the process to exit.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(8);
+
+/// Start-up and run failures of a service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Producer(#[from] ProduceError),
+    #[error("could not serve HTTP on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("a task of {service} failed; see the log above")]
+    TaskFailed { service: &'static str },
+    #[error("in-flight work did not finish within {0:?}")]
+    DrainTimeout(Duration),
+}
+
+/// A started service: everything its loops share.
+#[derive(Clone)]
+pub struct Service {
+    pub name: &'static str,
+    pub settings: Settings,
+    pub lifecycle: Lifecycle,
+    pub pool: Pool,
+    pub codec: Codec,
+    pub producer: Producer,
+    pub topics: Topics,
+    pub clock: Clock,
+    metrics: PrometheusHandle,
+    /// Set when a loop stopped with an error, so `main` exits non-zero.
+    failed: Arc<AtomicBool>,
+}
+
+impl Service {
+    /// Loads settings and connects. Migrations run here when
+    /// `BACKORDER_RUN_MIGRATIONS` is on.
+    pub async fn init(name: &'static str) -> Result<Self, ServiceError> {
+        let settings = Settings::load()?;
+        telemetry::init_tracing(settings.log_format);
+        let metrics = telemetry::init_metrics()?;
+        let lifecycle = Lifecycle::new();
+        lifecycle.listen_for_signals().map_err(ServiceError::Signals)?;
+        let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
+        if settings.run_migrations {
+            let applied = db::migrate(&pool).await?;
+            tracing::info!(applied, "migrations applied");
+        }
+        let codec = Codec::new(settings.schema_registry_url.as_deref())?;
+        let producer = Producer::new(&settings)?;
+        let topics = Topics::new(&settings.topic_prefix);
+        let clock = Clock::from_settings(settings.clock_controlled, &pool);
+        Ok(Self {
+            name,
+            settings,
+            lifecycle,
+            pool,
+            codec,
+            producer,
+            topics,
+            clock,
+            metrics,
+            failed: Arc::default(),
+        })
+    }
+
+    /// Serves `/healthz`, `/readyz`, `/metrics` and `extra`.
+    pub async fn serve_http(&self, extra: Router) -> Result<SocketAddr, ServiceError> {
+        let addr = self.settings.http_addr;
+        let bound = crate::http::serve(addr, &self.lifecycle, self.metrics.clone(), extra)
+            .await
+            .map_err(|source| ServiceError::Http { addr, source })?;
+        tracing::info!(service = self.name, http = %bound, "operational endpoints up");
+        Ok(bound)
+    }
+
+    /// Runs the consumer runtime over `base_topic` as a tracked task.
+    pub fn consume<H: Handler>(&self, base_topic: &str, handler: H) {
+        let topic = self.topics.name(base_topic);
+        let config = kafka::consumer_config(&self.settings, &self.settings.group_id_for(self.name));
+        let options = RuntimeOptions::from_settings(&self.settings);
+        let (codec, producer, lifecycle) = (self.codec.clone(), self.producer.clone(), self.lifecycle.clone());
+        self.spawn("consumer", async move {
+            kafka::run_consumer(config, &topic, handler, codec, producer, options, lifecycle)
+                .await
+                .map_err(|e| e.to_string())
+        });
+    }
+
+    /// Spawns a tracked task; if it fails, the whole service shuts down and
+    /// exits non-zero (infrastructure errors stop the loop; Kubernetes
+    /// restarts the pod).
+    pub fn spawn<F>(&self, what: &'static str, task: F)
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let lifecycle = self.lifecycle.clone();
+        let failed = self.failed.clone();
+        self.lifecycle.tasks.spawn(async move {
+            if let Err(error) = task.await {
+                tracing::error!(task = what, %error, "task failed; shutting down");
+                failed.store(true, Ordering::SeqCst);
+                lifecycle.begin_shutdown();
+            }
+        });
+    }
+
+    /// Marks the service ready, waits for SIGTERM/SIGINT (or a failed
+    /// task), then waits for in-flight work.
+    pub async fn run_until_shutdown(self) -> Result<(), ServiceError> {
+        self.lifecycle.readiness.mark_started();
+        tracing::info!(service = self.name, "ready");
+        self.lifecycle.shutdown.cancelled().await;
+        let drained = self.lifecycle.wait_for_tasks(DRAIN_GRACE).await;
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(ServiceError::TaskFailed { service: self.name });
+        }
+        if !drained {
+            return Err(ServiceError::DrainTimeout(DRAIN_GRACE));
+        }
+        tracing::info!(service = self.name, "stopped cleanly");
+        Ok(())
+    }
+}
