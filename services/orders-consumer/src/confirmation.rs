@@ -1,0 +1,84 @@
+//! Decides the order confirmation (PLAYBOOK email 1): a receipt of the
+//! items, for each backordered line an honest ship window (a range, or an
+//! explicit "not known yet"), what happens next, and how to reach support.
+
+use backorder_core::domain::DedupKey;
+use backorder_core::events::internal::{EmailCategory, EmailRequested};
+use backorder_core::events::orders::{Availability, OrderPlaced};
+use serde::Serialize;
+
+use crate::store::Promise;
+
+pub const TEMPLATE: &str = "order_confirmation";
+
+/// What the confirmation template receives.
+#[derive(Debug, Serialize)]
+struct ConfirmationData<'a> {
+    order_id: &'a str,
+    customer_name: &'a str,
+    currency: &'a str,
+    total_minor: i64,
+    has_backorder: bool,
+    lines: Vec<LineData<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct LineData<'a> {
+    product_name: &'a str,
+    quantity: i32,
+    unit_price_minor: i64,
+    backordered: bool,
+    /// `YYYY-MM-DD`; both absent on a backordered line: not known yet.
+    window_from: Option<String>,
+    window_to: Option<String>,
+}
+
+/// The email request for a newly placed order. `promises` holds the
+/// recorded promise of each backordered line, by line id.
+pub fn order_confirmation(order: &OrderPlaced, promises: &[(String, Promise)]) -> EmailRequested {
+    let lines = order
+        .lines
+        .iter()
+        .map(|line| {
+            let backordered = line.availability == Availability::Backordered;
+            let promise = promises
+                .iter()
+                .find(|(id, _)| *id == line.line_id)
+                .map(|(_, p)| *p)
+                .filter(|_| backordered);
+            LineData {
+                product_name: &line.product_name,
+                quantity: line.quantity,
+                unit_price_minor: line.unit_price_minor,
+                backordered,
+                window_from: promise.and_then(|p| p.from).map(|d| d.to_string()),
+                window_to: promise.and_then(|p| p.to).map(|d| d.to_string()),
+            }
+        })
+        .collect();
+    let data = ConfirmationData {
+        order_id: &order.order_id,
+        customer_name: &order.customer.name,
+        currency: &order.currency,
+        total_minor: order.total_minor,
+        has_backorder: order.lines.iter().any(|l| l.availability == Availability::Backordered),
+        lines,
+    };
+    let dedup_key = DedupKey::new("order-confirmation", &[&order.order_id]);
+    EmailRequested {
+        event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, dedup_key.as_str().as_bytes()).to_string(),
+        occurred_at: order.occurred_at,
+        dedup_key: dedup_key.to_string(),
+        template: TEMPLATE.to_string(),
+        locale: order.customer.locale.clone(),
+        recipient: order.customer.email.trim().to_string(),
+        recipient_name: order.customer.name.clone(),
+        customer_id: order.customer.customer_id.clone(),
+        order_id: Some(order.order_id.clone()),
+        category: EmailCategory::Transactional,
+        campaign: None,
+        // Serializing a struct of strings and numbers cannot fail; an
+        // empty object would still be a valid request.
+        data_json: serde_json::to_string(&data).unwrap_or_else(|_| "{}".to_string()),
+    }
+}

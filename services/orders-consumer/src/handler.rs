@@ -1,0 +1,89 @@
+//! Applies a batch of `orders.v1` events in one transaction.
+
+use backorder_core::codec::Codec;
+use backorder_core::deadpool_postgres::Pool;
+use backorder_core::events::orders::{Availability, OrderEvent};
+use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, topics};
+use backorder_core::service::Service;
+
+use crate::{confirmation, store};
+
+/// The orders.v1 handler.
+pub struct OrdersHandler {
+    pool: Pool,
+    codec: Codec,
+    /// Full name of `email-requests.v1` (with the configured prefix).
+    email_requests_topic: String,
+}
+
+impl OrdersHandler {
+    pub fn new(service: &Service) -> Self {
+        Self {
+            pool: service.pool.clone(),
+            codec: service.codec.clone(),
+            email_requests_topic: service.topics.name(topics::EMAIL_REQUESTS),
+        }
+    }
+}
+
+/// Database errors are transient when the connection is at fault, and
+/// permanent (the runtime isolates and dead-letters the event) otherwise.
+fn classify(error: backorder_core::tokio_postgres::Error) -> HandlerError {
+    let error = backorder_core::db::DbError::from(error);
+    if backorder_core::db::is_transient(&error) {
+        HandlerError::Transient(error.to_string())
+    } else {
+        HandlerError::Permanent(error.to_string())
+    }
+}
+
+impl Handler for OrdersHandler {
+    type Event = OrderEvent;
+
+    async fn handle(&self, batch: &[Incoming<OrderEvent>]) -> Result<Vec<OutboundRecord>, HandlerError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| HandlerError::Transient(format!("database unavailable: {e}")))?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let mut emails = Vec::new();
+        for incoming in batch {
+            match &incoming.event {
+                OrderEvent::Placed(order) => {
+                    let has_backorder = order.lines.iter().any(|l| l.availability == Availability::Backordered);
+                    let tag = has_backorder.then_some(store::CUSTOMER_TAG_BACKORDER_BUYER);
+                    store::upsert_customer(&tx, &order.customer, order.occurred_at, tag)
+                        .await
+                        .map_err(classify)?;
+                    let new = store::insert_order(&tx, order, has_backorder).await.map_err(classify)?;
+                    let promises = store::promise_backordered_lines(&tx, &order.order_id)
+                        .await
+                        .map_err(classify)?;
+                    tracing::info!(order_id = %order.order_id, new, has_backorder, "order recorded");
+                    // Requested again on replay: the sender's ledger keeps
+                    // one email per dedup key, so this is safe and means a
+                    // crash after commit but before produce loses nothing.
+                    emails.push(confirmation::order_confirmation(order, &promises));
+                }
+                OrderEvent::Cancelled(cancel) => {
+                    let changed = store::cancel_lines(&tx, cancel).await.map_err(classify)?;
+                    tracing::info!(order_id = %cancel.order_id, changed, "lines cancelled");
+                }
+                OrderEvent::CartAbandoned(cart) => {
+                    store::upsert_cart_with_customer(&tx, cart).await.map_err(classify)?;
+                    tracing::info!(cart_id = %cart.cart_id, "cart recorded");
+                }
+            }
+        }
+        tx.commit().await.map_err(classify)?;
+        let mut outputs = Vec::with_capacity(emails.len());
+        for email in &emails {
+            let record = OutboundRecord::encode(&self.codec, &self.email_requests_topic, email)
+                .await
+                .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            outputs.push(record);
+        }
+        Ok(outputs)
+    }
+}
