@@ -78,6 +78,19 @@ pub struct Settings {
     pub ses_fallback_send_rate: f64,
     /// `BACKORDER_SENDER_WORKERS`: concurrent SES calls per sender replica.
     pub sender_workers: usize,
+    /// `BACKORDER_SENDER_LEASE_MS`: how long a claimed ledger row belongs to
+    /// the replica that claimed it. Longer than the SES call timeout, so a
+    /// live sender never loses a row mid-call; a dead one's rows come back
+    /// after it.
+    pub sender_lease_ms: u64,
+    /// `BACKORDER_SENDER_MAX_ATTEMPTS`: retryable failures before an email
+    /// is recorded as failed (with its last error).
+    pub sender_max_attempts: i32,
+    /// `BACKORDER_SENDER_POLL_MS`: how often idle workers look for due rows
+    /// (new rows from this replica's intake wake them at once).
+    pub sender_poll_ms: u64,
+    /// `BACKORDER_SES_TIMEOUT_MS`: one SES call's time limit.
+    pub ses_timeout_ms: u64,
 }
 
 /// Log output shape.
@@ -110,6 +123,10 @@ impl Default for Settings {
             ses_configuration_set: None,
             ses_fallback_send_rate: 14.0,
             sender_workers: 4,
+            sender_lease_ms: 30_000,
+            sender_max_attempts: 12,
+            sender_poll_ms: 250,
+            ses_timeout_ms: 10_000,
         }
     }
 }
@@ -163,14 +180,8 @@ fn field_for_env_name(name: &str) -> Option<String> {
 /// The working directory and its parents are searched, so binaries and
 /// tests started anywhere in the repository find it.
 fn stack_env_layer() -> Result<Dict, ConfigError> {
-    let path = match std::env::var_os("BACKORDER_STACK_ENV") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => std::env::current_dir()
-            .ok()
-            .and_then(|dir| find_upwards(&dir, Path::new(".stack/env"))),
-    };
     let mut layer = Dict::new();
-    let Some(path) = path.filter(|p| p.is_file()) else {
+    let Some(path) = stack_env_path() else {
         return Ok(layer);
     };
     let entries = dotenvy::from_path_iter(&path).map_err(|source| ConfigError::StackFile {
@@ -190,19 +201,41 @@ fn stack_env_layer() -> Result<Dict, ConfigError> {
     Ok(layer)
 }
 
+/// Puts `.stack/env`'s values into the process environment, without
+/// overriding anything set, for libraries that read the environment
+/// themselves (the AWS SDK's credential and endpoint chain). Call it first
+/// thing in `main`, before any thread exists.
+pub fn load_stack_env_into_process() -> Result<(), ConfigError> {
+    if let Some(path) = stack_env_path() {
+        dotenvy::from_path(&path).map_err(|source| ConfigError::StackFile { path, source })?;
+    }
+    Ok(())
+}
+
 /// Reads one `KEY=value` from `.stack/env` for tools that need a value the
 /// services do not (the emulator's URL in tests, for example).
 pub fn stack_env_value(key: &str) -> Option<String> {
     if let Ok(v) = std::env::var(key) {
         return Some(v);
     }
-    let dir = std::env::current_dir().ok()?;
-    let path = find_upwards(&dir, Path::new(".stack/env"))?;
+    let path = stack_env_path()?;
     dotenvy::from_path_iter(path)
         .ok()?
         .filter_map(Result::ok)
         .find(|(k, _)| k == key)
         .map(|(_, v)| v)
+}
+
+/// `BACKORDER_STACK_ENV`, else `.stack/env` in the working directory or a
+/// parent; only if it is a file.
+fn stack_env_path() -> Option<PathBuf> {
+    let path = match std::env::var_os("BACKORDER_STACK_ENV") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => std::env::current_dir()
+            .ok()
+            .and_then(|dir| find_upwards(&dir, Path::new(".stack/env"))),
+    };
+    path.filter(|p| p.is_file())
 }
 
 fn find_upwards(start: &Path, relative: &Path) -> Option<PathBuf> {

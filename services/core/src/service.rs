@@ -50,6 +50,34 @@ pub enum ServiceError {
     TaskFailed { service: &'static str },
     #[error("in-flight work did not finish within {0:?}")]
     DrainTimeout(Duration),
+    #[error("could not start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("{service} could not start: {reason}")]
+    Start { service: &'static str, reason: String },
+}
+
+/// The whole `main` of a service: reads `.stack/env` into the environment
+/// while the process is still single-threaded, starts the runtime, runs
+/// `start` (which spawns the service's loops) and waits for shutdown.
+pub fn run_service<S, Fut, E>(name: &'static str, start: S) -> Result<(), ServiceError>
+where
+    S: FnOnce(Service) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    crate::config::load_stack_env_into_process()?;
+    let runtime = tokio::runtime::Runtime::new().map_err(ServiceError::Runtime)?;
+    runtime.block_on(async move {
+        let service = Service::init(name).await?;
+        if let Err(error) = start(service.clone()).await {
+            service.lifecycle.begin_shutdown();
+            return Err(ServiceError::Start {
+                service: name,
+                reason: error.to_string(),
+            });
+        }
+        service.run_until_shutdown().await
+    })
 }
 
 /// A started service: everything its loops share.

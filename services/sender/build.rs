@@ -1,0 +1,4 @@
+//! Embeds `templates/` into the binary, so a deployment ships one file.
+fn main() {
+    minijinja_embed::embed_templates!("templates");
+}

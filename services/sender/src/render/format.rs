@@ -1,0 +1,118 @@
+//! Money and dates the way each supported language writes them (CLDR
+//! conventions for en, de, ko, tr, id). Small on purpose: a full ICU is a
+//! heavy dependency for five languages and two formats.
+
+use chrono::{Datelike, NaiveDate};
+
+/// Digits after the decimal point (ISO 4217 minor unit).
+fn exponent(currency: &str) -> u32 {
+    match currency {
+        "JPY" | "KRW" | "VND" | "CLP" | "ISK" => 0,
+        _ => 2,
+    }
+}
+
+fn symbol(currency: &str) -> Option<&'static str> {
+    Some(match currency {
+        "EUR" => "€",
+        "USD" => "$",
+        "GBP" => "£",
+        "KRW" => "₩",
+        "TRY" => "₺",
+        "IDR" => "Rp",
+        "JPY" => "¥",
+        _ => return None,
+    })
+}
+
+/// (thousands separator, decimal separator, symbol after the amount)
+fn conventions(language: &str) -> (char, char, bool) {
+    match language {
+        "de" => ('.', ',', true),
+        "tr" | "id" => ('.', ',', false),
+        _ => (',', '.', false),
+    }
+}
+
+/// Formats `minor` units of `currency` for `language`, e.g. `€1,234.50`
+/// (en), `1.234,50 €` (de), `₩12,000` (ko), `₺1.234,50` (tr).
+pub fn money(language: &str, minor: i64, currency: &str) -> String {
+    let exp = exponent(currency);
+    let scale = 10_i64.pow(exp);
+    let negative = minor < 0;
+    let abs = minor.unsigned_abs();
+    let (major, fraction) = (abs / scale as u64, abs % scale as u64);
+    let (thousands, decimal, symbol_after) = conventions(language);
+    let digits = major.to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(thousands);
+        }
+        grouped.push(c);
+    }
+    let mut amount = grouped;
+    if exp > 0 {
+        amount.push(decimal);
+        amount.push_str(&format!("{fraction:0width$}", width = exp as usize));
+    }
+    let sign = if negative { "-" } else { "" };
+    match symbol(currency) {
+        Some(sym) if symbol_after => format!("{sign}{amount}\u{a0}{sym}"),
+        Some(sym) => format!("{sign}{sym}{amount}"),
+        None => format!("{sign}{amount}\u{a0}{currency}"),
+    }
+}
+
+const MONTHS_EN: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS_DE: [&str; 12] = [
+    "Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August", "September", "Oktober", "November",
+    "Dezember",
+];
+const MONTHS_TR: [&str; 12] = [
+    "Ocak", "Şubat", "Mart", "Nisan", "Mayıs", "Haziran", "Temmuz", "Ağustos", "Eylül", "Ekim", "Kasım", "Aralık",
+];
+const MONTHS_ID: [&str; 12] = [
+    "Januari", "Februari", "Maret", "April", "Mei", "Juni", "Juli", "Agustus", "September", "Oktober", "November",
+    "Desember",
+];
+
+/// A date as people read it in `language`: `24 Dec 2026`,
+/// `24. Dezember 2026`, `2026년 12월 24일`, `24 Aralık 2026`,
+/// `24 Desember 2026`.
+pub fn long_date(language: &str, date: NaiveDate) -> String {
+    let (d, m, y) = (date.day(), date.month0() as usize, date.year());
+    match language {
+        "de" => format!("{d}. {} {y}", MONTHS_DE[m]),
+        "ko" => format!("{y}년 {}월 {d}일", m + 1),
+        "tr" => format!("{d} {} {y}", MONTHS_TR[m]),
+        "id" => format!("{d} {} {y}", MONTHS_ID[m]),
+        _ => format!("{d} {} {y}", MONTHS_EN[m]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_follows_each_language() {
+        assert_eq!(money("en", 123450, "EUR"), "€1,234.50");
+        assert_eq!(money("de", 123450, "EUR"), "1.234,50\u{a0}€");
+        assert_eq!(money("ko", 12000, "KRW"), "₩12,000");
+        assert_eq!(money("tr", 123450, "TRY"), "₺1.234,50");
+        assert_eq!(money("id", 5, "IDR"), "Rp0,05");
+        assert_eq!(money("en", 999, "CHF"), "9.99\u{a0}CHF");
+        assert_eq!(money("en", -500, "USD"), "-$5.00");
+    }
+
+    #[test]
+    fn dates_follow_each_language() {
+        let date = NaiveDate::from_ymd_opt(2026, 12, 24).unwrap();
+        assert_eq!(long_date("en", date), "24 Dec 2026");
+        assert_eq!(long_date("de", date), "24. Dezember 2026");
+        assert_eq!(long_date("ko", date), "2026년 12월 24일");
+        assert_eq!(long_date("tr", date), "24 Aralık 2026");
+        assert_eq!(long_date("id", date), "24 Desember 2026");
+    }
+}
