@@ -81,7 +81,9 @@ CREATE TABLE carts (
 -- The sender's ledger: one row per dedup key, ever (DESIGN invariant 1),
 -- and the durable queue the send workers drain.
 CREATE TABLE email_ledger (
-    dedup_key         text PRIMARY KEY CHECK (dedup_key ~ '^[A-Za-z0-9_-]{1,256}$'),
+    -- Valid as an SES EmailTag value ([A-Za-z0-9_-], at most 256).
+    dedup_key         text PRIMARY KEY
+                      CHECK (length(dedup_key) BETWEEN 1 AND 256 AND dedup_key ~ '^[A-Za-z0-9_-]+$'),
     template          text        NOT NULL,
     locale            text        NOT NULL,
     recipient         text        NOT NULL,

@@ -22,7 +22,7 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::BuildError),
     #[error("could not get a database connection: {0}")]
     Connect(#[from] deadpool_postgres::PoolError),
-    #[error("database query failed: {0}")]
+    #[error("database query failed: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] refinery::Error),
@@ -75,5 +75,20 @@ pub fn is_transient(error: &DbError) -> bool {
                 })
         }
         DbError::BadUrl(_) | DbError::Pool(_) | DbError::Migration(_) => false,
+    }
+}
+
+/// tokio-postgres prints only "db error"; say what the server said.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(detail);
+            }
+            text
+        }
+        None => error.to_string(),
     }
 }

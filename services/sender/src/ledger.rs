@@ -94,7 +94,7 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
                   FOR UPDATE SKIP LOCKED)
              UPDATE email_ledger l
                 SET state = 'sending', attempts = l.attempts + 1,
-                    lease_until = now() + $2 * interval '1 millisecond', updated_at = now()
+                    lease_until = now() + $2::bigint * interval '1 millisecond', updated_at = now()
                FROM due
               WHERE l.dedup_key = due.dedup_key
           RETURNING l.dedup_key, l.template, l.locale, l.recipient, l.recipient_name, l.category,
@@ -142,7 +142,7 @@ pub async fn schedule_retry(pool: &Pool, dedup_key: &str, delay: Duration, error
     client
         .execute(
             "UPDATE email_ledger
-                SET state = 'queued', next_attempt_at = now() + $2 * interval '1 millisecond',
+                SET state = 'queued', next_attempt_at = now() + $2::bigint * interval '1 millisecond',
                     lease_until = NULL, last_error = $3, updated_at = now()
               WHERE dedup_key = $1",
             &[&dedup_key, &delay_ms, &error],
@@ -160,7 +160,7 @@ pub async fn release(pool: &Pool, dedup_key: &str, delay: Duration) -> Result<()
         .execute(
             "UPDATE email_ledger
                 SET state = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL,
-                    next_attempt_at = now() + $2 * interval '1 millisecond', updated_at = now()
+                    next_attempt_at = now() + $2::bigint * interval '1 millisecond', updated_at = now()
               WHERE dedup_key = $1",
             &[&dedup_key, &delay_ms],
         )

@@ -12,7 +12,7 @@ use rdkafka::ClientConfig;
 use crate::config::Settings;
 
 pub use producer::{OutboundRecord, Producer};
-pub use runtime::{Handler, HandlerError, Incoming, run_consumer};
+pub use runtime::{AcknowledgeOnly, Handler, HandlerError, Incoming, run_consumer};
 pub use topics::Topics;
 
 /// Settings shared by every client of this project.

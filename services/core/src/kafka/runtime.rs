@@ -391,3 +391,26 @@ impl Backoff {
         self.0.next().unwrap_or(Duration::from_secs(1))
     }
 }
+
+/// A handler that records nothing and produces nothing: the consumer
+/// still decodes, validates and dead-letters, and commits offsets. Used by
+/// services whose business logic arrives in a later change, so they can be
+/// deployed, observed and scaled already.
+pub struct AcknowledgeOnly<E>(std::marker::PhantomData<fn() -> E>);
+
+impl<E> Default for AcknowledgeOnly<E> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<E: TopicEvent + Clone> Handler for AcknowledgeOnly<E> {
+    type Event = E;
+
+    async fn handle(&self, batch: &[Incoming<E>]) -> Result<Vec<OutboundRecord>, HandlerError> {
+        for incoming in batch {
+            tracing::debug!(event_id = incoming.event.event_id(), business_id = incoming.event.business_id(), "acknowledged");
+        }
+        Ok(Vec::new())
+    }
+}

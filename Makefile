@@ -1,0 +1,59 @@
+# backorder — local development, demo and tests.
+#
+#   make demo       the whole pipeline on the local stack, with a report
+#   make test       the whole test suite (starts what it needs)
+#   make up/down    start/stop PostgreSQL, Tansu (Kafka) and moto (SES)
+#   make services   start the six services in the background
+#   make lint       rustfmt and clippy, as CI runs them
+
+SHELL := /bin/bash
+CARGO ?= cargo
+STACK := infra/local/stack.sh
+SERVICES := infra/local/services.sh
+CTL := target/debug/backorderctl
+
+.PHONY: demo test up down services stop-services build lint fmt status clean-stack
+
+up:
+	@bash $(STACK) up
+
+down:
+	@bash $(SERVICES) stop || true
+	@bash $(STACK) down
+
+status:
+	@bash $(STACK) status || true
+	@bash $(SERVICES) status
+
+build:
+	$(CARGO) build --workspace --bins
+
+services: up build
+	@$(CTL) migrate
+	@$(CTL) topics create
+	@bash $(SERVICES) start
+
+stop-services:
+	@bash $(SERVICES) stop
+
+demo: services
+	@bash infra/local/demo.sh
+
+test: up
+	$(CARGO) build --workspace --bins --tests
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean-stack:
+	@bash $(SERVICES) stop || true
+	@bash $(STACK) purge
