@@ -15,7 +15,8 @@ use backorder_tests::wait_until;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-const PER_PARTITION: i64 = 3000;
+/// Messages produced (keys spread them over the two partitions).
+const MESSAGES: i64 = 6000;
 
 fn consumer(settings: &Settings, group: &str) -> StreamConsumer {
     ClientConfig::new()
@@ -45,10 +46,9 @@ async fn committed_offsets_resume_exactly_and_rebalances_lose_nothing() {
         .await
         .unwrap();
 
-    // Produce PER_PARTITION messages to each of two partitions; the key
-    // decides the partition, so assign them by reading them back below.
+    // Produce to two partitions; the key decides which.
     let producer = Producer::new(&settings).unwrap();
-    let records: Vec<OutboundRecord> = (0..PER_PARTITION * 2)
+    let records: Vec<OutboundRecord> = (0..MESSAGES)
         .map(|i| OutboundRecord {
             topic: topic.clone(),
             key: format!("k{i}"),
@@ -56,9 +56,16 @@ async fn committed_offsets_resume_exactly_and_rebalances_lose_nothing() {
             headers: vec![],
         })
         .collect();
+    // Where each record landed, from the broker's acknowledgements.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
     for chunk in records.chunks(1000) {
-        producer.send_all(chunk).await.unwrap();
+        for (partition, offset) in producer.send_all(chunk).await.unwrap() {
+            let end = ends.entry(partition).or_default();
+            *end = (*end).max(offset + 1);
+        }
     }
+    assert_eq!(ends.values().sum::<i64>(), MESSAGES, "offsets are dense: {ends:?}");
+    assert!(ends.values().all(|end| *end > 1000), "both partitions hold enough messages: {ends:?}");
 
     // 1. Consumer A reads part of the stream and commits mid-partition.
     let a = consumer(&settings, &group);
@@ -117,7 +124,7 @@ async fn committed_offsets_resume_exactly_and_rebalances_lose_nothing() {
         let seen = seen.lock().unwrap();
         commit_points
             .iter()
-            .all(|(p, start)| seen.get(p).is_some_and(|s| (*start..PER_PARTITION).all(|o| s.contains(&o))))
+            .all(|(p, start)| seen.get(p).is_some_and(|s| (*start..ends[p]).all(|o| s.contains(&o))))
             .then_some(())
     })
     .await;
@@ -139,7 +146,7 @@ async fn committed_offsets_resume_exactly_and_rebalances_lose_nothing() {
         assert!(seen[partition].contains(committed), "message at committed offset {committed} of p{partition} lost");
         assert_eq!(seen[partition].first(), Some(committed), "nothing before the commit was re-read by B/C on p{partition}");
         let total = seen[partition].len() as i64;
-        assert_eq!(total, PER_PARTITION - committed, "p{partition}: contiguous, nothing skipped");
+        assert_eq!(total, ends[partition] - committed, "p{partition}: contiguous, nothing skipped");
     }
 }
 

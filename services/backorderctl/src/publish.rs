@@ -230,19 +230,12 @@ fn from_value<T: AvroRecord>(value: Value) -> Result<T, FieldProblem> {
 /// Turns serde's wording (`missing field `email`` at path `customer`) into
 /// a field and a reason (`customer.email`, `required field is missing`).
 fn field_problem(path: &str, message: &str) -> FieldProblem {
-    let segments: Vec<&str> = if path == "." { Vec::new() } else { vec![path] };
-    let join = |name: &str| {
+    let parent = (path != ".").then_some(path);
+    let join = |name: &str| match parent {
         // serde_path_to_error may or may not have recorded the key itself.
-        if path == name || path.ends_with(&format!(".{name}")) {
-            path.to_string()
-        } else {
-            segments
-                .iter()
-                .copied()
-                .chain([name])
-                .collect::<Vec<_>>()
-                .join(".")
-        }
+        Some(p) if p == name || p.ends_with(&format!(".{name}")) => p.to_string(),
+        Some(p) => format!("{p}.{name}"),
+        None => name.to_string(),
     };
     if let Some(name) = quoted_name(message, "missing field `") {
         return FieldProblem {
@@ -262,7 +255,7 @@ fn field_problem(path: &str, message: &str) -> FieldProblem {
         };
     }
     FieldProblem {
-        field: (path != ".").then(|| path.to_string()),
+        field: parent.map(str::to_string),
         reason: message.to_string(),
     }
 }
@@ -494,6 +487,12 @@ fn read_input(input: &std::path::Path) -> Result<(String, String), CtlError> {
     };
     let mut bytes = Vec::new();
     if is_stdin {
+        if std::io::stdin().is_terminal() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "reading JSON lines from stdin; end with Ctrl-D (see --help for the format)"
+            );
+        }
         std::io::stdin()
             .read_to_end(&mut bytes)
             .map_err(|e| read_error(e.to_string()))?;

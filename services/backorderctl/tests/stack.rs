@@ -22,7 +22,7 @@ use backorder_core::events::TopicEvent;
 use backorder_core::events::orders::OrderEvent;
 use backorder_core::events::stock::StockEvent;
 use backorder_core::rdkafka::consumer::{Consumer, StreamConsumer};
-use backorder_core::rdkafka::{ClientConfig, Message};
+use backorder_core::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use backorder_core::tokio_postgres::NoTls;
 
 const DEMO: &str = concat!(
@@ -156,9 +156,16 @@ async fn migrate_topics_publish_clock_and_emails_against_the_stack() {
         .unwrap();
     let orders = format!("{}orders.v1", world.prefix);
     let stock = format!("{}stock.v1", world.prefix);
-    consumer
-        .subscribe(&[orders.as_str(), stock.as_str()])
-        .unwrap();
+    // Read every partition from the start, without waiting for a group to form.
+    let mut assignment = TopicPartitionList::new();
+    for topic in [&orders, &stock] {
+        for partition in 0..6 {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&assignment).unwrap();
     let codec = Codec::new(None).unwrap();
     let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut event_ids = Vec::new();

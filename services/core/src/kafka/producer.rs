@@ -67,9 +67,10 @@ impl Producer {
     }
 
     /// Produces every record and returns once the broker acknowledged all
-    /// of them; the first failure is returned (the caller retries the lot,
-    /// which is safe because consumers of our outputs deduplicate).
-    pub async fn send_all(&self, records: &[OutboundRecord]) -> Result<(), ProduceError> {
+    /// of them, with where each landed (partition, offset), in input order.
+    /// The first failure is returned (the caller retries the lot, which is
+    /// safe because consumers of our outputs deduplicate).
+    pub async fn send_all(&self, records: &[OutboundRecord]) -> Result<Vec<(i32, i64)>, ProduceError> {
         let deliveries = records.iter().map(|record| {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
@@ -86,13 +87,13 @@ impl Producer {
                 self.inner
                     .send(future_record, Duration::from_secs(30))
                     .await
+                    .map(|delivery| (delivery.partition, delivery.offset))
                     .map_err(|(source, _)| ProduceError::NotAcknowledged {
                         topic: record.topic.clone(),
                         source,
                     })
             }
         });
-        try_join_all(deliveries).await?;
-        Ok(())
+        try_join_all(deliveries).await
     }
 }

@@ -331,7 +331,7 @@ impl<H: Handler> Runtime<H> {
         let mut backoff = Backoff::new(&self.options);
         loop {
             match self.producer.send_all(outputs).await {
-                Ok(()) => return true,
+                Ok(_) => return true,
                 Err(error) => {
                     metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "produce").increment(1);
                     let delay = backoff.next_delay();
