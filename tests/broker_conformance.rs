@@ -32,7 +32,8 @@ fn consumer(settings: &Settings, group: &str) -> StreamConsumer {
 
 fn commit(consumer: &StreamConsumer, topic: &str, partition: i32, next: i64) {
     let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, partition, Offset::Offset(next)).unwrap();
+    list.add_partition_offset(topic, partition, Offset::Offset(next))
+        .unwrap();
     consumer.commit(&list, CommitMode::Sync).unwrap();
 }
 
@@ -65,7 +66,10 @@ async fn committed_offsets_resume_exactly_and_rebalances_lose_nothing() {
         }
     }
     assert_eq!(ends.values().sum::<i64>(), MESSAGES, "offsets are dense: {ends:?}");
-    assert!(ends.values().all(|end| *end > 1000), "both partitions hold enough messages: {ends:?}");
+    assert!(
+        ends.values().all(|end| *end > 1000),
+        "both partitions hold enough messages: {ends:?}"
+    );
 
     // 1. Consumer A reads part of the stream and commits mid-partition.
     let a = consumer(&settings, &group);
@@ -73,14 +77,20 @@ async fn committed_offsets_resume_exactly_and_rebalances_lose_nothing() {
     let mut first_seen: HashMap<i32, i64> = HashMap::new();
     let mut commit_points: HashMap<i32, i64> = HashMap::new();
     while commit_points.len() < 2 {
-        let m = tokio::time::timeout(Duration::from_secs(30), a.recv()).await.expect("A receives").unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(30), a.recv())
+            .await
+            .expect("A receives")
+            .unwrap();
         first_seen.entry(m.partition()).or_insert(m.offset());
         if m.offset() == 250 + i64::from(m.partition()) * 100 && !commit_points.contains_key(&m.partition()) {
             commit(&a, &topic, m.partition(), m.offset() + 1);
             commit_points.insert(m.partition(), m.offset() + 1);
         }
     }
-    assert!(first_seen.values().all(|o| *o == 0), "a new group starts at the beginning");
+    assert!(
+        first_seen.values().all(|o| *o == 0),
+        "a new group starts at the beginning"
+    );
     drop(a);
 
     // 2. Consumer B of the same group resumes exactly at the commit, and
@@ -101,7 +111,11 @@ async fn committed_offsets_resume_exactly_and_rebalances_lose_nothing() {
                 if let Some(first) = &first {
                     first.lock().unwrap().entry(m.partition()).or_insert(m.offset());
                 }
-                seen.lock().unwrap().entry(m.partition()).or_default().insert(m.offset());
+                seen.lock()
+                    .unwrap()
+                    .entry(m.partition())
+                    .or_default()
+                    .insert(m.offset());
                 // Commit every message, as a careful consumer would; a commit
                 // that races a rebalance may fail and is simply replayed.
                 let _ = commit_ok(&member, &topic, m.partition(), m.offset() + 1);
@@ -116,17 +130,23 @@ async fn committed_offsets_resume_exactly_and_rebalances_lose_nothing() {
     })
     .await;
     let (c, c_task) = spawn_member(None);
-    wait_until("C to be assigned a partition (rebalance)", Duration::from_secs(30), || async {
-        c.assignment().ok().filter(|a| a.count() > 0).map(|_| ())
-    })
+    wait_until(
+        "C to be assigned a partition (rebalance)",
+        Duration::from_secs(30),
+        || async { c.assignment().ok().filter(|a| a.count() > 0).map(|_| ()) },
+    )
     .await;
-    wait_until("every message after the commit to be seen", Duration::from_secs(90), || async {
-        let seen = seen.lock().unwrap();
-        commit_points
-            .iter()
-            .all(|(p, start)| seen.get(p).is_some_and(|s| (*start..ends[p]).all(|o| s.contains(&o))))
-            .then_some(())
-    })
+    wait_until(
+        "every message after the commit to be seen",
+        Duration::from_secs(90),
+        || async {
+            let seen = seen.lock().unwrap();
+            commit_points
+                .iter()
+                .all(|(p, start)| seen.get(p).is_some_and(|s| (*start..ends[p]).all(|o| s.contains(&o))))
+                .then_some(())
+        },
+    )
     .await;
     b_task.abort();
     c_task.abort();
@@ -143,15 +163,27 @@ async fn committed_offsets_resume_exactly_and_rebalances_lose_nothing() {
     // (the loss mode seen with the published tansu crate).
     let seen = seen.lock().unwrap();
     for (partition, committed) in &commit_points {
-        assert!(seen[partition].contains(committed), "message at committed offset {committed} of p{partition} lost");
-        assert_eq!(seen[partition].first(), Some(committed), "nothing before the commit was re-read by B/C on p{partition}");
+        assert!(
+            seen[partition].contains(committed),
+            "message at committed offset {committed} of p{partition} lost"
+        );
+        assert_eq!(
+            seen[partition].first(),
+            Some(committed),
+            "nothing before the commit was re-read by B/C on p{partition}"
+        );
         let total = seen[partition].len() as i64;
-        assert_eq!(total, ends[partition] - committed, "p{partition}: contiguous, nothing skipped");
+        assert_eq!(
+            total,
+            ends[partition] - committed,
+            "p{partition}: contiguous, nothing skipped"
+        );
     }
 }
 
 fn commit_ok(consumer: &StreamConsumer, topic: &str, partition: i32, next: i64) -> bool {
     let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok()
+    list.add_partition_offset(topic, partition, Offset::Offset(next))
+        .is_ok()
         && consumer.commit(&list, CommitMode::Sync).is_ok()
 }

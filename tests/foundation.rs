@@ -29,7 +29,10 @@ async fn a_replayed_order_across_a_consumer_crash_gives_exactly_one_email() {
     })
     .await;
     assert!(first[0].subject.contains("o-1"), "{}", first[0].subject);
-    assert!(first[0].body.contains("not known yet"), "honest window for an unknown ETA");
+    assert!(
+        first[0].body.contains("not known yet"),
+        "honest window for an unknown ETA"
+    );
 
     // Crash (no cleanup at all), restart, and receive the same event again.
     orders.kill();
@@ -64,7 +67,8 @@ async fn garbage_and_invalid_orders_go_to_the_dead_letter_topic_and_the_next_ord
     negative.lines[0].quantity = -2;
     app.publish(ORDERS, &negative).await;
     let good = app.recipient("good");
-    app.publish(ORDERS, &order_placed("o-good", &good, "en", &[("X", InStock)])).await;
+    app.publish(ORDERS, &order_placed("o-good", &good, "en", &[("X", InStock)]))
+        .await;
 
     let letters = app.dead_letters(ORDERS, 3).await;
     let reasons: Vec<&str> = letters.iter().map(|(_, h)| h[dead_letter::REASON].as_str()).collect();
@@ -72,9 +76,22 @@ async fn garbage_and_invalid_orders_go_to_the_dead_letter_topic_and_the_next_ord
         .iter()
         .find(|(payload, _)| payload.as_slice() == b"\x01\x02 definitely not avro")
         .expect("the garbage bytes, untouched, on the DLQ");
-    assert!(garbage.1[dead_letter::REASON].contains("neither Avro single-object"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("lines") && r.contains("at least one line")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("lines[0].quantity") && r.contains("-2")), "{reasons:?}");
+    assert!(
+        garbage.1[dead_letter::REASON].contains("neither Avro single-object"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("lines") && r.contains("at least one line")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("lines[0].quantity") && r.contains("-2")),
+        "{reasons:?}"
+    );
     for (payload, headers) in &letters {
         assert!(!payload.is_empty(), "the original bytes are kept");
         assert_eq!(headers[dead_letter::ORIGINAL_TOPIC], app.topics.name(ORDERS));
@@ -99,7 +116,11 @@ async fn with_postgres_down_the_offset_holds_and_the_order_is_processed_once_whe
 
     pg.stop();
     let ada = app.recipient("ada");
-    app.publish(ORDERS, &order_placed("o-outage", &ada, "en", &[("LAMP-01", Backordered)])).await;
+    app.publish(
+        ORDERS,
+        &order_placed("o-outage", &ada, "en", &[("LAMP-01", Backordered)]),
+    )
+    .await;
 
     // The consumer sees the event and keeps failing to store it...
     wait_until("transient failures to be retried", PATIENCE, || async {
@@ -126,14 +147,20 @@ async fn with_postgres_down_the_offset_holds_and_the_order_is_processed_once_whe
     .await;
     assert_eq!(app.emails_to(&ada).await.len(), 1);
     let client = app.pool.get().await.unwrap();
-    let orders_stored: i64 = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    let orders_stored: i64 = client
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(orders_stored, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_exits_zero_quickly_and_loses_or_doubles_nothing() {
     let app = TestApp::spawn().await;
-    let mut orders = app.start_service_with("orders-consumer", &[("BACKORDER_BATCH_MAX_MESSAGES", "5")]).await;
+    let mut orders = app
+        .start_service_with("orders-consumer", &[("BACKORDER_BATCH_MAX_MESSAGES", "5")])
+        .await;
     let _sender = app.start_service("sender").await;
     const N: usize = 150;
     let recipients: Vec<String> = (0..N).map(|i| app.recipient(&format!("c{i}"))).collect();

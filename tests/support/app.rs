@@ -52,7 +52,10 @@ impl TestApp {
             .execute(&format!("CREATE DATABASE \"{db_name}\""), &[])
             .await
             .expect("create test database");
-        let base = admin_url.rsplit_once('/').map(|(b, _)| b).expect("admin url has a database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .expect("admin url has a database");
         let mut settings = Settings::load().expect("settings");
         settings.database_url = format!("{base}/{db_name}");
         settings.topic_prefix = format!("t{id}.");
@@ -231,12 +234,16 @@ impl TestApp {
         let topic = Topics::dead_letter_of(&self.topics.name(base_topic));
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.settings.kafka_bootstrap_servers)
-            .set("group.id", format!("{}dlq-reader-{}", self.settings.topic_prefix, uuid::Uuid::new_v4()))
+            .set(
+                "group.id",
+                format!("{}dlq-reader-{}", self.settings.topic_prefix, uuid::Uuid::new_v4()),
+            )
             .set("enable.auto.commit", "false")
             .create()
             .expect("dlq reader");
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&topic, 0, Offset::Beginning).expect("partition");
+        list.add_partition_offset(&topic, 0, Offset::Beginning)
+            .expect("partition");
         consumer.assign(&list).expect("assign");
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

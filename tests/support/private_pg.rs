@@ -15,7 +15,11 @@ fn script() -> PathBuf {
 }
 
 fn run(args: &[&str]) {
-    let output = Command::new("bash").arg(script()).args(args).output().expect("bash runs");
+    let output = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("bash runs");
     assert!(
         output.status.success(),
         "pg-cluster.sh {args:?} failed: {}{}",

@@ -12,7 +12,11 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
     let path = dir.join(name);
-    assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -58,14 +62,23 @@ impl ServiceProcess {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited with {status} before it was ready; log: {}", self.name, self.log_tail());
+                panic!(
+                    "{} exited with {status} before it was ready; log: {}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             if let Ok(response) = reqwest::get(&url).await
                 && response.status().is_success()
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "{} not ready within 30 s; log: {}", self.name, self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready within 30 s; log: {}",
+                self.name,
+                self.log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

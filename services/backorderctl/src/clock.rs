@@ -53,9 +53,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text.trim())
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            format!("{text:?} is not an RFC 3339 instant such as 2026-11-24T09:00:00Z ({e})")
-        })
+        .map_err(|e| format!("{text:?} is not an RFC 3339 instant such as 2026-11-24T09:00:00Z ({e})"))
 }
 
 /// An offset in human units: `+14d 0h`, `-0d 3h`, `+1d 12h 30m`; minutes
@@ -88,11 +86,7 @@ pub fn describe(now: DateTime<Utc>, offset: Duration) -> String {
 }
 
 /// Runs `clock`.
-pub async fn run(
-    command: ClockCommand,
-    settings: &Settings,
-    out: &mut impl Write,
-) -> Result<(), CtlError> {
+pub async fn run(command: ClockCommand, settings: &Settings, out: &mut impl Write) -> Result<(), CtlError> {
     if !settings.clock_controlled {
         warn(
             "BACKORDER_CLOCK_CONTROLLED is not true here; services configured like this read \
@@ -103,19 +97,13 @@ pub async fn run(
     match command {
         ClockCommand::Show => {}
         ClockCommand::Set { instant } => {
-            clock::set(&pool, instant)
-                .await
-                .map_err(db_error(settings))?;
+            clock::set(&pool, instant).await.map_err(db_error(settings))?;
         }
         ClockCommand::Advance { by } => {
-            clock::advance(&pool, by)
-                .await
-                .map_err(db_error(settings))?;
+            clock::advance(&pool, by).await.map_err(db_error(settings))?;
         }
         ClockCommand::Reset => {
-            clock::set(&pool, Utc::now())
-                .await
-                .map_err(db_error(settings))?;
+            clock::set(&pool, Utc::now()).await.map_err(db_error(settings))?;
         }
     }
     let offset = clock::offset(&pool).await.map_err(db_error(settings))?;
@@ -162,10 +150,7 @@ mod tests {
         assert_eq!(format_offset(Duration::minutes(90)), "+0d 1h 30m");
         assert_eq!(format_offset(Duration::seconds(86_400 + 5)), "+1d 0h 0m 5s");
         // Milliseconds of jitter from `clock set` round away.
-        assert_eq!(
-            format_offset(Duration::days(14) - Duration::milliseconds(3)),
-            "+14d 0h"
-        );
+        assert_eq!(format_offset(Duration::days(14) - Duration::milliseconds(3)), "+14d 0h");
     }
 
     #[test]

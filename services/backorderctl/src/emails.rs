@@ -216,11 +216,7 @@ SELECT dedup_key, template, locale, recipient, state, attempts, subject,
  LIMIT $3";
 
 /// Runs `emails`.
-pub async fn run(
-    args: EmailsArgs,
-    settings: &Settings,
-    out: &mut impl Write,
-) -> Result<(), CtlError> {
+pub async fn run(args: EmailsArgs, settings: &Settings, out: &mut impl Write) -> Result<(), CtlError> {
     let pool = connect(settings).await?;
     let to_db = db_error(settings);
     let client = pool

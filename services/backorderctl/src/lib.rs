@@ -104,10 +104,7 @@ pub enum CtlError {
     #[error("cannot read {input}: {reason}")]
     ReadInput { input: String, reason: String },
     #[error("{}", publish::describe_bad_input(input, errors))]
-    BadInput {
-        input: String,
-        errors: Vec<LineError>,
-    },
+    BadInput { input: String, errors: Vec<LineError> },
     #[error("database {target}: {}", with_causes(source))]
     Db {
         target: String,
@@ -120,20 +117,14 @@ pub enum CtlError {
     Topics(#[source] AdminError),
     #[error("could not load the Avro schemas: {}", with_causes(.0))]
     Codec(#[source] CodecError),
-    #[error(
-        "line {line} ({record_type}): could not encode: {}",
-        with_causes(source)
-    )]
+    #[error("line {line} ({record_type}): could not encode: {}", with_causes(source))]
     Encode {
         line: usize,
         record_type: &'static str,
         #[source]
         source: CodecError,
     },
-    #[error(
-        "could not create a Kafka producer for {bootstrap}: {}",
-        with_causes(source)
-    )]
+    #[error("could not create a Kafka producer for {bootstrap}: {}", with_causes(source))]
     Producer {
         bootstrap: String,
         #[source]
@@ -286,13 +277,9 @@ mod tests {
         #[derive(Debug, thiserror::Error)]
         #[error("quoting: {0}")]
         struct Quoting(#[source] std::io::Error);
-        let refused =
-            || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
         assert_eq!(with_causes(&Outer(refused())), "outer: Connection refused");
-        assert_eq!(
-            with_causes(&Quoting(refused())),
-            "quoting: Connection refused"
-        );
+        assert_eq!(with_causes(&Quoting(refused())), "quoting: Connection refused");
     }
 
     #[test]
@@ -309,9 +296,7 @@ mod tests {
             errors: Vec::new(),
         };
         assert_eq!(bad.exit_code(), EXIT_BAD_INPUT);
-        let db = CtlError::DbTimeout {
-            target: "h:1/x".into(),
-        };
+        let db = CtlError::DbTimeout { target: "h:1/x".into() };
         assert_eq!(db.exit_code(), EXIT_FAILURE);
     }
 }

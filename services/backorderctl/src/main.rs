@@ -8,10 +8,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = backorderctl::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             report(&format!("could not start the async runtime: {e}"));

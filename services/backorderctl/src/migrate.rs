@@ -32,10 +32,7 @@ mod tests {
 
     #[test]
     fn counts_read_naturally() {
-        assert_eq!(
-            describe(0),
-            "database schema is up to date (0 migrations applied)"
-        );
+        assert_eq!(describe(0), "database schema is up to date (0 migrations applied)");
         assert_eq!(describe(1), "applied 1 migration");
         assert_eq!(describe(3), "applied 3 migrations");
     }

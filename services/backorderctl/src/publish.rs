@@ -269,10 +269,7 @@ fn quoted_name<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
 /// The namespace of generated event ids: UUID v5 of
 /// `https://backorder.invalid/backorderctl/publish` in the URL namespace.
 fn event_id_namespace() -> Uuid {
-    Uuid::new_v5(
-        &Uuid::NAMESPACE_URL,
-        b"https://backorder.invalid/backorderctl/publish",
-    )
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, b"https://backorder.invalid/backorderctl/publish")
 }
 
 /// The event id generated for a line without one: deterministic, so the
@@ -284,22 +281,18 @@ pub fn generated_event_id(line_text: &str) -> String {
 /// Parses one non-blank, non-comment line.
 pub fn parse_line(line: usize, text: &str) -> Result<ParsedLine, LineError> {
     let text = text.trim();
-    let error =
-        |record_type: Option<&'static str>, field: Option<String>, reason: String| LineError {
-            line,
-            record_type,
-            field,
-            reason,
-        };
+    let error = |record_type: Option<&'static str>, field: Option<String>, reason: String| LineError {
+        line,
+        record_type,
+        field,
+        reason,
+    };
     let value: Value = serde_json::from_str(text).map_err(|e| error(None, None, not_json(&e)))?;
     let Value::Object(mut object) = value else {
         return Err(error(
             None,
             None,
-            format!(
-                "expected a JSON object with a \"type\", got {}",
-                json_kind(&value)
-            ),
+            format!("expected a JSON object with a \"type\", got {}", json_kind(&value)),
         ));
     };
     let type_name = match object.remove("type") {
@@ -367,10 +360,7 @@ fn insert_event_id_if_missing(object: &mut Map<String, Value>, line_text: &str) 
     if object.contains_key("event_id") {
         return false;
     }
-    object.insert(
-        "event_id".into(),
-        Value::String(generated_event_id(line_text)),
-    );
+    object.insert("event_id".into(), Value::String(generated_event_id(line_text)));
     true
 }
 
@@ -395,11 +385,7 @@ pub fn parse_lines(text: &str) -> Result<Vec<ParsedLine>, Vec<LineError>> {
             Err(error) => errors.push(error),
         }
     }
-    if errors.is_empty() {
-        Ok(parsed)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(parsed) } else { Err(errors) }
 }
 
 /// serde_json's message without its "at line 1 column N" (every line is
@@ -437,27 +423,16 @@ pub fn summary(lines: &[ParsedLine], topics: &Topics) -> String {
     bases.sort_by_key(|b| order(b));
     bases.dedup();
     for base in bases {
-        let n = lines
-            .iter()
-            .filter(|l| l.record.base_topic() == base)
-            .count();
+        let n = lines.iter().filter(|l| l.record.base_topic() == base).count();
         counts.push((topics.name(base), n));
     }
-    let noun = if lines.len() == 1 {
-        "record"
-    } else {
-        "records"
-    };
+    let noun = if lines.len() == 1 { "record" } else { "records" };
     let detail: Vec<String> = counts.iter().map(|(t, n)| format!("{t}: {n}")).collect();
     format!("{} {noun} ({})", lines.len(), detail.join(", "))
 }
 
 /// Encodes every record; the first failure names its line.
-pub async fn encode_all(
-    lines: &[ParsedLine],
-    codec: &Codec,
-    topics: &Topics,
-) -> Result<Vec<OutboundRecord>, CtlError> {
+pub async fn encode_all(lines: &[ParsedLine], codec: &Codec, topics: &Topics) -> Result<Vec<OutboundRecord>, CtlError> {
     let mut records = Vec::with_capacity(lines.len());
     for parsed in lines {
         let record = parsed
@@ -513,9 +488,7 @@ fn progress_bar(total: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} records ({per_sec}, {eta} left)")
-    {
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} records ({per_sec}, {eta} left)") {
         bar.set_style(style);
     }
     bar
@@ -651,10 +624,7 @@ mod tests {
     #[test]
     fn record_type_names_match_the_avro_schemas() {
         let parsed = one(ETA).unwrap();
-        assert_eq!(
-            parsed.record.avro_full_name(),
-            "com.backorder.stock.SupplierEtaChanged"
-        );
+        assert_eq!(parsed.record.avro_full_name(), "com.backorder.stock.SupplierEtaChanged");
         // Every declared type is one of the contract's input records and
         // appears in --help.
         assert_eq!(RECORD_TYPES.len(), 9);
@@ -693,10 +663,7 @@ mod tests {
     fn not_json_and_not_an_object_are_reported() {
         let e = err(r#"{"type":"OrderPlaced","#);
         assert!(e.to_string().starts_with("line 7: not JSON: "), "{e}");
-        assert!(
-            !e.reason.contains("at line 1"),
-            "serde's own line number confuses: {e}"
-        );
+        assert!(!e.reason.contains("at line 1"), "serde's own line number confuses: {e}");
         let e = err("[1,2]");
         assert!(e.reason.contains("expected a JSON object"), "{e}");
     }
@@ -797,10 +764,7 @@ mod tests {
             message.starts_with("scenario.jsonl has 2 bad lines; nothing was published"),
             "{message}"
         );
-        assert!(
-            message
-                .contains("\n  line 3 (OrderPlaced): lines[0].quantity: must be positive, got -1")
-        );
+        assert!(message.contains("\n  line 3 (OrderPlaced): lines[0].quantity: must be positive, got -1"));
     }
 
     #[test]
@@ -822,10 +786,7 @@ mod tests {
             summary(&parsed, &Topics::new("")),
             "3 records (orders.v1: 2, stock.v1: 1)"
         );
-        assert_eq!(
-            summary(&parsed[1..2], &Topics::new("t-")),
-            "1 record (t-stock.v1: 1)"
-        );
+        assert_eq!(summary(&parsed[1..2], &Topics::new("t-")), "1 record (t-stock.v1: 1)");
     }
 
     #[tokio::test]
@@ -833,9 +794,7 @@ mod tests {
         let text = format!("{ETA}\n{PLACED}\n");
         let parsed = parse_lines(&text).unwrap();
         let codec = Codec::new(None).unwrap();
-        let records = encode_all(&parsed, &codec, &Topics::new("p-"))
-            .await
-            .unwrap();
+        let records = encode_all(&parsed, &codec, &Topics::new("p-")).await.unwrap();
         assert_eq!(records[0].topic, "p-stock.v1");
         assert_eq!(records[0].key, "LAMP-01");
         assert_eq!(records[1].topic, "p-orders.v1");
@@ -851,12 +810,7 @@ mod tests {
             Ok(parsed) => parsed,
             Err(errors) => panic!("{}", describe_bad_input("demo-scenario.jsonl", &errors)),
         };
-        let count = |name: &str| {
-            parsed
-                .iter()
-                .filter(|p| p.record.type_name() == name)
-                .count()
-        };
+        let count = |name: &str| parsed.iter().filter(|p| p.record.type_name() == name).count();
         assert_eq!(count("ProductUpserted"), 3);
         assert_eq!(count("SupplierEtaChanged"), 1);
         assert_eq!(count("OrderPlaced"), 3);
@@ -871,11 +825,7 @@ mod tests {
                 Record::OrderPlaced(o) => {
                     locales.push(o.customer.locale.clone());
                     assert!(o.customer.email.ends_with("@example.com"));
-                    let sum: i64 = o
-                        .lines
-                        .iter()
-                        .map(|l| l.unit_price_minor * i64::from(l.quantity))
-                        .sum();
+                    let sum: i64 = o.lines.iter().map(|l| l.unit_price_minor * i64::from(l.quantity)).sum();
                     assert_eq!(sum, o.total_minor, "{}", o.order_id);
                     use backorder_core::events::orders::Availability;
                     if o.lines
@@ -884,10 +834,7 @@ mod tests {
                     {
                         backordered_lamp_orders += 1;
                     }
-                    if o.lines
-                        .iter()
-                        .all(|l| l.availability == Availability::InStock)
-                    {
+                    if o.lines.iter().all(|l| l.availability == Availability::InStock) {
                         all_in_stock_orders += 1;
                     }
                 }
@@ -896,10 +843,7 @@ mod tests {
                     let base = chrono::NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
                     let from = (eta.eta_from.unwrap() - base).num_days();
                     let to = (eta.eta_to.unwrap() - base).num_days();
-                    assert!(
-                        (20..=36).contains(&from) && (20..=36).contains(&to),
-                        "{from}..{to}"
-                    );
+                    assert!((20..=36).contains(&from) && (20..=36).contains(&to), "{from}..{to}");
                 }
                 _ => {}
             }

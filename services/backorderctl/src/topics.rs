@@ -46,17 +46,11 @@ pub fn render_table(wanted: &[(String, i32)], report: &CreatedTopics) -> String 
 }
 
 /// Runs `topics`.
-pub async fn run(
-    command: TopicsCommand,
-    settings: &Settings,
-    out: &mut impl Write,
-) -> Result<(), CtlError> {
+pub async fn run(command: TopicsCommand, settings: &Settings, out: &mut impl Write) -> Result<(), CtlError> {
     match command {
         TopicsCommand::Create => {
             let wanted = Topics::new(&settings.topic_prefix).all();
-            let report = create_topics(settings, &wanted)
-                .await
-                .map_err(CtlError::Topics)?;
+            let report = create_topics(settings, &wanted).await.map_err(CtlError::Topics)?;
             writeln!(out, "{}", render_table(&wanted, &report))?;
             writeln!(
                 out,

@@ -95,21 +95,14 @@ fn publish_with_a_bad_third_line_fails_before_contacting_kafka() {
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("line 3 (OrderPlaced)"), "stderr: {stderr}");
     assert!(stderr.contains("lines[0].quantity"), "stderr: {stderr}");
-    assert!(
-        stderr.contains("must be positive, got -1"),
-        "stderr: {stderr}"
-    );
+    assert!(stderr.contains("must be positive, got -1"), "stderr: {stderr}");
     assert!(stderr.contains("nothing was published"), "stderr: {stderr}");
     // No Rust Debug output, no panic.
     assert!(
         !stderr.contains("panicked") && !stderr.contains("LineError {"),
         "stderr: {stderr}"
     );
-    assert!(
-        text(&output.stdout).is_empty(),
-        "stdout: {}",
-        text(&output.stdout)
-    );
+    assert!(text(&output.stdout).is_empty(), "stdout: {}", text(&output.stdout));
     // A run that had tried the (unreachable) broker would have waited for
     // the producer's 30 s message timeout.
     assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
@@ -119,9 +112,7 @@ fn publish_with_a_bad_third_line_fails_before_contacting_kafka() {
 fn publish_of_an_unknown_type_names_it() {
     let file = TempFile::new(
         "unknown.jsonl",
-        &format!(
-            "# comment\n\n{{\"type\":\"Foo\",\"occurred_at\":\"2026-11-24T10:00:00Z\"}}\n{GOOD_PRODUCT}\n"
-        ),
+        &format!("# comment\n\n{{\"type\":\"Foo\",\"occurred_at\":\"2026-11-24T10:00:00Z\"}}\n{GOOD_PRODUCT}\n"),
     );
     let (output, _) = backorderctl(&["publish", file.0.to_str().unwrap()]);
     let stderr = text(&output.stderr);
@@ -145,10 +136,7 @@ fn publish_of_a_missing_file_is_bad_input() {
 
 #[test]
 fn publish_dry_run_of_good_lines_succeeds_without_kafka() {
-    let file = TempFile::new(
-        "good.jsonl",
-        &format!("{GOOD_PRODUCT}\n{GOOD_PLACED}\n{GOOD_PLACED}\n"),
-    );
+    let file = TempFile::new("good.jsonl", &format!("{GOOD_PRODUCT}\n{GOOD_PLACED}\n{GOOD_PLACED}\n"));
     let (output, _) = backorderctl(&["publish", "--dry-run", file.0.to_str().unwrap()]);
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "stderr: {}", text(&output.stderr));
@@ -163,10 +151,7 @@ fn clock_advance_with_a_bad_duration_fails_before_connecting() {
     let (output, _) = backorderctl(&["clock", "advance", "3x"]);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
-    assert!(
-        stderr.contains(r#""3x" is not a duration"#),
-        "stderr: {stderr}"
-    );
+    assert!(stderr.contains(r#""3x" is not a duration"#), "stderr: {stderr}");
     assert!(stderr.contains("1d12h"), "stderr: {stderr}");
     assert!(
         !stderr.contains("database"),
@@ -179,10 +164,7 @@ fn clock_set_with_a_bad_instant_fails_before_connecting() {
     let (output, _) = backorderctl(&["clock", "set", "next tuesday"]);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
-    assert!(
-        stderr.contains("not an RFC 3339 instant"),
-        "stderr: {stderr}"
-    );
+    assert!(stderr.contains("not an RFC 3339 instant"), "stderr: {stderr}");
 }
 
 #[test]
@@ -190,10 +172,7 @@ fn an_unreachable_database_is_an_infrastructure_failure() {
     let (output, _) = backorderctl(&["migrate"]);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
-    assert!(
-        stderr.contains("database 127.0.0.1:1/backorder"),
-        "stderr: {stderr}"
-    );
+    assert!(stderr.contains("database 127.0.0.1:1/backorder"), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 
@@ -203,34 +182,22 @@ fn help_documents_the_input_format() {
     let stdout = text(&output.stdout);
     assert!(output.status.success());
     assert!(stdout.contains("UUID v5 of the line's text"), "{stdout}");
-    assert!(
-        stdout.contains("occurred_at is never defaulted"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("occurred_at is never defaulted"), "{stdout}");
 }
 
 #[test]
 fn help_of_every_command_says_what_it_does() {
     let (output, _) = backorderctl(&["--help"]);
     let stdout = text(&output.stdout);
-    assert!(
-        stdout.contains("Exit codes: 0 success; 1 infrastructure"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("Exit codes: 0 success; 1 infrastructure"), "{stdout}");
     for command in ["migrate", "topics", "publish", "clock", "emails"] {
         assert!(stdout.contains(command), "{command} missing: {stdout}");
     }
     let (output, _) = backorderctl(&["emails", "--help"]);
     let stdout = text(&output.stdout);
-    assert!(
-        stdout.contains("full addresses are never printed"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("full addresses are never printed"), "{stdout}");
     assert!(stdout.contains("--state <STATE>"), "{stdout}");
     let (output, _) = backorderctl(&["clock", "advance", "--help"]);
     let stdout = text(&output.stdout);
-    assert!(
-        stdout.contains("backorderctl clock advance 1d12h"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("backorderctl clock advance 1d12h"), "{stdout}");
 }

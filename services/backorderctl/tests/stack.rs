@@ -25,10 +25,7 @@ use backorder_core::rdkafka::consumer::{Consumer, StreamConsumer};
 use backorder_core::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use backorder_core::tokio_postgres::NoTls;
 
-const DEMO: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../infra/local/demo-scenario.jsonl"
-);
+const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/local/demo-scenario.jsonl");
 
 /// A database and a topic prefix of this test's own.
 struct World {
@@ -41,10 +38,8 @@ struct World {
 
 impl World {
     async fn new() -> Self {
-        let admin_url =
-            stack_env_value("BACKORDER_PG_ADMIN_URL").expect("BACKORDER_PG_ADMIN_URL (make up)");
-        let kafka =
-            stack_env_value("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS (make up)");
+        let admin_url = stack_env_value("BACKORDER_PG_ADMIN_URL").expect("BACKORDER_PG_ADMIN_URL (make up)");
+        let kafka = stack_env_value("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS (make up)");
         let id = uuid::Uuid::new_v4().simple().to_string();
         let database = format!("backorderctl_{id}");
         let (admin, connection) = backorder_core::tokio_postgres::connect(&admin_url, NoTls)
@@ -97,24 +92,18 @@ impl World {
     }
 
     async fn sql(&self, statement: &str) {
-        let (client, connection) =
-            backorder_core::tokio_postgres::connect(&self.database_url, NoTls)
-                .await
-                .unwrap();
+        let (client, connection) = backorder_core::tokio_postgres::connect(&self.database_url, NoTls)
+            .await
+            .unwrap();
         tokio::spawn(connection);
         client.batch_execute(statement).await.unwrap();
     }
 
     async fn drop_database(&self) {
-        if let Ok((admin, connection)) =
-            backorder_core::tokio_postgres::connect(&self.admin_url, NoTls).await
-        {
+        if let Ok((admin, connection)) = backorder_core::tokio_postgres::connect(&self.admin_url, NoTls).await {
             tokio::spawn(connection);
             let _ = admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.database
-                ))
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database))
                 .await;
         }
     }
@@ -131,10 +120,7 @@ async fn migrate_topics_publish_clock_and_emails_against_the_stack() {
 
     // topics create: everything created, then everything existing.
     let first = world.ok(&["topics", "create"]);
-    assert!(
-        first.contains(&format!("{}orders.v1.dlq", world.prefix)),
-        "{first}"
-    );
+    assert!(first.contains(&format!("{}orders.v1.dlq", world.prefix)), "{first}");
     assert!(first.contains("13 created, 0 already existed"), "{first}");
     let second = world.ok(&["topics", "create"]);
     assert!(second.contains("0 created, 13 already existed"), "{second}");
@@ -172,8 +158,7 @@ async fn migrate_topics_publish_clock_and_emails_against_the_stack() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while keys.values().map(Vec::len).sum::<usize>() < 8 {
         assert!(Instant::now() < deadline, "only got {keys:?}");
-        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await
-        else {
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else {
             continue;
         };
         let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
@@ -188,21 +173,13 @@ async fn migrate_topics_publish_clock_and_emails_against_the_stack() {
             event.event_id().to_string()
         };
         event_ids.push(event_id);
-        keys.entry(message.topic().to_string())
-            .or_default()
-            .push(key);
+        keys.entry(message.topic().to_string()).or_default().push(key);
     }
     for list in keys.values_mut() {
         list.sort();
     }
-    assert_eq!(
-        keys[&orders],
-        vec!["cart-2001", "o-1001", "o-1002", "o-1003"]
-    );
-    assert_eq!(
-        keys[&stock],
-        vec!["LAMP-01", "LAMP-01", "LAMP-02", "MUG-01"]
-    );
+    assert_eq!(keys[&orders], vec!["cart-2001", "o-1001", "o-1002", "o-1003"]);
+    assert_eq!(keys[&stock], vec!["LAMP-01", "LAMP-01", "LAMP-02", "MUG-01"]);
     // Generated event ids are the ones the parser derives from each line.
     let demo = std::fs::read_to_string(DEMO).unwrap();
     let mut expected: Vec<String> = backorderctl::publish::parse_lines(&demo)
@@ -218,10 +195,7 @@ async fn migrate_topics_publish_clock_and_emails_against_the_stack() {
     let set = world.ok(&["clock", "set", "2026-11-24T09:00:00Z"]);
     assert!(set.starts_with("now:    2026-11-24T09:00:0"), "{set}");
     let advanced = world.ok(&["clock", "advance", "14d"]);
-    assert!(
-        advanced.starts_with("now:    2026-12-08T09:00:0"),
-        "{advanced}"
-    );
+    assert!(advanced.starts_with("now:    2026-12-08T09:00:0"), "{advanced}");
     let back = world.ok(&["clock", "advance", "-1d12h"]);
     assert!(back.starts_with("now:    2026-12-06T21:00:0"), "{back}");
     let reset = world.ok(&["clock", "reset"]);
@@ -263,26 +237,15 @@ async fn migrate_topics_publish_clock_and_emails_against_the_stack() {
     assert_eq!(rows[0]["dedup_key"], "order-confirmation_o-1002");
     assert_eq!(rows[0]["recipient"], "b***@e***.com");
     assert_eq!(rows[0]["attempts"], 5);
-    assert!(
-        rows[0]["last_error"]
-            .as_str()
-            .unwrap()
-            .ends_with("b***@e***.com")
-    );
+    assert!(rows[0]["last_error"].as_str().unwrap().ends_with("b***@e***.com"));
 
     let json = world.ok(&["emails", "--json", "--order", "o-1001", "--limit", "5"]);
     let rows: Vec<HashMap<String, serde_json::Value>> = serde_json::from_str(&json).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["state"], "sent");
     let limited = world.ok(&["emails", "--limit", "1"]);
-    assert!(
-        limited.contains("the limit; --limit N shows more"),
-        "{limited}"
-    );
-    assert_eq!(
-        world.ok(&["emails", "--order", "nope"]).trim(),
-        "no emails match"
-    );
+    assert!(limited.contains("the limit; --limit N shows more"), "{limited}");
+    assert_eq!(world.ok(&["emails", "--order", "nope"]).trim(), "no emails match");
 
     world.drop_database().await;
 }

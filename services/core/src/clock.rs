@@ -52,9 +52,7 @@ impl Clock {
 /// The controlled clock's current offset from system time.
 pub async fn offset(pool: &Pool) -> Result<Duration, DbError> {
     let client = pool.get().await?;
-    let row = client
-        .query_opt("SELECT offset_ms FROM clock WHERE id", &[])
-        .await?;
+    let row = client.query_opt("SELECT offset_ms FROM clock WHERE id", &[]).await?;
     let ms: i64 = row.map(|r| r.get(0)).unwrap_or(0);
     Ok(Duration::milliseconds(ms))
 }

@@ -230,12 +230,11 @@ impl Codec {
             .current
             .get(&name)
             .ok_or_else(|| CodecError::NoReaderSchema(name.clone()))?;
-        let value: Value = apache_avro::from_avro_datum(&writer, &mut datum, Some(reader)).map_err(|source| {
-            CodecError::Datum {
+        let value: Value =
+            apache_avro::from_avro_datum(&writer, &mut datum, Some(reader)).map_err(|source| CodecError::Datum {
                 record: name.clone(),
                 source: Box::new(source),
-            }
-        })?;
+            })?;
         Ok(E::from_avro(&name, &value)?)
     }
 
@@ -395,7 +394,10 @@ mod tests {
     #[tokio::test]
     async fn nullable_dates_round_trip() {
         let codec = Codec::new(None).unwrap();
-        for (from, to) in [(None, None), (NaiveDate::from_ymd_opt(2027, 1, 2), NaiveDate::from_ymd_opt(2027, 1, 9))] {
+        for (from, to) in [
+            (None, None),
+            (NaiveDate::from_ymd_opt(2027, 1, 2), NaiveDate::from_ymd_opt(2027, 1, 9)),
+        ] {
             let eta = SupplierEtaChanged {
                 event_id: "e".into(),
                 occurred_at: Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap(),
@@ -416,7 +418,117 @@ mod tests {
         let codec = Codec::new(None).unwrap();
         let err = codec.decode::<OrderEvent>(b"\xffnot avro").await.err().unwrap();
         assert!(err.to_string().contains("neither Avro single-object"), "{err}");
-        let err = codec.decode::<OrderEvent>(&[0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0]).await.err().unwrap();
+        let err = codec
+            .decode::<OrderEvent>(&[0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0])
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, CodecError::UnknownFingerprint(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_order_written_with_schema_version_1_decodes_into_todays_type() {
+        // An old producer: OrderPlaced v1 had no customer.country and no
+        // line.category. Encode with that writer schema, exactly as it would.
+        let old = SCHEMA_FILES.iter().find(|f| !f.current).unwrap();
+        let old_schema = Schema::parse_str(old.json).unwrap();
+        let mut value = apache_avro::to_value(order()).unwrap();
+        if let Value::Record(fields) = &mut value {
+            for (name, field) in fields.iter_mut() {
+                if name == "customer"
+                    && let Value::Record(c) = field
+                {
+                    c.retain(|(n, _)| n != "country");
+                }
+                if name == "lines"
+                    && let Value::Array(lines) = field
+                {
+                    for line in lines {
+                        if let Value::Record(l) = line {
+                            l.retain(|(n, _)| n != "category");
+                        }
+                    }
+                }
+            }
+        }
+        let value = value.resolve(&old_schema).unwrap();
+        let mut bytes = SINGLE_OBJECT_MAGIC.to_vec();
+        bytes.extend_from_slice(&fingerprint(&old_schema));
+        bytes.extend_from_slice(&apache_avro::to_avro_datum(&old_schema, value).unwrap());
+
+        let decoded: OrderEvent = Codec::new(None).unwrap().decode(&bytes).await.unwrap();
+        let mut expected = order();
+        expected.customer.country = None;
+        expected.lines[0].category = None;
+        assert_eq!(decoded, OrderEvent::Placed(expected));
+    }
+
+    /// A minimal stand-in for a Confluent schema registry (its two REST
+    /// calls), because no registry can run on this machine: it registers
+    /// schemas and serves them by id, counting lookups.
+    async fn fake_registry() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::extract::{Path, State};
+        use axum::routing::{get, post};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        type Shared = (
+            std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+            std::sync::Arc<AtomicUsize>,
+        );
+        let lookups = std::sync::Arc::new(AtomicUsize::new(0));
+        let state: Shared = (Default::default(), lookups.clone());
+        let app = axum::Router::new()
+            .route(
+                "/subjects/{subject}/versions",
+                post(
+                    |State((schemas, _)): State<Shared>, body: axum::Json<serde_json::Value>| async move {
+                        let mut schemas = schemas.lock().unwrap();
+                        schemas.push(body["schema"].as_str().unwrap().to_string());
+                        axum::Json(serde_json::json!({ "id": schemas.len() + 100 }))
+                    },
+                ),
+            )
+            .route(
+                "/schemas/ids/{id}",
+                get(
+                    |State((schemas, lookups)): State<Shared>, Path(id): Path<usize>| async move {
+                        lookups.fetch_add(1, Ordering::SeqCst);
+                        let schema = schemas.lock().unwrap()[id - 101].clone();
+                        axum::Json(serde_json::json!({ "schema": schema }))
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, lookups)
+    }
+
+    #[tokio::test]
+    async fn confluent_framing_round_trips_through_the_registry_and_ids_are_cached() {
+        let (url, lookups) = fake_registry().await;
+        let with_registry = Codec::new(Some(&url)).unwrap();
+        let bytes = with_registry.encode("orders.v1", &order()).await.unwrap();
+        assert_eq!(bytes[0], 0x00, "Confluent magic byte");
+        assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()), 101);
+        for _ in 0..3 {
+            let decoded: OrderEvent = with_registry.decode(&bytes).await.unwrap();
+            assert_eq!(decoded, OrderEvent::Placed(order()));
+        }
+        assert_eq!(
+            lookups.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "schema ids are cached"
+        );
+        // A decoder without a registry still reads single-object encoding,
+        // and says clearly why it cannot read Confluent framing.
+        let plain = Codec::new(None).unwrap();
+        let err = plain.decode::<OrderEvent>(&bytes).await.err().unwrap();
+        assert!(err.to_string().contains("SCHEMA_REGISTRY_URL"), "{err}");
+        let single = plain.encode("orders.v1", &order()).await.unwrap();
+        assert_eq!(
+            with_registry.decode::<OrderEvent>(&single).await.unwrap(),
+            OrderEvent::Placed(order())
+        );
     }
 }

@@ -161,10 +161,7 @@ impl Settings {
 
 /// Maps an environment variable name to the settings field it sets, if any.
 fn field_for_env_name(name: &str) -> Option<String> {
-    if let Some((_, field)) = ECOSYSTEM_NAMES
-        .iter()
-        .find(|(env, _)| name.eq_ignore_ascii_case(env))
-    {
+    if let Some((_, field)) = ECOSYSTEM_NAMES.iter().find(|(env, _)| name.eq_ignore_ascii_case(env)) {
         return Some((*field).to_string());
     }
     let rest = name.strip_prefix("BACKORDER_")?.to_ascii_lowercase();

@@ -28,9 +28,7 @@ pub fn init_tracing(format: LogFormat) {
         LogFormat::Json => registry
             .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
             .try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().compact())
-            .try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().compact()).try_init(),
     };
     // A second initialisation in the same process (tests) is not an error.
     drop(result);

@@ -3,7 +3,7 @@
 //! explicit "not known yet"), what happens next, and how to reach support.
 
 use backorder_core::domain::DedupKey;
-use backorder_core::events::internal::{EmailCategory, EmailRequested};
+use backorder_core::events::internal::{EmailCategory, EmailRequested, Recipient};
 use backorder_core::events::orders::{Availability, OrderPlaced};
 use serde::Serialize;
 
@@ -64,21 +64,20 @@ pub fn order_confirmation(order: &OrderPlaced, promises: &[(String, Promise)]) -
         has_backorder: order.lines.iter().any(|l| l.availability == Availability::Backordered),
         lines,
     };
-    let dedup_key = DedupKey::new("order-confirmation", &[&order.order_id]);
-    EmailRequested {
-        event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, dedup_key.as_str().as_bytes()).to_string(),
-        occurred_at: order.occurred_at,
-        dedup_key: dedup_key.to_string(),
-        template: TEMPLATE.to_string(),
-        locale: order.customer.locale.clone(),
-        recipient: order.customer.email.trim().to_string(),
-        recipient_name: order.customer.name.clone(),
-        customer_id: order.customer.customer_id.clone(),
-        order_id: Some(order.order_id.clone()),
-        category: EmailCategory::Transactional,
-        campaign: None,
-        // Serializing a struct of strings and numbers cannot fail; an
-        // empty object would still be a valid request.
-        data_json: serde_json::to_string(&data).unwrap_or_else(|_| "{}".to_string()),
-    }
+    let customer = &order.customer;
+    EmailRequested::compose(
+        &DedupKey::new("order-confirmation", &[&order.order_id]),
+        TEMPLATE,
+        EmailCategory::Transactional,
+        Recipient {
+            customer_id: &customer.customer_id,
+            email: &customer.email,
+            name: &customer.name,
+            locale: &customer.locale,
+        },
+        Some(&order.order_id),
+        None,
+        order.occurred_at,
+        &data,
+    )
 }

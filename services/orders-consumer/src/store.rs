@@ -43,7 +43,11 @@ pub async fn upsert_customer(
 
 /// Records the order and its lines. Returns false when it was already known.
 pub async fn insert_order(tx: &Transaction<'_>, order: &OrderPlaced, has_backorder: bool) -> Result<bool, Error> {
-    let tags: Vec<&str> = if has_backorder { vec![ORDER_TAG_BACKORDER] } else { vec![] };
+    let tags: Vec<&str> = if has_backorder {
+        vec![ORDER_TAG_BACKORDER]
+    } else {
+        vec![]
+    };
     let inserted = tx
         .execute(
             "INSERT INTO orders (order_id, customer_id, placed_at, currency, total_minor, tags, event_id)
@@ -103,10 +107,7 @@ pub struct Promise {
 /// yet, from the SKU's current supplier ETA ("unknown" when there is none),
 /// and returns the promise of every backordered line by line id. On replay
 /// the recorded promise is returned unchanged, so the email is the same.
-pub async fn promise_backordered_lines(
-    tx: &Transaction<'_>,
-    order_id: &str,
-) -> Result<Vec<(String, Promise)>, Error> {
+pub async fn promise_backordered_lines(tx: &Transaction<'_>, order_id: &str) -> Result<Vec<(String, Promise)>, Error> {
     let rows = tx
         .query(
             "WITH told AS (

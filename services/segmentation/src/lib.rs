@@ -11,6 +11,9 @@ use backorder_core::service::{Service, ServiceError};
 /// Starts the HTTP endpoints and the consumer loop.
 pub async fn start(service: &Service) -> Result<(), ServiceError> {
     service.serve_http(axum::Router::new()).await?;
-    service.consume(topics::BACKORDER_DELAYS, AcknowledgeOnly::<BackorderDelayEvent>::default());
+    service.consume(
+        topics::BACKORDER_DELAYS,
+        AcknowledgeOnly::<BackorderDelayEvent>::default(),
+    );
     Ok(())
 }

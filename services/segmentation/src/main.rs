@@ -1,6 +1,9 @@
 //! segmentation: one replica of the segmentation consumer group.
 
 fn main() -> anyhow::Result<()> {
-    backorder_core::service::run_service("segmentation", |service| async move { segmentation::start(&service).await })?;
+    backorder_core::service::run_service(
+        "segmentation",
+        |service| async move { segmentation::start(&service).await },
+    )?;
     Ok(())
 }

@@ -50,7 +50,8 @@ impl Delivery {
             Some(quota) if quota.max_send_rate >= 1.0 => quota.max_send_rate,
             _ => settings.ses_fallback_send_rate,
         };
-        let per_second = NonZeroU32::new(rate.floor().clamp(1.0, f64::from(u32::MAX)) as u32).unwrap_or(NonZeroU32::MIN);
+        let per_second =
+            NonZeroU32::new(rate.floor().clamp(1.0, f64::from(u32::MAX)) as u32).unwrap_or(NonZeroU32::MIN);
         // A burst of one: never more than the rate in any second.
         let limiter = RateLimiter::direct(Quota::per_second(per_second).allow_burst(NonZeroU32::MIN));
         metrics::gauge!("backorder_sender_send_rate_limit").set(f64::from(per_second.get()));
@@ -89,7 +90,8 @@ impl Delivery {
                 Err(error) => {
                     db_errors += 1;
                     tracing::warn!(%error, "could not claim from the ledger; retrying");
-                    self.sleep(Duration::from_millis(200 * u64::from(db_errors.min(25)))).await;
+                    self.sleep(Duration::from_millis(200 * u64::from(db_errors.min(25))))
+                        .await;
                     continue;
                 }
             };
@@ -147,15 +149,19 @@ impl Delivery {
             metrics::counter!("backorder_sender_ambiguous_resends_total").increment(1);
             tracing::warn!(dedup_key = key, "resending after a sender died mid-send (ambiguous)");
         }
-        let rendered = match self.renderer.render(&email.template, &email.locale, &email.recipient_name, &email.data, None) {
-            Ok(rendered) => rendered,
-            Err(error) => {
-                self.count_outcome(&template, "failed");
-                metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "render").increment(1);
-                tracing::error!(dedup_key = key, %error, "email could not be rendered; recorded as failed");
-                return ledger::mark_failed(&self.pool, key, &format!("render: {error}")).await;
-            }
-        };
+        let rendered =
+            match self
+                .renderer
+                .render(&email.template, &email.locale, &email.recipient_name, &email.data, None)
+            {
+                Ok(rendered) => rendered,
+                Err(error) => {
+                    self.count_outcome(&template, "failed");
+                    metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "render").increment(1);
+                    tracing::error!(dedup_key = key, %error, "email could not be rendered; recorded as failed");
+                    return ledger::mark_failed(&self.pool, key, &format!("render: {error}")).await;
+                }
+            };
         tokio::select! {
             () = self.lifecycle.shutdown.cancelled() => {
                 return ledger::release(&self.pool, key, Duration::ZERO).await;
@@ -192,9 +198,15 @@ impl Delivery {
             }
             Err(SendFailure::Retryable(reason)) => {
                 self.count_outcome(&template, "failed");
-                metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "retries_exhausted").increment(1);
+                metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "retries_exhausted")
+                    .increment(1);
                 tracing::error!(dedup_key = key, attempts = email.attempts, %reason, "giving up after the last attempt");
-                ledger::mark_failed(&self.pool, key, &format!("gave up after {} attempts: {reason}", email.attempts)).await
+                ledger::mark_failed(
+                    &self.pool,
+                    key,
+                    &format!("gave up after {} attempts: {reason}", email.attempts),
+                )
+                .await
             }
             Err(SendFailure::Permanent { kind, reason }) => {
                 self.count_outcome(&template, "failed");

@@ -32,10 +32,16 @@ pub enum SenderError {
 pub async fn start(service: &Service) -> Result<(), SenderError> {
     service.serve_http(axum::Router::new()).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
-    service.consume(topics::EMAIL_REQUESTS, intake::IntakeHandler::new(service, wake.clone()));
+    service.consume(
+        topics::EMAIL_REQUESTS,
+        intake::IntakeHandler::new(service, wake.clone()),
+    );
     let renderer = render::Renderer::new(&service.settings)?;
     let ses = ses::SesClient::from_env(&service.settings).await;
     let workers = delivery::Delivery::new(service, renderer, ses, wake).await;
-    service.spawn("delivery", async move { workers.run().await.map_err(|e| e.to_string()) });
+    service.spawn(
+        "delivery",
+        async move { workers.run().await.map_err(|e| e.to_string()) },
+    );
     Ok(())
 }

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sesv2::Client;
 use aws_sdk_sesv2::error::SdkError;
 use aws_sdk_sesv2::operation::send_email::SendEmailError;
 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message, MessageHeader, MessageTag};
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use backorder_core::config::Settings;
 
 use crate::render::Rendered;
@@ -103,27 +103,26 @@ impl SesClient {
                     reason: e.to_string(),
                 })
         };
-        let mut message = Message::builder()
-            .subject(utf8(&email.rendered.subject)?)
-            .body(
-                Body::builder()
-                    .html(utf8(&email.rendered.html)?)
-                    .text(utf8(&email.rendered.text)?)
-                    .build(),
-            );
+        let mut message = Message::builder().subject(utf8(&email.rendered.subject)?).body(
+            Body::builder()
+                .html(utf8(&email.rendered.html)?)
+                .text(utf8(&email.rendered.text)?)
+                .build(),
+        );
         if let Some(url) = email.unsubscribe_url {
             for (name, value) in [
                 ("List-Unsubscribe", format!("<{url}>")),
                 ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_string()),
             ] {
-                let header = MessageHeader::builder()
-                    .name(name)
-                    .value(value)
-                    .build()
-                    .map_err(|e| SendFailure::Permanent {
-                        kind: "build",
-                        reason: e.to_string(),
-                    })?;
+                let header =
+                    MessageHeader::builder()
+                        .name(name)
+                        .value(value)
+                        .build()
+                        .map_err(|e| SendFailure::Permanent {
+                            kind: "build",
+                            reason: e.to_string(),
+                        })?;
                 message = message.headers(header);
             }
         }
@@ -201,5 +200,8 @@ fn classify(error: SdkError<SendEmailError, aws_sdk_sesv2::config::http::HttpRes
 }
 
 fn is_throttling_code(code: Option<&str>) -> bool {
-    matches!(code, Some("Throttling" | "ThrottlingException" | "TooManyRequestsException"))
+    matches!(
+        code,
+        Some("Throttling" | "ThrottlingException" | "TooManyRequestsException")
+    )
 }

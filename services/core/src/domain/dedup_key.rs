@@ -19,12 +19,20 @@ impl DedupKey {
             .join("_");
         let cleaned: String = raw
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect();
         if cleaned == raw && raw.len() <= MAX_LEN {
             return Self(raw);
         }
-        let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, raw.as_bytes()).simple().to_string();
+        let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, raw.as_bytes())
+            .simple()
+            .to_string();
         let keep = MAX_LEN - digest.len() - 1;
         let prefix: String = cleaned.chars().take(keep).collect();
         Self(format!("{prefix}_{digest}"))

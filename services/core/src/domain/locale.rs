@@ -18,7 +18,10 @@ impl Locale {
         let mut tag = language.to_ascii_lowercase();
         if let Some(region) = parts.next().filter(|r| !r.is_empty()) {
             if !region.chars().all(|c| c.is_ascii_alphanumeric()) {
-                return Err(ValidationError::new(field, format!("locale {raw:?} has an invalid region")));
+                return Err(ValidationError::new(
+                    field,
+                    format!("locale {raw:?} has an invalid region"),
+                ));
             }
             tag.push('-');
             tag.push_str(&region.to_ascii_uppercase());

@@ -69,6 +69,49 @@ impl AvroRecord for EmailRequested {
     }
 }
 
+/// Who an email goes to, as stored with the customer.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a> {
+    pub customer_id: &'a str,
+    pub email: &'a str,
+    pub name: &'a str,
+    pub locale: &'a str,
+}
+
+impl EmailRequested {
+    /// Builds a request. The event id derives from the dedup key, so a
+    /// replayed decision produces an identical record; `data` becomes the
+    /// template's JSON object.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compose(
+        dedup_key: &DedupKey,
+        template: &str,
+        category: EmailCategory,
+        to: Recipient<'_>,
+        order_id: Option<&str>,
+        campaign: Option<&str>,
+        occurred_at: DateTime<Utc>,
+        data: &impl Serialize,
+    ) -> Self {
+        Self {
+            event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, dedup_key.as_str().as_bytes()).to_string(),
+            occurred_at,
+            dedup_key: dedup_key.to_string(),
+            template: template.to_string(),
+            locale: to.locale.to_string(),
+            recipient: to.email.trim().to_string(),
+            recipient_name: to.name.to_string(),
+            customer_id: to.customer_id.to_string(),
+            order_id: order_id.map(str::to_string),
+            category,
+            campaign: campaign.map(str::to_string),
+            // Template data is plain strings and numbers: serializing cannot
+            // fail, and `validate` would reject anything but an object.
+            data_json: serde_json::to_string(data).unwrap_or_else(|_| "{}".to_string()),
+        }
+    }
+}
+
 topic_event! {
     /// Everything `email-requests.v1` carries.
     EmailRequestEvent {

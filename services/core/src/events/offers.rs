@@ -39,7 +39,10 @@ impl AvroRecord for OfferResponse {
         non_empty("offer_id", &self.offer_id)?;
         non_empty("token", &self.token)?;
         if self.choice == OfferChoice::SwitchToAlternative && self.alternative_sku.is_none() {
-            return Err(ValidationError::new("alternative_sku", "a switch names the alternative sku"));
+            return Err(ValidationError::new(
+                "alternative_sku",
+                "a switch names the alternative sku",
+            ));
         }
         Ok(())
     }

@@ -25,7 +25,10 @@ impl Customer {
         if let Some(country) = &self.country
             && (country.len() != 2 || !country.chars().all(|c| c.is_ascii_alphabetic()))
         {
-            return Err(ValidationError::new("customer.country", "must be an ISO 3166 alpha-2 code such as DE"));
+            return Err(ValidationError::new(
+                "customer.country",
+                "must be an ISO 3166 alpha-2 code such as DE",
+            ));
         }
         Ok(())
     }
@@ -92,7 +95,10 @@ impl AvroRecord for OrderPlaced {
             non_empty(&field("line_id"), &line.line_id)?;
             non_empty(&field("sku"), &line.sku)?;
             if !seen.insert(line.line_id.as_str()) {
-                return Err(ValidationError::new(field("line_id"), "line ids must be unique within an order"));
+                return Err(ValidationError::new(
+                    field("line_id"),
+                    "line ids must be unique within an order",
+                ));
             }
             if line.quantity <= 0 {
                 return Err(ValidationError::new(
@@ -182,6 +188,9 @@ pub(crate) fn currency(field: &str, value: &str) -> Result<(), ValidationError> 
     if value.len() == 3 && value.chars().all(|c| c.is_ascii_uppercase()) {
         Ok(())
     } else {
-        Err(ValidationError::new(field, format!("{value:?} is not an ISO 4217 code such as EUR")))
+        Err(ValidationError::new(
+            field,
+            format!("{value:?} is not an ISO 4217 code such as EUR"),
+        ))
     }
 }

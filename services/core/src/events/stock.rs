@@ -77,9 +77,7 @@ impl AvroRecord for SupplierEtaChanged {
         non_empty("event_id", &self.event_id)?;
         non_empty("sku", &self.sku)?;
         match (self.eta_from, self.eta_to) {
-            (Some(from), Some(to)) if from > to => {
-                Err(ValidationError::new("eta_from", "must not be after eta_to"))
-            }
+            (Some(from), Some(to)) if from > to => Err(ValidationError::new("eta_from", "must not be after eta_to")),
             (Some(_), None) | (None, Some(_)) => Err(ValidationError::new(
                 "eta_to",
                 "give both eta_from and eta_to, or neither (unknown)",
@@ -111,7 +109,10 @@ impl AvroRecord for StockArrival {
         non_empty("arrival_id", &self.arrival_id)?;
         non_empty("sku", &self.sku)?;
         if self.quantity <= 0 {
-            return Err(ValidationError::new("quantity", format!("must be positive, got {}", self.quantity)));
+            return Err(ValidationError::new(
+                "quantity",
+                format!("must be positive, got {}", self.quantity),
+            ));
         }
         Ok(())
     }

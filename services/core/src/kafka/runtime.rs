@@ -106,12 +106,10 @@ pub async fn run_consumer<H: Handler>(
     lifecycle: Lifecycle,
 ) -> Result<(), RuntimeError> {
     let consumer: StreamConsumer = consumer_config.create().map_err(RuntimeError::Create)?;
-    consumer
-        .subscribe(&[topic])
-        .map_err(|source| RuntimeError::Subscribe {
-            topics: vec![topic.to_string()],
-            source,
-        })?;
+    consumer.subscribe(&[topic]).map_err(|source| RuntimeError::Subscribe {
+        topics: vec![topic.to_string()],
+        source,
+    })?;
     tracing::info!(topic, "consuming");
     let runtime = Runtime {
         consumer,
@@ -148,6 +146,9 @@ enum BatchOutcome {
 impl<H: Handler> Runtime<H> {
     async fn run(self) {
         let shutdown = self.lifecycle.shutdown.clone();
+        // What this replica committed last per partition, re-committed
+        // synchronously at shutdown so in-flight async commits cannot be lost.
+        let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
         loop {
             let Some(batch) = self.next_batch().await else {
                 break;
@@ -171,7 +172,8 @@ impl<H: Handler> Runtime<H> {
                 let started = Instant::now();
                 match self.process_partition_batch(&messages).instrument(span.clone()).await {
                     BatchOutcome::Done => {
-                        self.commit(partition, next_offset);
+                        self.commit(&[(partition, next_offset)], CommitMode::Async);
+                        committed.insert(partition, next_offset);
                         metrics::histogram!("backorder_consumer_batch_duration_seconds", "topic" => self.topic.clone())
                             .record(started.elapsed().as_secs_f64());
                     }
@@ -185,13 +187,11 @@ impl<H: Handler> Runtime<H> {
                 break;
             }
         }
-        // Async commits may still be in flight: flush them before leaving
-        // the group so the next owner starts where we stopped.
-        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            if !matches!(error, KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) {
-                tracing::debug!(%error, "final commit");
-            }
-        }
+        // Async commits may still be in flight: commit the same offsets
+        // synchronously before leaving the group, so the next owner starts
+        // exactly where this replica stopped.
+        let last: Vec<(i32, i64)> = committed.into_iter().collect();
+        self.commit(&last, CommitMode::Sync);
         self.consumer.unsubscribe();
         tracing::info!(topic = %self.topic, "consumer stopped");
     }
@@ -292,7 +292,11 @@ impl<H: Handler> Runtime<H> {
         event
             .validate()
             .map_err(|e| (DeadLetterKind::Invalid, format!("invalid event: {e}")))?;
-        tracing::debug!(event_id = event.event_id(), business_id = event.business_id(), "decoded");
+        tracing::debug!(
+            event_id = event.event_id(),
+            business_id = event.business_id(),
+            "decoded"
+        );
         Ok(Some(Incoming {
             event,
             partition: message.partition(),
@@ -351,18 +355,22 @@ impl<H: Handler> Runtime<H> {
         }
     }
 
-    /// Commits `next_offset` for the partition (asynchronously; the final
-    /// synchronous commit at shutdown flushes what is in flight).
-    fn commit(&self, partition: i32, next_offset: i64) {
-        let mut list = TopicPartitionList::new();
-        if let Err(error) = list.add_partition_offset(&self.topic, partition, Offset::Offset(next_offset)) {
-            tracing::error!(%error, partition, "could not build the offset list");
+    /// Commits `(partition, next offset)` pairs of this topic.
+    fn commit(&self, offsets: &[(i32, i64)], mode: CommitMode) {
+        if offsets.is_empty() {
             return;
         }
-        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+        let mut list = TopicPartitionList::new();
+        for (partition, next_offset) in offsets {
+            if let Err(error) = list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next_offset)) {
+                tracing::error!(%error, partition, "could not build the offset list");
+                return;
+            }
+        }
+        if let Err(error) = self.consumer.commit(&list, mode) {
             // Typically a rebalance took the partition away; its new owner
             // replays from the last commit and the handlers are idempotent.
-            tracing::warn!(%error, partition, next_offset, "offset commit failed");
+            tracing::warn!(%error, ?offsets, "offset commit failed");
         }
     }
 }
@@ -409,7 +417,11 @@ impl<E: TopicEvent + Clone> Handler for AcknowledgeOnly<E> {
 
     async fn handle(&self, batch: &[Incoming<E>]) -> Result<Vec<OutboundRecord>, HandlerError> {
         for incoming in batch {
-            tracing::debug!(event_id = incoming.event.event_id(), business_id = incoming.event.business_id(), "acknowledged");
+            tracing::debug!(
+                event_id = incoming.event.event_id(),
+                business_id = incoming.event.business_id(),
+                "acknowledged"
+            );
         }
         Ok(Vec::new())
     }

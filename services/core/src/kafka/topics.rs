@@ -22,7 +22,14 @@ pub const EMAIL_REQUESTS: &str = "email-requests.v1";
 pub const BACKORDER_DECISIONS: &str = "backorder-decisions.v1";
 
 /// Topics the services consume, which each get a `<topic>.dlq`.
-pub const CONSUMED: &[&str] = &[ORDERS, STOCK, SHIPMENTS, OFFER_RESPONSES, BACKORDER_DELAYS, EMAIL_REQUESTS];
+pub const CONSUMED: &[&str] = &[
+    ORDERS,
+    STOCK,
+    SHIPMENTS,
+    OFFER_RESPONSES,
+    BACKORDER_DELAYS,
+    EMAIL_REQUESTS,
+];
 
 /// Topic names with the configured prefix applied.
 #[derive(Debug, Clone, Default)]
@@ -51,11 +58,7 @@ impl Topics {
     /// dead-letter topic (one partition) per consumed topic.
     pub fn all(&self) -> Vec<(String, i32)> {
         let mut all: Vec<(String, i32)> = TOPICS.iter().map(|(t, p)| (self.name(t), *p)).collect();
-        all.extend(
-            CONSUMED
-                .iter()
-                .map(|t| (Self::dead_letter_of(&self.name(t)), 1)),
-        );
+        all.extend(CONSUMED.iter().map(|t| (Self::dead_letter_of(&self.name(t)), 1)));
         all
     }
 }

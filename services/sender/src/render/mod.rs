@@ -8,6 +8,10 @@
 
 pub mod format;
 
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/templates.rs"));
+}
+
 use backorder_core::config::Settings;
 use backorder_core::domain::Locale;
 use minijinja::value::Value;
@@ -65,7 +69,12 @@ impl std::fmt::Debug for Renderer {
 impl Renderer {
     pub fn new(settings: &Settings) -> Result<Self, RenderError> {
         let mut env = Environment::new();
-        minijinja_embed::load_templates!(&mut env);
+        for (name, source) in embedded::TEMPLATES {
+            env.add_template(name, source).map_err(|source| RenderError::Template {
+                name: (*name).to_string(),
+                source,
+            })?;
+        }
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.add_filter("money", money_filter);
         env.add_filter("date", date_filter);
@@ -191,7 +200,13 @@ mod tests {
     #[test]
     fn html_escapes_values_from_events() {
         let r = renderer()
-            .render("order_confirmation", "en", "Ada", &confirmation_data("<script>alert(1)</script>"), None)
+            .render(
+                "order_confirmation",
+                "en",
+                "Ada",
+                &confirmation_data("<script>alert(1)</script>"),
+                None,
+            )
             .unwrap();
         assert!(!r.html.contains("<script>"), "{}", r.html);
         assert!(r.html.contains("&lt;script&gt;"), "{}", r.html);
