@@ -91,6 +91,8 @@ pub struct Settings {
     pub sender_poll_ms: u64,
     /// `BACKORDER_SES_TIMEOUT_MS`: one SES call's time limit.
     pub ses_timeout_ms: u64,
+    /// `BACKORDER_TIMER_POLL_MS`: how often a service looks for due timers.
+    pub timer_poll_ms: u64,
 }
 
 /// Log output shape.
@@ -127,6 +129,7 @@ impl Default for Settings {
             sender_max_attempts: 12,
             sender_poll_ms: 250,
             ses_timeout_ms: 10_000,
+            timer_poll_ms: 500,
         }
     }
 }

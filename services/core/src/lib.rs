@@ -3,7 +3,8 @@
 //! Where things are:
 //! - [`events`] and `schemas/`: the event contracts; [`codec`]: Avro on the wire.
 //! - [`kafka`]: topics, producer, dead letters and the consumer runtime.
-//! - [`db`], [`clock`]: PostgreSQL and the injectable clock.
+//! - [`db`], [`clock`], [`timers`]: PostgreSQL, the injectable clock and
+//!   durable timers.
 //! - [`config`], [`telemetry`], [`lifecycle`], [`http`], [`service`]: what
 //!   every binary needs to start, be observed and stop cleanly.
 //! - [`domain`]: newtypes that validate at the boundary.
@@ -22,6 +23,7 @@ pub mod kafka;
 pub mod lifecycle;
 pub mod service;
 pub mod telemetry;
+pub mod timers;
 
 pub use deadpool_postgres;
 pub use rdkafka;

@@ -151,6 +151,22 @@ impl Service {
         });
     }
 
+    /// Runs the durable-timer loop for `handler`'s kinds as a tracked task.
+    pub fn run_timers<H: crate::timers::TimerHandler>(&self, handler: H) {
+        let (pool, clock, producer, lifecycle) = (
+            self.pool.clone(),
+            self.clock.clone(),
+            self.producer.clone(),
+            self.lifecycle.clone(),
+        );
+        let poll = Duration::from_millis(self.settings.timer_poll_ms.max(10));
+        self.spawn("timers", async move {
+            crate::timers::run_timer_loop(pool, clock, handler, producer, lifecycle, poll)
+                .await
+                .map_err(|e| e.to_string())
+        });
+    }
+
     /// Spawns a tracked task; if it fails, the whole service shuts down and
     /// exits non-zero (infrastructure errors stop the loop; Kubernetes
     /// restarts the pod).

@@ -1,0 +1,205 @@
+//! Durable timers: work scheduled for later (a follow-up three days after
+//! delivery, the next nurture email, an offer's expiry, the end of a
+//! debounce window), stored in PostgreSQL and fired by whichever replica
+//! claims it first.
+//!
+//! - A timer has a deterministic key, so scheduling is idempotent
+//!   (`schedule`), and can be moved (`reschedule`) or cancelled by key
+//!   prefix (`cancel_prefix`, e.g. everything about one order line).
+//! - "Due" is measured on the injectable [`Clock`], so tests and the demo
+//!   move time instead of sleeping.
+//! - [`run_timer_loop`] claims due timers of its kinds with
+//!   `FOR UPDATE SKIP LOCKED`, lets the handler decide (in the same
+//!   transaction: it may schedule the next timer), produces the outputs and
+//!   waits for the broker, and only then commits the timers as fired. A
+//!   crash before the commit fires them again, with the same dedup keys.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio_postgres::{GenericClient, Transaction};
+use tracing::Instrument;
+
+use crate::clock::Clock;
+use crate::db::DbError;
+use crate::kafka::{HandlerError, OutboundRecord, Producer};
+use crate::lifecycle::Lifecycle;
+
+/// One timer as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timer {
+    pub key: String,
+    pub kind: String,
+    pub due_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+/// Schedules `timer` unless a timer with its key exists (in any state).
+/// Returns whether it was new.
+pub async fn schedule<C: GenericClient>(client: &C, timer: &Timer) -> Result<bool, DbError> {
+    let inserted = client
+        .execute(
+            "INSERT INTO timers (timer_key, kind, due_at, payload) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (timer_key) DO NOTHING",
+            &[&timer.key, &timer.kind, &timer.due_at, &timer.payload],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Creates or moves a timer to `timer.due_at` with `timer.payload`, pending
+/// again even if it fired or was cancelled before (debounce windows).
+pub async fn reschedule<C: GenericClient>(client: &C, timer: &Timer) -> Result<(), DbError> {
+    client
+        .execute(
+            "INSERT INTO timers (timer_key, kind, due_at, payload) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (timer_key) DO UPDATE
+                SET kind = EXCLUDED.kind, due_at = EXCLUDED.due_at, payload = EXCLUDED.payload,
+                    state = 'pending', fired_at = NULL",
+            &[&timer.key, &timer.kind, &timer.due_at, &timer.payload],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Cancels every pending timer whose key starts with `prefix`; returns how
+/// many. Keys are built `kind:scope:...` so a prefix names a scope.
+pub async fn cancel_prefix<C: GenericClient>(client: &C, prefix: &str) -> Result<u64, DbError> {
+    let pattern = format!(
+        "{}%",
+        prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    );
+    Ok(client
+        .execute(
+            "UPDATE timers SET state = 'cancelled' WHERE state = 'pending' AND timer_key LIKE $1",
+            &[&pattern],
+        )
+        .await?)
+}
+
+/// Decides what a due timer does. Runs inside the claiming transaction:
+/// it may read state, schedule the next timer, and returns records to
+/// produce (typically email requests).
+pub trait TimerHandler: Send + Sync + 'static {
+    /// The kinds this handler fires.
+    fn kinds(&self) -> &[&'static str];
+
+    fn fire(
+        &self,
+        tx: &Transaction<'_>,
+        timer: &Timer,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<OutboundRecord>, HandlerError>> + Send;
+}
+
+/// Timer loop failures that stop it.
+#[derive(Debug, thiserror::Error)]
+pub enum TimerError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// How many due timers one transaction claims at most.
+const CLAIM_BATCH: i64 = 200;
+
+/// Fires due timers of `handler`'s kinds until shutdown, polling every
+/// `poll`. Transient failures are logged and retried on the next poll.
+pub async fn run_timer_loop<H: TimerHandler>(
+    pool: Pool,
+    clock: Clock,
+    handler: H,
+    producer: Producer,
+    lifecycle: Lifecycle,
+    poll: Duration,
+) -> Result<(), TimerError> {
+    let kinds: Vec<String> = handler.kinds().iter().map(|k| (*k).to_string()).collect();
+    tracing::info!(?kinds, "timer loop started");
+    loop {
+        let fired = match fire_due(&pool, &clock, &handler, &producer, &kinds).await {
+            Ok(fired) => fired,
+            Err(error) => {
+                metrics::counter!("backorder_timer_errors_total").increment(1);
+                tracing::warn!(%error, "timer round failed; retrying");
+                0
+            }
+        };
+        // A full batch means more may be due: go again at once.
+        if fired as i64 == CLAIM_BATCH && !lifecycle.shutdown.is_cancelled() {
+            continue;
+        }
+        tokio::select! {
+            () = lifecycle.shutdown.cancelled() => break,
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+    tracing::info!("timer loop stopped");
+    Ok(())
+}
+
+/// Errors of one round of firing.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("timer handler failed: {0}")]
+    Handler(#[from] HandlerError),
+    #[error("outputs not acknowledged: {0}")]
+    Produce(#[from] crate::kafka::producer::ProduceError),
+}
+
+impl From<tokio_postgres::Error> for RoundError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        RoundError::Db(DbError::from(error))
+    }
+}
+
+async fn fire_due<H: TimerHandler>(
+    pool: &Pool,
+    clock: &Clock,
+    handler: &H,
+    producer: &Producer,
+    kinds: &[String],
+) -> Result<usize, RoundError> {
+    let now = clock.now().await?;
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "SELECT timer_key, kind, due_at, payload FROM timers
+              WHERE state = 'pending' AND kind = ANY($1) AND due_at <= $2
+              ORDER BY due_at
+              LIMIT $3
+              FOR UPDATE SKIP LOCKED",
+            &[&kinds, &now, &CLAIM_BATCH],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut outputs = Vec::new();
+    let mut keys = Vec::with_capacity(rows.len());
+    for row in rows {
+        let timer = Timer {
+            key: row.get(0),
+            kind: row.get(1),
+            due_at: row.get(2),
+            payload: row.get(3),
+        };
+        let span = tracing::info_span!("timer", key = %timer.key, kind = %timer.kind);
+        outputs.extend(handler.fire(&tx, &timer, now).instrument(span).await?);
+        keys.push(timer.key);
+    }
+    tx.execute(
+        "UPDATE timers SET state = 'fired', fired_at = $2 WHERE timer_key = ANY($1) AND state = 'pending'",
+        &[&keys, &now],
+    )
+    .await?;
+    // Outputs are acknowledged before the timers are committed as fired: a
+    // crash in between fires them again, and the dedup keys absorb it.
+    producer.send_all(&outputs).await?;
+    tx.commit().await?;
+    metrics::counter!("backorder_timers_fired_total").increment(keys.len() as u64);
+    Ok(keys.len())
+}
