@@ -17,6 +17,7 @@ pub mod codec;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod email_decisions;
 pub mod events;
 pub mod http;
 pub mod kafka;

@@ -14,3 +14,16 @@ CREATE TABLE timers (
     fired_at   timestamptz
 );
 CREATE INDEX timers_due ON timers (kind, due_at) WHERE state = 'pending';
+
+-- Every email a service decided to request, with the (controlled) clock's
+-- time of the decision. The ledger's own times are wall-clock; rules like
+-- "skip nurture when any email about the order went out in the last 3
+-- days" are measured here, on the same clock as the timers.
+CREATE TABLE email_decisions (
+    dedup_key  text PRIMARY KEY,
+    order_id   text,
+    line_id    text,
+    template   text        NOT NULL,
+    decided_at timestamptz NOT NULL
+);
+CREATE INDEX email_decisions_order ON email_decisions (order_id, decided_at);
