@@ -209,3 +209,33 @@ async fn futures_records(app: &TestApp, recipients: &[String]) -> Vec<backorder_
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_starts_serves_health_and_metrics_and_exits_zero_on_sigterm() {
+    let app = TestApp::spawn().await;
+    for name in [
+        "orders-consumer",
+        "stock-consumer",
+        "shipments-consumer",
+        "offers-consumer",
+        "segmentation",
+        "sender",
+    ] {
+        let mut service = app.start_service(name).await;
+        let base = format!("http://127.0.0.1:{}", service.http_port);
+        let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+        assert_eq!(health.status(), 200, "{name} /healthz");
+        let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        assert_eq!(ready.status(), 200, "{name} /readyz");
+        let metrics = service.metrics().await;
+        assert!(
+            metrics
+                .lines()
+                .all(|l| l.starts_with('#') || l.is_empty() || l.starts_with("backorder_")),
+            "{name}: every metric carries the project prefix:\n{metrics}"
+        );
+        let status = service.terminate(Duration::from_secs(10)).await;
+        let status = status.unwrap_or_else(|| panic!("{name} did not exit within 10 s of SIGTERM"));
+        assert!(status.success(), "{name} exited with {status}: {}", service.log_tail());
+    }
+}

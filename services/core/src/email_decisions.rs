@@ -20,7 +20,13 @@ pub async fn record<C: GenericClient>(
         .execute(
             "INSERT INTO email_decisions (dedup_key, order_id, line_id, template, decided_at)
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dedup_key) DO NOTHING",
-            &[&request.dedup_key, &request.order_id, &line_id, &request.template, &decided_at],
+            &[
+                &request.dedup_key,
+                &request.order_id,
+                &line_id,
+                &request.template,
+                &decided_at,
+            ],
         )
         .await?;
     Ok(())
@@ -29,7 +35,10 @@ pub async fn record<C: GenericClient>(
 /// The latest decision of any email about `order_id`.
 pub async fn last_for_order<C: GenericClient>(client: &C, order_id: &str) -> Result<Option<DateTime<Utc>>, DbError> {
     let row = client
-        .query_one("SELECT max(decided_at) FROM email_decisions WHERE order_id = $1", &[&order_id])
+        .query_one(
+            "SELECT max(decided_at) FROM email_decisions WHERE order_id = $1",
+            &[&order_id],
+        )
         .await?;
     Ok(row.get(0))
 }

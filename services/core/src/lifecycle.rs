@@ -112,3 +112,37 @@ impl Lifecycle {
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_is_false_while_starting_paused_or_draining() {
+        let r = Readiness::default();
+        assert!(!r.is_ready());
+        assert_eq!(r.state(), "starting");
+        r.mark_started();
+        assert!(r.is_ready());
+        r.set_paused(true);
+        assert!(!r.is_ready());
+        assert_eq!(r.state(), "paused");
+        r.set_paused(false);
+        r.mark_draining();
+        assert!(!r.is_ready());
+        assert_eq!(r.state(), "draining");
+    }
+
+    #[tokio::test]
+    async fn shutdown_cancels_the_token_and_flips_readiness() {
+        let lifecycle = Lifecycle::new();
+        lifecycle.readiness.mark_started();
+        let task_lifecycle = lifecycle.clone();
+        lifecycle
+            .tasks
+            .spawn(async move { task_lifecycle.shutdown.cancelled().await });
+        lifecycle.begin_shutdown();
+        assert!(!lifecycle.readiness.is_ready());
+        assert!(lifecycle.wait_for_tasks(std::time::Duration::from_secs(5)).await);
+    }
+}
