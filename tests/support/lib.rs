@@ -8,6 +8,7 @@ pub mod app;
 pub mod moto;
 pub mod private_pg;
 pub mod process;
+pub mod scenario;
 pub mod wait;
 
 pub use app::{TestApp, order_placed};

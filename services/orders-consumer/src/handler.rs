@@ -1,26 +1,34 @@
 //! Applies a batch of `orders.v1` events in one transaction.
 
+use backorder_core::clock::Clock;
 use backorder_core::codec::Codec;
 use backorder_core::deadpool_postgres::Pool;
+use backorder_core::email_decisions;
 use backorder_core::events::orders::{Availability, OrderEvent};
 use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, topics};
 use backorder_core::service::Service;
+use backorder_core::timers;
 
-use crate::{confirmation, store};
+use crate::nurture::NurturePolicy;
+use crate::{confirmation, keys, store};
 
 /// The orders.v1 handler.
 pub struct OrdersHandler {
     pool: Pool,
     codec: Codec,
+    clock: Clock,
+    nurture: NurturePolicy,
     /// Full name of `email-requests.v1` (with the configured prefix).
     email_requests_topic: String,
 }
 
 impl OrdersHandler {
-    pub fn new(service: &Service) -> Self {
+    pub fn new(service: &Service, nurture: NurturePolicy) -> Self {
         Self {
             pool: service.pool.clone(),
             codec: service.codec.clone(),
+            clock: service.clock.clone(),
+            nurture,
             email_requests_topic: service.topics.name(topics::EMAIL_REQUESTS),
         }
     }
@@ -28,8 +36,8 @@ impl OrdersHandler {
 
 /// Database errors are transient when the connection is at fault, and
 /// permanent (the runtime isolates and dead-letters the event) otherwise.
-fn classify(error: backorder_core::tokio_postgres::Error) -> HandlerError {
-    let error = backorder_core::db::DbError::from(error);
+fn classify(error: impl Into<backorder_core::db::DbError>) -> HandlerError {
+    let error = error.into();
     if backorder_core::db::is_transient(&error) {
         HandlerError::Transient(error.to_string())
     } else {
@@ -41,6 +49,9 @@ impl Handler for OrdersHandler {
     type Event = OrderEvent;
 
     async fn handle(&self, batch: &[Incoming<OrderEvent>]) -> Result<Vec<OutboundRecord>, HandlerError> {
+        // "Now" of the controlled clock: when decisions are recorded and
+        // from when timers count. Replays keep the first decision and timer.
+        let now = self.clock.now().await.map_err(classify)?;
         let mut client = self
             .pool
             .get()
@@ -64,11 +75,50 @@ impl Handler for OrdersHandler {
                     // Requested again on replay: the sender's ledger keeps
                     // one email per dedup key, so this is safe and means a
                     // crash after commit but before produce loses nothing.
-                    emails.push(confirmation::order_confirmation(order, &promises));
+                    let email = confirmation::order_confirmation(order, &promises);
+                    email_decisions::record(&*tx, &email, None, now)
+                        .await
+                        .map_err(classify)?;
+                    emails.push(email);
+                    if has_backorder {
+                        // The nurture cadence starts one interval after the
+                        // order; lines with a long ETA are enrolled now.
+                        let today = now.date_naive();
+                        let enrolled = promises
+                            .iter()
+                            .filter(|(_, p)| self.nurture.enrols(today, p.from))
+                            .map(|(id, _)| id.clone())
+                            .collect();
+                        timers::schedule(&*tx, &self.nurture.first_timer(&order.order_id, now, enrolled))
+                            .await
+                            .map_err(classify)?;
+                    }
                 }
                 OrderEvent::Cancelled(cancel) => {
                     let changed = store::cancel_lines(&tx, cancel).await.map_err(classify)?;
-                    tracing::info!(order_id = %cancel.order_id, changed, "lines cancelled");
+                    // Every pending email about the cancelled lines stops:
+                    // the nurture cadence when no open backordered line is
+                    // left, the follow-up of every shipment whose lines are
+                    // all cancelled. Timers also re-check when they fire,
+                    // which covers a delivery stored after this cancellation.
+                    let mut stopped = 0;
+                    if !store::has_open_backorder(&tx, &cancel.order_id)
+                        .await
+                        .map_err(classify)?
+                    {
+                        stopped += timers::cancel_prefix(&*tx, &keys::nurture_prefix(&cancel.order_id))
+                            .await
+                            .map_err(classify)?;
+                    }
+                    for shipment_id in store::fully_cancelled_shipments(&tx, &cancel.order_id)
+                        .await
+                        .map_err(classify)?
+                    {
+                        stopped += timers::cancel_prefix(&*tx, &keys::followup(&cancel.order_id, &shipment_id))
+                            .await
+                            .map_err(classify)?;
+                    }
+                    tracing::info!(order_id = %cancel.order_id, changed, stopped, "lines cancelled");
                 }
                 OrderEvent::CartAbandoned(cart) => {
                     store::upsert_cart_with_customer(&tx, cart).await.map_err(classify)?;

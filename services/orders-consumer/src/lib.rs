@@ -4,18 +4,27 @@
 //! - [`handler`]: applies a batch of order events in one transaction.
 //! - [`store`]: the SQL that records orders, lines, customers and carts.
 //! - [`confirmation`]: decides the order confirmation (PLAYBOOK email 1).
+//! - [`nurture`]: the nurture cadence of long backorders (PLAYBOOK email 8),
+//!   fired by durable timers this service runs.
+//! - [`keys`]: timer keys of the lifecycle, shared with the shipments-consumer.
 
 pub mod confirmation;
 pub mod handler;
+pub mod keys;
+pub mod nurture;
 pub mod store;
 
 use backorder_core::kafka::topics;
 use backorder_core::service::{Service, ServiceError};
 
-/// Starts the HTTP endpoints and the consumer loop.
+/// Starts the HTTP endpoints, the consumer loop and the nurture timers.
 pub async fn start(service: &Service) -> Result<(), ServiceError> {
+    let policy = nurture::NurturePolicy::from_env().map_err(|e| ServiceError::Start {
+        service: service.name,
+        reason: e.to_string(),
+    })?;
     service.serve_http(axum::Router::new()).await?;
-    let handler = handler::OrdersHandler::new(service);
-    service.consume(topics::ORDERS, handler);
+    service.consume(topics::ORDERS, handler::OrdersHandler::new(service, policy));
+    service.run_timers(nurture::NurtureTimers::new(service, policy));
     Ok(())
 }

@@ -105,14 +105,16 @@ pub struct Promise {
 
 /// Fixes the promise of every backordered line of the order that has none
 /// yet, from the SKU's current supplier ETA ("unknown" when there is none),
-/// and returns the promise of every backordered line by line id. On replay
-/// the recorded promise is returned unchanged, so the email is the same.
+/// and returns the promise of every backordered line by line id. The first
+/// promise is also kept apart (`first_promised_*`), for the on-time metric.
+/// On replay the recorded promise is returned unchanged, so the email is the same.
 pub async fn promise_backordered_lines(tx: &Transaction<'_>, order_id: &str) -> Result<Vec<(String, Promise)>, Error> {
     let rows = tx
         .query(
             "WITH told AS (
                  UPDATE order_lines l
-                    SET promised_from = e.eta_from, promised_to = e.eta_to, promise_told = true
+                    SET promised_from = e.eta_from, promised_to = e.eta_to, promise_told = true,
+                        first_promised_from = e.eta_from, first_promised_to = e.eta_to
                    FROM order_lines src
                    LEFT JOIN sku_eta e ON e.sku = src.sku
                   WHERE l.order_id = $1 AND src.order_id = l.order_id AND src.line_id = l.line_id
@@ -140,8 +142,10 @@ pub async fn promise_backordered_lines(tx: &Transaction<'_>, order_id: &str) -> 
         .collect())
 }
 
-/// Cancels the named lines (all when empty) that have not shipped.
-/// Returns how many lines changed.
+/// Cancels the named lines (all when empty) that have not shipped, and
+/// records that a cancellation was asked for on every named line, shipped
+/// or not (a delivered line cancelled later is a return: it gets no
+/// follow-up). Returns how many lines changed status.
 pub async fn cancel_lines(tx: &Transaction<'_>, cancel: &OrderCancelled) -> Result<u64, Error> {
     let changed = tx
         .execute(
@@ -151,6 +155,13 @@ pub async fn cancel_lines(tx: &Transaction<'_>, cancel: &OrderCancelled) -> Resu
             &[&cancel.order_id, &cancel.line_ids],
         )
         .await?;
+    tx.execute(
+        "UPDATE order_lines SET cancel_requested_at = $3
+          WHERE order_id = $1 AND cancel_requested_at IS NULL
+            AND (cardinality($2::text[]) = 0 OR line_id = ANY($2))",
+        &[&cancel.order_id, &cancel.line_ids, &cancel.occurred_at],
+    )
+    .await?;
     if cancel.line_ids.is_empty() {
         tx.execute(
             "UPDATE orders SET cancelled_at = COALESCE(cancelled_at, $2) WHERE order_id = $1",
@@ -159,6 +170,33 @@ pub async fn cancel_lines(tx: &Transaction<'_>, cancel: &OrderCancelled) -> Resu
         .await?;
     }
     Ok(changed)
+}
+
+/// Whether the order still has a backordered line waiting for stock.
+pub async fn has_open_backorder(tx: &Transaction<'_>, order_id: &str) -> Result<bool, Error> {
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM order_lines
+                             WHERE order_id = $1 AND availability = 'BACKORDERED' AND status = 'open')",
+            &[&order_id],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The order's shipments whose every line had its cancellation asked for.
+pub async fn fully_cancelled_shipments(tx: &Transaction<'_>, order_id: &str) -> Result<Vec<String>, Error> {
+    let rows = tx
+        .query(
+            "SELECT s.shipment_id FROM shipments s
+              WHERE s.order_id = $1
+                AND NOT EXISTS (SELECT 1 FROM order_lines l
+                                 WHERE l.order_id = s.order_id AND l.line_id = ANY(s.line_ids)
+                                   AND l.cancel_requested_at IS NULL)",
+            &[&order_id],
+        )
+        .await?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
 /// Records an abandoned cart and its customer (for back-in-stock emails).

@@ -1,16 +1,34 @@
-//! shipments-consumer: consumes shipments.v1 (dispatches and deliveries).
+//! shipments-consumer: turns `shipments.v1` into the shipped email
+//! (PLAYBOOK 3), and, after a delivery, the follow-up (PLAYBOOK 4, three
+//! days later) and the win-back email (PLAYBOOK 10, thirty days after a
+//! backorder customer's first delivery), plus the delivery metrics.
 //!
-//! It runs the shared consumer runtime already (decoding, validation,
-//! dead letters, offsets, health, metrics, graceful shutdown); the business
-//! handler arrives with its issue.
+//! - [`handler`]: applies a batch of shipment events in one transaction.
+//! - [`store`]: the SQL of shipments and what the emails need.
+//! - [`emails`]: composes the three emails.
+//! - [`followups`]: the durable timers of the follow-up and the win-back.
+//!
+//! Order across topics is not guaranteed (DESIGN invariant 4): a shipment
+//! event for an order the orders-consumer has not stored yet (or a delivery
+//! of a shipment not stored yet) fails the batch as *transient*, so the
+//! runtime holds the partition and retries with backoff (up to 10 s apart)
+//! until the order is there. Nothing is dropped or skipped; the cost is that
+//! other orders on that partition wait, which is acceptable because the
+//! orders topic is normally seconds ahead. The hold is visible as
+//! `backorder_consumer_errors_total{kind="transient"}` and in the log.
 
-use backorder_core::events::shipments::ShipmentEvent;
-use backorder_core::kafka::{AcknowledgeOnly, topics};
+pub mod emails;
+pub mod followups;
+pub mod handler;
+pub mod store;
+
+use backorder_core::kafka::topics;
 use backorder_core::service::{Service, ServiceError};
 
-/// Starts the HTTP endpoints and the consumer loop.
+/// Starts the HTTP endpoints, the consumer loop and the timer loop.
 pub async fn start(service: &Service) -> Result<(), ServiceError> {
     service.serve_http(axum::Router::new()).await?;
-    service.consume(topics::SHIPMENTS, AcknowledgeOnly::<ShipmentEvent>::default());
+    service.consume(topics::SHIPMENTS, handler::ShipmentsHandler::new(service));
+    service.run_timers(followups::FollowupTimers::new(service));
     Ok(())
 }

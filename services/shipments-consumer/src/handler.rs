@@ -1,0 +1,166 @@
+//! Applies a batch of `shipments.v1` events in one transaction.
+
+use backorder_core::clock::Clock;
+use backorder_core::codec::Codec;
+use backorder_core::deadpool_postgres::Pool;
+use backorder_core::email_decisions;
+use backorder_core::events::shipments::ShipmentEvent;
+use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, topics};
+use backorder_core::service::Service;
+use backorder_core::timers::{self, Timer};
+use chrono::Duration;
+use orders_consumer::keys;
+
+use crate::store::{self, DeliveryFacts};
+use crate::{emails, followups};
+
+/// The delivered follow-up goes out this long after the delivery.
+pub const FOLLOWUP_AFTER: Duration = Duration::days(3);
+/// The win-back email goes out this long after a backorder customer's
+/// first delivery.
+pub const WIN_BACK_AFTER: Duration = Duration::days(30);
+
+/// The shipments.v1 handler.
+pub struct ShipmentsHandler {
+    pool: Pool,
+    codec: Codec,
+    clock: Clock,
+    email_requests_topic: String,
+}
+
+impl ShipmentsHandler {
+    pub fn new(service: &Service) -> Self {
+        Self {
+            pool: service.pool.clone(),
+            codec: service.codec.clone(),
+            clock: service.clock.clone(),
+            email_requests_topic: service.topics.name(topics::EMAIL_REQUESTS),
+        }
+    }
+}
+
+/// Database errors are transient when the connection is at fault, and
+/// permanent (the runtime isolates and dead-letters the event) otherwise.
+fn classify(error: impl Into<backorder_core::db::DbError>) -> HandlerError {
+    let error = error.into();
+    if backorder_core::db::is_transient(&error) {
+        HandlerError::Transient(error.to_string())
+    } else {
+        HandlerError::Permanent(error.to_string())
+    }
+}
+
+impl Handler for ShipmentsHandler {
+    type Event = ShipmentEvent;
+
+    async fn handle(&self, batch: &[Incoming<ShipmentEvent>]) -> Result<Vec<OutboundRecord>, HandlerError> {
+        let now = self.clock.now().await.map_err(classify)?;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| HandlerError::Transient(format!("database unavailable: {e}")))?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let mut emails = Vec::new();
+        let mut deliveries: Vec<DeliveryFacts> = Vec::new();
+        for incoming in batch {
+            match &incoming.event {
+                ShipmentEvent::Dispatched(shipment) => {
+                    let order_id = shipment.order_id.as_str();
+                    // Invariant 4: the order may not be stored yet. Hold the
+                    // partition and retry rather than drop the shipment.
+                    let Some(contact) = store::order_contact(&tx, order_id).await.map_err(classify)? else {
+                        return Err(HandlerError::Transient(format!(
+                            "shipment {} is for order {order_id}, which is not stored yet; retrying until it is",
+                            shipment.shipment_id
+                        )));
+                    };
+                    store::record_dispatch(&tx, shipment).await.map_err(classify)?;
+                    if !store::has_open_backorder(&tx, order_id).await.map_err(classify)? {
+                        // Nothing left waiting for stock: the nurture cadence ends.
+                        timers::cancel_prefix(&*tx, &keys::nurture_prefix(order_id))
+                            .await
+                            .map_err(classify)?;
+                    }
+                    let shipped = store::lines(&tx, order_id, &shipment.line_ids)
+                        .await
+                        .map_err(classify)?;
+                    if shipped.is_empty() {
+                        tracing::warn!(order_id, shipment_id = %shipment.shipment_id, "shipment carries only cancelled or unknown lines; no email");
+                        continue;
+                    }
+                    let pending = store::pending_lines(&tx, order_id).await.map_err(classify)?;
+                    let email = emails::shipped(shipment, &contact, &shipped, &pending);
+                    email_decisions::record(&*tx, &email, None, now)
+                        .await
+                        .map_err(classify)?;
+                    tracing::info!(order_id, shipment_id = %shipment.shipment_id, pending = pending.len(), "shipped email decided");
+                    emails.push(email);
+                }
+                ShipmentEvent::Delivered(delivered) => {
+                    let order_id = delivered.order_id.as_str();
+                    let Some(shipment) = store::shipment(&tx, &delivered.shipment_id).await.map_err(classify)? else {
+                        return Err(HandlerError::Transient(format!(
+                            "delivery of shipment {} (order {order_id}) arrived before its dispatch was stored; retrying",
+                            delivered.shipment_id
+                        )));
+                    };
+                    let Some(contact) = store::order_contact(&tx, &shipment.order_id).await.map_err(classify)? else {
+                        return Err(HandlerError::Transient(format!(
+                            "order {order_id} is not stored yet; retrying"
+                        )));
+                    };
+                    if let Some(facts) = store::record_delivery(&tx, delivered).await.map_err(classify)? {
+                        deliveries.push(facts);
+                    }
+                    // Both timers count from the controlled clock's now at
+                    // the first handling; a replay finds them scheduled.
+                    timers::schedule(
+                        &*tx,
+                        &Timer {
+                            key: keys::followup(&shipment.order_id, &delivered.shipment_id),
+                            kind: keys::DELIVERED_FOLLOWUP.to_string(),
+                            due_at: now + FOLLOWUP_AFTER,
+                            payload: followups::payload(&shipment.order_id, Some(&delivered.shipment_id)),
+                        },
+                    )
+                    .await
+                    .map_err(classify)?;
+                    if contact.backorder {
+                        timers::schedule(
+                            &*tx,
+                            &Timer {
+                                key: keys::win_back(&contact.customer_id),
+                                kind: keys::WIN_BACK.to_string(),
+                                due_at: now + WIN_BACK_AFTER,
+                                payload: followups::payload(&shipment.order_id, None),
+                            },
+                        )
+                        .await
+                        .map_err(classify)?;
+                    }
+                    tracing::info!(order_id, shipment_id = %delivered.shipment_id, "delivery recorded");
+                }
+            }
+        }
+        tx.commit().await.map_err(classify)?;
+        // Counted once per delivery, after it is durable.
+        for facts in deliveries {
+            metrics::histogram!("backorder_order_to_delivery_days").record(facts.order_to_delivery_days);
+            let promise = match facts.promise_kept {
+                Some(true) => "kept",
+                Some(false) => "broken",
+                None => "none",
+            };
+            metrics::counter!("backorder_deliveries_total", "promise" => promise).increment(1);
+        }
+        let mut outputs = Vec::with_capacity(emails.len());
+        for email in &emails {
+            let record = OutboundRecord::encode(&self.codec, &self.email_requests_topic, email)
+                .await
+                .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            outputs.push(record);
+        }
+        Ok(outputs)
+    }
+}

@@ -1,0 +1,198 @@
+//! SQL of shipments and of what the lifecycle emails show. Writes are
+//! idempotent: a replayed event changes nothing.
+
+use backorder_core::events::shipments::{ShipmentDelivered, ShipmentDispatched};
+use backorder_core::tokio_postgres::{Error, Row, Transaction};
+use chrono::{DateTime, NaiveDate, Utc};
+
+/// Who an order's emails go to.
+#[derive(Debug, Clone)]
+pub struct OrderContact {
+    pub customer_id: String,
+    pub email: String,
+    pub name: String,
+    pub locale: String,
+    /// The order carries the `backorder` tag.
+    pub backorder: bool,
+    pub cancelled: bool,
+}
+
+/// The contact of an order, if the order is stored.
+pub async fn order_contact(tx: &Transaction<'_>, order_id: &str) -> Result<Option<OrderContact>, Error> {
+    let row = tx
+        .query_opt(
+            "SELECT c.customer_id, c.email, c.name, c.locale, 'backorder' = ANY(o.tags), o.cancelled_at IS NOT NULL
+               FROM orders o JOIN customers c ON c.customer_id = o.customer_id
+              WHERE o.order_id = $1",
+            &[&order_id],
+        )
+        .await?;
+    Ok(row.map(|r| OrderContact {
+        customer_id: r.get(0),
+        email: r.get(1),
+        name: r.get(2),
+        locale: r.get(3),
+        backorder: r.get(4),
+        cancelled: r.get(5),
+    }))
+}
+
+/// Records the shipment and marks its lines shipped (unless cancelled).
+pub async fn record_dispatch(tx: &Transaction<'_>, s: &ShipmentDispatched) -> Result<(), Error> {
+    tx.execute(
+        "INSERT INTO shipments (shipment_id, order_id, line_ids, carrier, tracking_number, tracking_url,
+                                dispatched_at, event_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (shipment_id) DO NOTHING",
+        &[
+            &s.shipment_id,
+            &s.order_id,
+            &s.line_ids,
+            &s.carrier,
+            &s.tracking_number,
+            &s.tracking_url,
+            &s.occurred_at,
+            &s.event_id,
+        ],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE order_lines SET status = 'shipped', shipment_id = $3, shipped_at = $4
+          WHERE order_id = $1 AND line_id = ANY($2) AND status IN ('open', 'allocated')",
+        &[&s.order_id, &s.line_ids, &s.shipment_id, &s.occurred_at],
+    )
+    .await?;
+    Ok(())
+}
+
+/// One order line as the emails show it.
+#[derive(Debug, Clone)]
+pub struct LineView {
+    pub line_id: String,
+    pub product_name: String,
+    pub category: Option<String>,
+    pub quantity: i32,
+    pub backordered: bool,
+    pub promised_from: Option<NaiveDate>,
+    pub promised_to: Option<NaiveDate>,
+}
+
+fn line_view(r: &Row) -> LineView {
+    let availability: String = r.get(4);
+    LineView {
+        line_id: r.get(0),
+        product_name: r.get(1),
+        category: r.get(2),
+        quantity: r.get(3),
+        backordered: availability == "BACKORDERED",
+        promised_from: r.get(5),
+        promised_to: r.get(6),
+    }
+}
+
+const LINE_COLUMNS: &str = "line_id, product_name, category, quantity, availability, promised_from, promised_to";
+
+/// The named lines of an order that were not cancelled.
+pub async fn lines(tx: &Transaction<'_>, order_id: &str, line_ids: &[String]) -> Result<Vec<LineView>, Error> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {LINE_COLUMNS} FROM order_lines
+                  WHERE order_id = $1 AND line_id = ANY($2) AND cancel_requested_at IS NULL
+                  ORDER BY line_id"
+            ),
+            &[&order_id, &line_ids],
+        )
+        .await?;
+    Ok(rows.iter().map(line_view).collect())
+}
+
+/// The lines of an order still waiting to ship (not shipped, not cancelled).
+pub async fn pending_lines(tx: &Transaction<'_>, order_id: &str) -> Result<Vec<LineView>, Error> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {LINE_COLUMNS} FROM order_lines
+                  WHERE order_id = $1 AND status IN ('open', 'allocated') AND cancel_requested_at IS NULL
+                  ORDER BY line_id"
+            ),
+            &[&order_id],
+        )
+        .await?;
+    Ok(rows.iter().map(line_view).collect())
+}
+
+/// The backordered lines of an order that were not cancelled.
+pub async fn backordered_lines(tx: &Transaction<'_>, order_id: &str) -> Result<Vec<LineView>, Error> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {LINE_COLUMNS} FROM order_lines
+                  WHERE order_id = $1 AND availability = 'BACKORDERED' AND cancel_requested_at IS NULL
+                  ORDER BY line_id"
+            ),
+            &[&order_id],
+        )
+        .await?;
+    Ok(rows.iter().map(line_view).collect())
+}
+
+/// Whether the order still has a backordered line waiting for stock.
+pub async fn has_open_backorder(tx: &Transaction<'_>, order_id: &str) -> Result<bool, Error> {
+    orders_consumer::store::has_open_backorder(tx, order_id).await
+}
+
+/// A stored shipment.
+#[derive(Debug, Clone)]
+pub struct Shipment {
+    pub order_id: String,
+    pub line_ids: Vec<String>,
+}
+
+pub async fn shipment(tx: &Transaction<'_>, shipment_id: &str) -> Result<Option<Shipment>, Error> {
+    let row = tx
+        .query_opt(
+            "SELECT order_id, line_ids FROM shipments WHERE shipment_id = $1",
+            &[&shipment_id],
+        )
+        .await?;
+    Ok(row.map(|r| Shipment {
+        order_id: r.get(0),
+        line_ids: r.get(1),
+    }))
+}
+
+/// The first recording of a delivery: how long the order took and whether
+/// its promise was kept. `None` when the delivery was already recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryFacts {
+    pub order_to_delivery_days: f64,
+    /// Every backordered line of the shipment left by the end of its first
+    /// promised window; `None` when none carried a promise.
+    pub promise_kept: Option<bool>,
+}
+
+/// Records the delivery of a shipment once.
+pub async fn record_delivery(tx: &Transaction<'_>, d: &ShipmentDelivered) -> Result<Option<DeliveryFacts>, Error> {
+    let row = tx
+        .query_opt(
+            "UPDATE shipments s
+                SET delivered_at = $2,
+                    promise_kept = (SELECT bool_and((s.dispatched_at AT TIME ZONE 'UTC')::date <= l.first_promised_to)
+                                      FROM order_lines l
+                                     WHERE l.order_id = s.order_id AND l.line_id = ANY(s.line_ids)
+                                       AND l.availability = 'BACKORDERED' AND l.first_promised_to IS NOT NULL)
+              WHERE s.shipment_id = $1 AND s.delivered_at IS NULL
+          RETURNING s.promise_kept, (SELECT o.placed_at FROM orders o WHERE o.order_id = s.order_id)",
+            &[&d.shipment_id, &d.occurred_at],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        let placed_at: DateTime<Utc> = r.get(1);
+        let seconds = (d.occurred_at - placed_at).num_seconds().max(0);
+        DeliveryFacts {
+            order_to_delivery_days: seconds as f64 / 86_400.0,
+            promise_kept: r.get(0),
+        }
+    }))
+}
