@@ -91,9 +91,37 @@ pub struct Settings {
     pub sender_poll_ms: u64,
     /// `BACKORDER_SES_TIMEOUT_MS`: one SES call's time limit.
     pub ses_timeout_ms: u64,
+    /// `BACKORDER_SES_SEND_RATE_OVERRIDE`: recipients per second to send at,
+    /// instead of `GetAccount`'s MaxSendRate (never above it when known).
+    pub ses_send_rate_override: Option<f64>,
+    /// `BACKORDER_SES_DAILY_QUOTA`: emails per 24 hours when SES does not
+    /// answer `GetAccount`; unset there means no quota is enforced.
+    pub ses_daily_quota: Option<u64>,
+    /// `BACKORDER_SES_ACCOUNT_REFRESH_SECS`: how often the sender re-reads
+    /// `GetAccount` (send rate and daily quota).
+    pub ses_account_refresh_secs: u64,
+    /// `BACKORDER_UNSUBSCRIBE_SECRET`: HMAC key of one-click unsubscribe
+    /// links. The default is for local use only; set it in production.
+    pub unsubscribe_secret: String,
+    /// `BACKORDER_PUBLIC_BASE_URL`: where customers reach the sender's
+    /// unsubscribe endpoint; defaults to `http://<BACKORDER_HTTP_ADDR>`.
+    pub public_base_url: Option<String>,
+    /// `BACKORDER_SNS_CERT_URL_PREFIX`: when set, SNS signing certificates
+    /// are fetched only from URLs starting with it (tests serve one
+    /// locally); unset (production) they must be
+    /// `https://sns.<region>.amazonaws.com/....pem`.
+    pub sns_cert_url_prefix: Option<String>,
+    /// `BACKORDER_SENDER_PAUSE_PROBE_MS`: after SES paused the account
+    /// (SendingPaused, AccountSuspended), how long before sending is tried
+    /// again.
+    pub sender_pause_probe_ms: u64,
     /// `BACKORDER_TIMER_POLL_MS`: how often a service looks for due timers.
     pub timer_poll_ms: u64,
 }
+
+/// The unsubscribe-link key used when `BACKORDER_UNSUBSCRIBE_SECRET` is not
+/// set: fine locally, logged as a warning by the sender.
+pub const DEFAULT_UNSUBSCRIBE_SECRET: &str = "local-only-unsubscribe-secret";
 
 /// Log output shape.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -129,6 +157,13 @@ impl Default for Settings {
             sender_max_attempts: 12,
             sender_poll_ms: 250,
             ses_timeout_ms: 10_000,
+            ses_send_rate_override: None,
+            ses_daily_quota: None,
+            ses_account_refresh_secs: 300,
+            unsubscribe_secret: DEFAULT_UNSUBSCRIBE_SECRET.into(),
+            public_base_url: None,
+            sns_cert_url_prefix: None,
+            sender_pause_probe_ms: 60_000,
             timer_poll_ms: 500,
         }
     }

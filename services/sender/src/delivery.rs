@@ -1,24 +1,34 @@
-//! The send workers: claim due rows from the ledger, render, wait for the
-//! rate limiter, call SES, record the outcome.
+//! The send workers: claim due rows from the ledger, check the suppression
+//! list, render, wait for the pacer, call SES, record the outcome.
+//!
+//! Around them: the SES account (send rate, daily quota, paused or not) is
+//! read from `GetAccount` at start and every
+//! `BACKORDER_SES_ACCOUNT_REFRESH_SECS`, and the queue's depth and age are
+//! published as metrics.
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backorder_core::db::DbError;
 use backorder_core::deadpool_postgres::Pool;
+use backorder_core::domain::mask_email;
 use backorder_core::lifecycle::Lifecycle;
 use backorder_core::service::Service;
 use futures::StreamExt;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Notify;
 
 use crate::ledger::{self, ClaimedEmail};
+use crate::pace::Pacer;
 use crate::render::Renderer;
-use crate::ses::{Outgoing, SendFailure, SesClient};
+use crate::ses::{Outgoing, SendFailure, SendQuota, SesClient};
+use crate::suppression::{self, UnsubscribeLinks};
 
-/// How long sending stays paused after SES said the account may not send.
-const PAUSE_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the daily-quota usage is re-read from the ledger (in between,
+/// this replica counts its own sends).
+const QUOTA_RECOUNT: Duration = Duration::from_secs(2);
+/// How often queue depth and age are published.
+const QUEUE_METRICS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Delivery failures that stop the workers (the service then exits and is
 /// restarted): only the database being unusable for good.
@@ -28,61 +38,179 @@ pub enum DeliveryError {
     Ledger(#[from] DbError),
 }
 
+/// The daily sending quota and how much of it is used.
+#[derive(Debug, Default)]
+struct DailyQuota {
+    /// Emails per 24 hours; `None`: unknown, not enforced.
+    limit: Option<i64>,
+    /// What SES said was sent in the last 24 hours at the last `GetAccount`.
+    account_used: i64,
+    /// What the ledger says every replica sent in the last 24 hours.
+    ledger_used: i64,
+    /// Sends this replica started since the ledger was last counted.
+    local_since_count: i64,
+    counted_at: Option<Instant>,
+}
+
+impl DailyQuota {
+    fn used(&self) -> i64 {
+        self.ledger_used.max(self.account_used) + self.local_since_count
+    }
+}
+
+#[derive(Clone)]
 pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     pool: Pool,
     renderer: Renderer,
     ses: SesClient,
+    links: UnsubscribeLinks,
     /// Intake wakes idle workers when it queued rows.
     wake: Arc<Notify>,
-    /// Sends per second, in recipients (one per email here).
-    limiter: DefaultDirectRateLimiter,
+    pacer: Pacer,
+    quota: Mutex<DailyQuota>,
+    quota_exhausted: AtomicBool,
+    /// Sends started since the last quota recount.
+    started_sends: AtomicI64,
     lifecycle: Lifecycle,
     workers: usize,
     lease: Duration,
     max_attempts: i32,
     poll: Duration,
+    fallback_rate: f64,
+    rate_override: Option<f64>,
+    configured_quota: Option<u64>,
+    account_refresh: Duration,
+    /// How long sending stays paused after SES said the account may not
+    /// send, before sending is tried again.
+    pause_probe: Duration,
 }
 
 impl Delivery {
-    pub async fn new(service: &Service, renderer: Renderer, ses: SesClient, wake: Arc<Notify>) -> Self {
+    pub async fn new(
+        service: &Service,
+        renderer: Renderer,
+        ses: SesClient,
+        links: UnsubscribeLinks,
+        wake: Arc<Notify>,
+    ) -> Self {
         let settings = &service.settings;
-        let rate = match ses.quota().await {
-            Some(quota) if quota.max_send_rate >= 1.0 => quota.max_send_rate,
-            _ => settings.ses_fallback_send_rate,
+        if settings.sender_lease_ms <= settings.ses_timeout_ms {
+            tracing::warn!(
+                lease_ms = settings.sender_lease_ms,
+                ses_timeout_ms = settings.ses_timeout_ms,
+                "BACKORDER_SENDER_LEASE_MS should exceed BACKORDER_SES_TIMEOUT_MS: a slow SES call can outlive its lease and be resent by another replica"
+            );
+        }
+        let initial = settings
+            .ses_send_rate_override
+            .unwrap_or(settings.ses_fallback_send_rate);
+        let delivery = Self {
+            inner: Arc::new(Inner {
+                pool: service.pool.clone(),
+                renderer,
+                ses,
+                links,
+                wake,
+                pacer: Pacer::new(initial),
+                quota: Mutex::new(DailyQuota::default()),
+                quota_exhausted: AtomicBool::new(false),
+                started_sends: AtomicI64::new(0),
+                lifecycle: service.lifecycle.clone(),
+                workers: settings.sender_workers.max(1),
+                lease: Duration::from_millis(settings.sender_lease_ms),
+                max_attempts: settings.sender_max_attempts.max(1),
+                poll: Duration::from_millis(settings.sender_poll_ms),
+                fallback_rate: settings.ses_fallback_send_rate,
+                rate_override: settings.ses_send_rate_override,
+                configured_quota: settings.ses_daily_quota,
+                account_refresh: Duration::from_secs(settings.ses_account_refresh_secs.max(1)),
+                pause_probe: Duration::from_millis(settings.sender_pause_probe_ms.max(100)),
+            }),
         };
-        let per_second =
-            NonZeroU32::new(rate.floor().clamp(1.0, f64::from(u32::MAX)) as u32).unwrap_or(NonZeroU32::MIN);
-        // A burst of one: never more than the rate in any second.
-        let limiter = RateLimiter::direct(Quota::per_second(per_second).allow_burst(NonZeroU32::MIN));
-        metrics::gauge!("backorder_sender_send_rate_limit").set(f64::from(per_second.get()));
-        tracing::info!(rate = per_second.get(), "send rate limit (recipients per second)");
-        Self {
-            pool: service.pool.clone(),
-            renderer,
-            ses,
-            wake,
-            limiter,
-            lifecycle: service.lifecycle.clone(),
-            workers: settings.sender_workers.max(1),
-            lease: Duration::from_millis(settings.sender_lease_ms),
-            max_attempts: settings.sender_max_attempts.max(1),
-            poll: Duration::from_millis(settings.sender_poll_ms),
+        delivery.refresh_account().await;
+        metrics::gauge!("backorder_sender_paused").set(0.0);
+        metrics::gauge!("backorder_sender_daily_quota_exhausted").set(0.0);
+        delivery
+    }
+
+    /// Reads `GetAccount` and applies its rate, quota and paused state.
+    async fn refresh_account(&self) {
+        let this = &self.inner;
+        let account = this.ses.quota().await;
+        let rate = effective_rate(account, this.rate_override, this.fallback_rate);
+        this.pacer.set_ceiling(rate);
+        let limit = match account {
+            Some(q) if q.max_24_hour_send >= 0.0 => Some(q.max_24_hour_send as i64),
+            _ => this.configured_quota.map(|q| i64::try_from(q).unwrap_or(i64::MAX)),
+        };
+        if let Ok(mut quota) = this.quota.lock() {
+            quota.limit = limit;
+            quota.account_used = account.map_or(0, |q| q.sent_last_24_hours as i64);
+        }
+        if let Some(limit) = limit {
+            metrics::gauge!("backorder_sender_daily_quota").set(limit as f64);
+        }
+        if account.is_some_and(|q| !q.sending_enabled) {
+            tracing::error!("SES reports sending disabled for the account; pausing");
+            self.set_paused(true);
+        }
+        tracing::info!(rate, daily_quota = ?limit, "SES sending limits");
+    }
+
+    /// Re-reads `GetAccount` periodically until shutdown.
+    pub async fn run_account_refresh(self) -> Result<(), DeliveryError> {
+        loop {
+            if !self.sleep(self.inner.account_refresh).await {
+                return Ok(());
+            }
+            self.refresh_account().await;
+        }
+    }
+
+    /// Publishes queue depth and the oldest queued age until shutdown.
+    pub async fn run_queue_metrics(self) -> Result<(), DeliveryError> {
+        loop {
+            if let Ok((depth, oldest)) = ledger::queue_stats(&self.inner.pool).await {
+                metrics::gauge!("backorder_sender_queue_depth").set(depth as f64);
+                metrics::gauge!("backorder_sender_oldest_queued_age_seconds").set(oldest);
+            }
+            if !self.sleep(QUEUE_METRICS_INTERVAL).await {
+                return Ok(());
+            }
         }
     }
 
     /// Runs until shutdown. In-flight sends finish and are recorded before
     /// it returns; claimed rows not yet sent are released.
     pub async fn run(self) -> Result<(), DeliveryError> {
-        let shutdown = self.lifecycle.shutdown.clone();
+        let this = &self.inner;
+        let shutdown = this.lifecycle.shutdown.clone();
         let mut db_errors = 0u32;
         while !shutdown.is_cancelled() {
-            if self.lifecycle.readiness.is_paused() {
-                self.sleep(PAUSE_PROBE_INTERVAL).await;
+            if this.lifecycle.readiness.is_paused() {
+                self.sleep(this.pause_probe).await;
+                tracing::info!("probing SES after a pause");
                 self.set_paused(false);
                 continue;
             }
-            self.report_queue().await;
-            let claimed = match ledger::claim_due(&self.pool, (self.workers * 2) as i64, self.lease).await {
+            let budget = match self.quota_budget().await {
+                Ok(budget) => budget,
+                Err(error) => {
+                    tracing::warn!(%error, "could not count today's sends; retrying");
+                    self.sleep(this.poll).await;
+                    continue;
+                }
+            };
+            let limit = budget.min((this.workers * 2) as i64);
+            if limit <= 0 {
+                self.sleep(this.poll.max(Duration::from_secs(1))).await;
+                continue;
+            }
+            let claimed = match ledger::claim_due(&this.pool, limit, this.lease).await {
                 Ok(claimed) => {
                     db_errors = 0;
                     claimed
@@ -98,140 +226,299 @@ impl Delivery {
             if claimed.is_empty() {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.poll) => {}
+                    () = this.wake.notified() => {}
+                    () = tokio::time::sleep(this.poll) => {}
                 }
                 continue;
             }
             futures::stream::iter(claimed)
-                .for_each_concurrent(self.workers, |email| self.deliver(email))
+                .for_each_concurrent(this.workers, |email| self.deliver(email))
                 .await;
         }
         tracing::info!("send workers stopped");
         Ok(())
     }
 
-    async fn sleep(&self, duration: Duration) {
+    /// How many sends the daily quota still allows (`i64::MAX`: no quota
+    /// known). Flips the exhausted gauge and logs an error once when the
+    /// quota is reached: sending stops before exceeding it, rows stay queued.
+    async fn quota_budget(&self) -> Result<i64, DbError> {
+        let this = &self.inner;
+        let recount = this
+            .quota
+            .lock()
+            .map(|q| q.limit.is_some() && q.counted_at.is_none_or(|at| at.elapsed() >= QUOTA_RECOUNT))
+            .unwrap_or(false);
+        if recount {
+            // Reset the local count first: sends started from now on are
+            // either in this count (as 'sending'/'sent') or counted locally.
+            let before = this.started_sends.swap(0, Ordering::SeqCst);
+            let counted = ledger::sent_last_24_hours(&this.pool).await;
+            let counted = match counted {
+                Ok(counted) => counted,
+                Err(error) => {
+                    this.started_sends.fetch_add(before, Ordering::SeqCst);
+                    return Err(error);
+                }
+            };
+            if let Ok(mut quota) = this.quota.lock() {
+                quota.ledger_used = counted;
+                quota.local_since_count = 0;
+                quota.counted_at = Some(Instant::now());
+            }
+        }
+        let local = this.started_sends.load(Ordering::SeqCst);
+        let (limit, used) = match this.quota.lock() {
+            Ok(mut quota) => {
+                quota.local_since_count = local;
+                (quota.limit, quota.used())
+            }
+            Err(_) => (None, 0),
+        };
+        let Some(limit) = limit else {
+            self.set_quota_exhausted(false, 0, 0);
+            return Ok(i64::MAX);
+        };
+        metrics::gauge!("backorder_sender_daily_quota_used").set(used as f64);
+        let budget = limit - used;
+        self.set_quota_exhausted(budget <= 0, used, limit);
+        Ok(budget.max(0))
+    }
+
+    fn set_quota_exhausted(&self, exhausted: bool, used: i64, limit: i64) {
+        let before = self.inner.quota_exhausted.swap(exhausted, Ordering::SeqCst);
+        if exhausted != before {
+            metrics::gauge!("backorder_sender_daily_quota_exhausted").set(if exhausted { 1.0 } else { 0.0 });
+            if exhausted {
+                tracing::error!(
+                    used,
+                    limit,
+                    "SES daily sending quota reached: sending stopped, emails stay queued"
+                );
+            } else {
+                tracing::info!("daily sending quota available again: sending resumed");
+            }
+        }
+    }
+
+    /// Sleeps unless shutdown comes first; returns false on shutdown.
+    async fn sleep(&self, duration: Duration) -> bool {
         tokio::select! {
-            () = self.lifecycle.shutdown.cancelled() => {}
-            () = tokio::time::sleep(duration) => {}
+            () = self.inner.lifecycle.shutdown.cancelled() => false,
+            () = tokio::time::sleep(duration) => true,
         }
     }
 
     fn set_paused(&self, paused: bool) {
-        self.lifecycle.readiness.set_paused(paused);
+        self.inner.lifecycle.readiness.set_paused(paused);
         metrics::gauge!("backorder_sender_paused").set(if paused { 1.0 } else { 0.0 });
-    }
-
-    async fn report_queue(&self) {
-        if let Ok((depth, oldest)) = ledger::queue_stats(&self.pool).await {
-            metrics::gauge!("backorder_sender_queue_depth").set(depth as f64);
-            metrics::gauge!("backorder_sender_oldest_queued_age_seconds").set(oldest);
-        }
     }
 
     /// Delivers one claimed row and records what happened. Database errors
     /// while recording are logged; the row's lease then expires and it is
-    /// retried (as an ambiguous resend if SES had accepted it).
+    /// retried (as an ambiguous resend if SES had been called).
     async fn deliver(&self, email: ClaimedEmail) {
-        let key = email.dedup_key.as_str();
         if let Err(error) = self.try_deliver(&email).await {
-            tracing::error!(dedup_key = key, %error, "could not record a delivery outcome");
+            tracing::error!(dedup_key = %email.dedup_key, %error, "could not record a delivery outcome");
         }
     }
 
     async fn try_deliver(&self, email: &ClaimedEmail) -> Result<(), DbError> {
+        let this = &self.inner;
         let key = email.dedup_key.as_str();
-        let template = email.template.clone();
-        if email.ambiguous {
-            // The previous claimant died between claiming and recording:
-            // SES may or may not have accepted it. See ledger.rs.
-            metrics::counter!("backorder_sender_ambiguous_resends_total").increment(1);
-            tracing::warn!(dedup_key = key, "resending after a sender died mid-send (ambiguous)");
+        let template = email.template.as_str();
+        if let Some(reason) = suppression::blocking_reason(&email.suppressions, email.is_marketing()) {
+            count_outcome(template, "suppressed");
+            metrics::counter!("backorder_sender_suppressed_total", "reason" => reason.to_string()).increment(1);
+            tracing::info!(dedup_key = key, recipient = %mask_email(&email.recipient), reason, "address suppressed; recorded, not sent");
+            return self.record(email, ledger::mark_suppressed(&this.pool, email, reason).await);
         }
-        let rendered =
-            match self
-                .renderer
-                .render(&email.template, &email.locale, &email.recipient_name, &email.data, None)
-            {
-                Ok(rendered) => rendered,
+        let unsubscribe_url = if email.is_marketing() {
+            match this.links.url(key) {
+                Ok(url) => Some(url),
                 Err(error) => {
-                    self.count_outcome(&template, "failed");
-                    metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "render").increment(1);
-                    tracing::error!(dedup_key = key, %error, "email could not be rendered; recorded as failed");
-                    return ledger::mark_failed(&self.pool, key, &format!("render: {error}")).await;
+                    tracing::error!(dedup_key = key, %error, "no unsubscribe link; not sending marketing email without one");
+                    return self.record(email, ledger::release(&this.pool, email, this.poll).await);
                 }
-            };
-        tokio::select! {
-            () = self.lifecycle.shutdown.cancelled() => {
-                return ledger::release(&self.pool, key, Duration::ZERO).await;
             }
-            () = self.limiter.until_ready() => {}
+        } else {
+            None
+        };
+        let rendered = match this.renderer.render(
+            &email.template,
+            &email.locale,
+            &email.recipient_name,
+            &email.data,
+            unsubscribe_url.as_deref(),
+        ) {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                count_outcome(template, "failed");
+                metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "render").increment(1);
+                tracing::error!(dedup_key = key, %error, "email could not be rendered; recorded as failed");
+                let reason = format!("render: {error}");
+                return self.record(email, ledger::mark_failed(&this.pool, email, &reason).await);
+            }
+        };
+        tokio::select! {
+            () = this.lifecycle.shutdown.cancelled() => {
+                return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
+            }
+            () = this.pacer.acquire(1) => {}
+        }
+        if this.lifecycle.readiness.is_paused() || this.lifecycle.shutdown.is_cancelled() {
+            return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
+        }
+        // Fence: only now is SES called, and only if the row is still ours.
+        if !ledger::start_send(&this.pool, email, this.lease).await? {
+            metrics::counter!("backorder_sender_lease_lost_total").increment(1);
+            tracing::warn!(
+                dedup_key = key,
+                "claim taken over by another sender before sending; skipped"
+            );
+            return Ok(());
+        }
+        this.started_sends.fetch_add(1, Ordering::SeqCst);
+        if email.ambiguous {
+            // An earlier attempt reached SES and no answer was recorded:
+            // SES may have accepted it. The ledger counted this durably.
+            metrics::counter!("backorder_sender_ambiguous_resends_total").increment(1);
+            tracing::warn!(
+                dedup_key = key,
+                "resending after an attempt with unknown outcome (ambiguous)"
+            );
         }
         let outgoing = Outgoing {
             recipient: &email.recipient,
             rendered: &rendered,
             dedup_key: key,
-            template: &email.template,
+            template,
             campaign: email.campaign.as_deref(),
-            unsubscribe_url: None,
+            unsubscribe_url: unsubscribe_url.as_deref(),
         };
         let started = Instant::now();
-        let result = self.ses.send(&outgoing).await;
+        let result = this.ses.send(&outgoing).await;
         metrics::histogram!("backorder_sender_send_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
             Ok(message_id) => {
-                ledger::mark_sent(&self.pool, key, &message_id, &rendered.subject).await?;
-                self.count_outcome(&template, "sent");
+                this.pacer.succeeded();
+                let recorded = ledger::mark_sent(&this.pool, email, &message_id, &rendered.subject).await;
+                count_outcome(template, "sent");
                 let since_event = chrono::Utc::now() - email.event_occurred_at;
                 if let Ok(latency) = since_event.to_std() {
                     metrics::histogram!("backorder_sender_event_to_ses_seconds").record(latency.as_secs_f64());
                 }
-                tracing::info!(dedup_key = key, template = %template, "sent");
-                Ok(())
+                tracing::info!(dedup_key = key, template, "sent");
+                self.record(email, recorded)
             }
-            Err(SendFailure::Retryable(reason)) if email.attempts < self.max_attempts => {
+            Err(ref failure @ (SendFailure::Retryable(ref reason) | SendFailure::Unknown(ref reason)))
+                if email.attempts < this.max_attempts =>
+            {
+                let unknown = matches!(failure, SendFailure::Unknown(_));
+                if is_throttle(reason) && this.pacer.throttled() {
+                    metrics::counter!("backorder_sender_rate_backoffs_total").increment(1);
+                    tracing::warn!(rate = this.pacer.rate(), "SES throttled: send rate lowered");
+                }
                 let delay = retry_delay(email.attempts);
-                metrics::counter!("backorder_sender_retries_total").increment(1);
-                tracing::warn!(dedup_key = key, attempts = email.attempts, retry_in_ms = delay.as_millis() as u64, %reason, "send failed; will retry");
-                ledger::schedule_retry(&self.pool, key, delay, &reason).await
+                metrics::counter!("backorder_sender_retries_total", "kind" => if unknown { "unknown_outcome" } else { "retryable" }).increment(1);
+                tracing::warn!(dedup_key = key, attempts = email.attempts, retry_in_ms = delay.as_millis() as u64, outcome_unknown = unknown, %reason, "send failed; will retry");
+                self.record(
+                    email,
+                    ledger::schedule_retry(&this.pool, email, delay, reason, unknown).await,
+                )
             }
-            Err(SendFailure::Retryable(reason)) => {
-                self.count_outcome(&template, "failed");
+            Err(SendFailure::Retryable(reason) | SendFailure::Unknown(reason)) => {
+                count_outcome(template, "failed");
                 metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "retries_exhausted")
                     .increment(1);
                 tracing::error!(dedup_key = key, attempts = email.attempts, %reason, "giving up after the last attempt");
-                ledger::mark_failed(
-                    &self.pool,
-                    key,
-                    &format!("gave up after {} attempts: {reason}", email.attempts),
-                )
-                .await
+                let reason = format!("gave up after {} attempts: {reason}", email.attempts);
+                self.record(email, ledger::mark_failed(&this.pool, email, &reason).await)
             }
             Err(SendFailure::Permanent { kind, reason }) => {
-                self.count_outcome(&template, "failed");
+                count_outcome(template, "failed");
                 metrics::counter!("backorder_sender_permanent_failures_total", "reason" => kind).increment(1);
                 tracing::error!(dedup_key = key, kind, %reason, "SES rejected the email; recorded as failed");
-                ledger::mark_failed(&self.pool, key, &format!("{kind}: {reason}")).await
+                let reason = format!("{kind}: {reason}");
+                self.record(email, ledger::mark_failed(&this.pool, email, &reason).await)
             }
             Err(SendFailure::Paused(reason)) => {
                 tracing::error!(%reason, "SES paused sending for the account; pausing all workers");
                 self.set_paused(true);
-                ledger::release(&self.pool, key, PAUSE_PROBE_INTERVAL).await
+                // SES refused it: nothing was sent, so the attempt is given
+                // back (it is not the email's fault).
+                self.record(email, ledger::release(&this.pool, email, this.pause_probe).await)
             }
         }
     }
 
-    fn count_outcome(&self, template: &str, outcome: &'static str) {
-        metrics::counter!("backorder_sender_emails_total", "template" => template.to_string(), "outcome" => outcome)
-            .increment(1);
+    /// Logs when an outcome could not be recorded because the claim was
+    /// taken over meanwhile (the lease expired during a very slow call).
+    fn record(&self, email: &ClaimedEmail, recorded: Result<bool, DbError>) -> Result<(), DbError> {
+        if !recorded? {
+            metrics::counter!("backorder_sender_lease_lost_total").increment(1);
+            tracing::warn!(dedup_key = %email.dedup_key, "claim was taken over before its outcome was recorded");
+        }
+        Ok(())
     }
 }
 
+fn count_outcome(template: &str, outcome: &'static str) {
+    metrics::counter!("backorder_sender_emails_total", "template" => template.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// The rate to send at: the override (never above SES's), else SES's
+/// MaxSendRate, else the configured fallback.
+fn effective_rate(account: Option<SendQuota>, rate_override: Option<f64>, fallback: f64) -> f64 {
+    let ses = account.map(|q| q.max_send_rate).filter(|r| *r >= 1.0);
+    match (rate_override, ses) {
+        (Some(o), Some(s)) => o.min(s),
+        (Some(o), None) => o,
+        (None, Some(s)) => s,
+        (None, None) => fallback,
+    }
+}
+
+fn is_throttle(reason: &str) -> bool {
+    ["TooManyRequests", "Throttl", "LimitExceeded", "429"]
+        .iter()
+        .any(|needle| reason.contains(needle))
+}
+
 /// Jittered exponential backoff for attempt `n` (1-based): about 1 s, 2 s,
-/// 4 s, ... capped at 5 minutes.
+/// 4 s, ... capped at 5 minutes ("equal jitter": between half and all).
 fn retry_delay(attempt: i32) -> Duration {
     let exp = attempt.clamp(1, 20) as u32 - 1;
     let ceiling_ms = 1000u64.saturating_mul(1 << exp.min(9)).min(300_000);
     Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for attempt in 1..30 {
+            let d = retry_delay(attempt).as_millis() as u64;
+            let ceiling = (1000u64 << (attempt.clamp(1, 20) as u32 - 1).min(9)).min(300_000);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d}");
+        }
+    }
+
+    #[test]
+    fn override_never_exceeds_what_ses_allows() {
+        let account = SendQuota {
+            max_send_rate: 14.0,
+            max_24_hour_send: 50_000.0,
+            sent_last_24_hours: 0.0,
+            sending_enabled: true,
+        };
+        assert_eq!(effective_rate(Some(account), Some(50.0), 5.0), 14.0);
+        assert_eq!(effective_rate(Some(account), Some(10.0), 5.0), 10.0);
+        assert_eq!(effective_rate(None, Some(50.0), 5.0), 50.0);
+        assert_eq!(effective_rate(None, None, 5.0), 5.0);
+        assert_eq!(effective_rate(Some(account), None, 5.0), 14.0);
+    }
 }

@@ -72,20 +72,36 @@ pub struct ClaimedEmail {
     pub event_occurred_at: DateTime<Utc>,
     /// Including this attempt.
     pub attempts: i32,
-    /// The previous claimant died while calling SES: this may be a resend.
+    /// An earlier attempt reached SES and its answer was never recorded (a
+    /// sender died mid-call, or the call timed out): this may be a resend.
     pub ambiguous: bool,
+    /// Why the recipient's address is on the suppression list, if it is.
+    pub suppressions: Vec<String>,
+    /// Fences this claim: see [`start_send`].
+    pub claim_token: i64,
+}
+
+impl ClaimedEmail {
+    pub fn is_marketing(&self) -> bool {
+        self.category == "MARKETING"
+    }
 }
 
 /// Claims up to `limit` due rows (queued and due, or `sending` with an
 /// expired lease) with `FOR UPDATE SKIP LOCKED`, so concurrent workers and
-/// replicas never claim the same row.
+/// replicas never claim the same row. A row whose previous SES call has no
+/// recorded answer has its `ambiguous_resends` counted here, durably.
 pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<ClaimedEmail>, DbError> {
+    if limit <= 0 {
+        return Ok(Vec::new());
+    }
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let token: i64 = rand::random();
     let client = pool.get().await?;
     let rows = client
         .query(
             "WITH due AS (
-                 SELECT dedup_key, state AS prior_state
+                 SELECT dedup_key, in_flight_since IS NOT NULL AS ambiguous
                    FROM email_ledger
                   WHERE (state = 'queued' AND next_attempt_at <= now())
                      OR (state = 'sending' AND lease_until < now())
@@ -93,13 +109,16 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
                   LIMIT $1
                   FOR UPDATE SKIP LOCKED)
              UPDATE email_ledger l
-                SET state = 'sending', attempts = l.attempts + 1,
+                SET state = 'sending', attempts = l.attempts + 1, claim_token = $3, in_flight_since = NULL,
+                    ambiguous_resends = l.ambiguous_resends + due.ambiguous::int,
                     lease_until = now() + $2::bigint * interval '1 millisecond', updated_at = now()
                FROM due
               WHERE l.dedup_key = due.dedup_key
           RETURNING l.dedup_key, l.template, l.locale, l.recipient, l.recipient_name, l.category,
-                    l.campaign, l.data, l.event_occurred_at, l.attempts, due.prior_state = 'sending'",
-            &[&limit, &lease_ms],
+                    l.campaign, l.data, l.event_occurred_at, l.attempts, due.ambiguous,
+                    ARRAY(SELECT s.reason FROM email_suppression s
+                           WHERE s.address = lower(btrim(l.recipient)) ORDER BY s.reason)",
+            &[&limit, &lease_ms, &token],
         )
         .await?;
     Ok(rows
@@ -116,71 +135,168 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
             event_occurred_at: r.get(8),
             attempts: r.get(9),
             ambiguous: r.get(10),
+            suppressions: r.get(11),
+            claim_token: token,
         })
         .collect())
 }
 
-/// SES accepted the email.
-pub async fn mark_sent(pool: &Pool, dedup_key: &str, message_id: &str, subject: &str) -> Result<(), DbError> {
+/// Right before the SES call: checks that this claim still owns the row,
+/// renews its lease and marks the call as in flight. `false` means another
+/// replica took the row over (this claim's lease expired while it waited):
+/// it must not be sent.
+pub async fn start_send(pool: &Pool, email: &ClaimedEmail, lease: Duration) -> Result<bool, DbError> {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let client = pool.get().await?;
-    client
+    let updated = client
         .execute(
             "UPDATE email_ledger
-                SET state = 'sent', ses_message_id = $2, subject = $3, sent_at = now(),
+                SET in_flight_since = now(), lease_until = now() + $3::bigint * interval '1 millisecond'
+              WHERE dedup_key = $1 AND state = 'sending' AND claim_token = $2",
+            &[&email.dedup_key, &email.claim_token, &lease_ms],
+        )
+        .await?;
+    Ok(updated == 1)
+}
+
+/// SES accepted the email. Returns `false` when the claim no longer owned
+/// the row (logged by the caller; the send itself is then the duplicate
+/// the other claimant counts as ambiguous).
+pub async fn mark_sent(pool: &Pool, email: &ClaimedEmail, message_id: &str, subject: &str) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let updated = client
+        .execute(
+            "UPDATE email_ledger
+                SET state = 'sent', ses_message_id = $3, subject = $4, sent_at = now(), in_flight_since = NULL,
                     lease_until = NULL, last_error = NULL, updated_at = now()
-              WHERE dedup_key = $1",
-            &[&dedup_key, &message_id, &subject],
+              WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
+            &[&email.dedup_key, &email.claim_token, &message_id, &subject],
         )
         .await?;
-    Ok(())
+    Ok(updated == 1)
 }
 
-/// A retryable failure: queue again after `delay`, keeping the error.
-pub async fn schedule_retry(pool: &Pool, dedup_key: &str, delay: Duration, error: &str) -> Result<(), DbError> {
+/// A retryable failure: queue again after `delay`, keeping the error. With
+/// `outcome_unknown` (a timeout: SES may have accepted it) the in-flight
+/// mark stays, so the next attempt is counted as an ambiguous resend.
+pub async fn schedule_retry(
+    pool: &Pool,
+    email: &ClaimedEmail,
+    delay: Duration,
+    error: &str,
+    outcome_unknown: bool,
+) -> Result<bool, DbError> {
     let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
     let client = pool.get().await?;
-    client
+    let updated = client
         .execute(
             "UPDATE email_ledger
-                SET state = 'queued', next_attempt_at = now() + $2::bigint * interval '1 millisecond',
-                    lease_until = NULL, last_error = $3, updated_at = now()
-              WHERE dedup_key = $1",
-            &[&dedup_key, &delay_ms, &error],
+                SET state = 'queued', next_attempt_at = now() + $3::bigint * interval '1 millisecond',
+                    in_flight_since = CASE WHEN $5 THEN in_flight_since END,
+                    lease_until = NULL, last_error = $4, updated_at = now()
+              WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
+            &[
+                &email.dedup_key,
+                &email.claim_token,
+                &delay_ms,
+                &error,
+                &outcome_unknown,
+            ],
         )
         .await?;
-    Ok(())
+    Ok(updated == 1)
 }
 
-/// Gives a claimed row back untouched (shutdown before the SES call, or
-/// sending paused): the attempt did not happen, so it is not counted.
-pub async fn release(pool: &Pool, dedup_key: &str, delay: Duration) -> Result<(), DbError> {
+/// Gives a claimed row back untouched (shutdown before the SES call, daily
+/// quota, or sending paused): the attempt did not happen, so it is not
+/// counted.
+pub async fn release(pool: &Pool, email: &ClaimedEmail, delay: Duration) -> Result<bool, DbError> {
     let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
     let client = pool.get().await?;
-    client
+    let updated = client
         .execute(
             "UPDATE email_ledger
                 SET state = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL,
-                    next_attempt_at = now() + $2::bigint * interval '1 millisecond', updated_at = now()
-              WHERE dedup_key = $1",
-            &[&dedup_key, &delay_ms],
+                    next_attempt_at = now() + $3::bigint * interval '1 millisecond', updated_at = now()
+              WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
+            &[&email.dedup_key, &email.claim_token, &delay_ms],
         )
         .await?;
-    Ok(())
+    Ok(updated == 1)
 }
 
 /// A permanent failure: the row stays, with the reason, and is never
 /// retried (nothing is deleted silently).
-pub async fn mark_failed(pool: &Pool, dedup_key: &str, reason: &str) -> Result<(), DbError> {
+pub async fn mark_failed(pool: &Pool, email: &ClaimedEmail, reason: &str) -> Result<bool, DbError> {
     let client = pool.get().await?;
-    client
+    let updated = client
         .execute(
             "UPDATE email_ledger
-                SET state = 'failed', last_error = $2, lease_until = NULL, updated_at = now()
-              WHERE dedup_key = $1",
-            &[&dedup_key, &reason],
+                SET state = 'failed', last_error = $3, lease_until = NULL, in_flight_since = NULL,
+                    updated_at = now()
+              WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
+            &[&email.dedup_key, &email.claim_token, &reason],
         )
         .await?;
-    Ok(())
+    Ok(updated == 1)
+}
+
+/// The address is suppressed for this email: recorded, not attempted.
+pub async fn mark_suppressed(pool: &Pool, email: &ClaimedEmail, reason: &str) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let updated = client
+        .execute(
+            "UPDATE email_ledger
+                SET state = 'suppressed', suppressed_reason = $3, lease_until = NULL, updated_at = now()
+              WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
+            &[&email.dedup_key, &email.claim_token, &reason],
+        )
+        .await?;
+    Ok(updated == 1)
+}
+
+/// Emails SES accepted in the last 24 hours, by every replica.
+pub async fn sent_last_24_hours(pool: &Pool) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM email_ledger
+              WHERE (state = 'sent' AND sent_at > now() - interval '24 hours') OR state = 'sending'",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The recipient of a ledger row (for an unsubscribe link, which names the
+/// email it came with rather than the address).
+pub async fn recipient_of(pool: &Pool, dedup_key: &str) -> Result<Option<String>, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt("SELECT recipient FROM email_ledger WHERE dedup_key = $1", &[&dedup_key])
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Puts `address` on the suppression list for `reason`; returns whether it
+/// was new. Idempotent: SNS redelivers, customers click twice.
+pub async fn suppress(
+    pool: &Pool,
+    address: &str,
+    reason: &str,
+    source: &str,
+    detail: &serde_json::Value,
+) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let inserted = client
+        .execute(
+            "INSERT INTO email_suppression (address, reason, source, detail)
+             VALUES (lower(btrim($1)), $2, $3, $4)
+             ON CONFLICT (address, reason) DO NOTHING",
+            &[&address, &reason, &source, &detail],
+        )
+        .await?;
+    Ok(inserted == 1)
 }
 
 /// Queue depth and the age of the oldest queued row, for metrics.

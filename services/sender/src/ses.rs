@@ -19,8 +19,12 @@ use crate::render::Rendered;
 /// How a send failed, which decides what the ledger does next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendFailure {
-    /// Throttling, 5xx, timeouts: try again later.
+    /// Throttling, 5xx: SES answered and did not accept it; try again later.
     Retryable(String),
+    /// A timeout or a broken connection after the request may have left:
+    /// SES may have accepted it. Retried, and the retry is counted as an
+    /// ambiguous resend.
+    Unknown(String),
     /// SES will never accept this message: record it as failed.
     Permanent { kind: &'static str, reason: String },
     /// The account may not send at all now: stop every worker.
@@ -33,6 +37,8 @@ pub struct SendQuota {
     pub max_send_rate: f64,
     pub max_24_hour_send: f64,
     pub sent_last_24_hours: f64,
+    /// `false` when SES paused sending for the whole account.
+    pub sending_enabled: bool,
 }
 
 /// One email ready to go.
@@ -83,9 +89,10 @@ impl SesClient {
                 max_send_rate: q.max_send_rate(),
                 max_24_hour_send: q.max24_hour_send(),
                 sent_last_24_hours: q.sent_last24_hours(),
+                sending_enabled: account.sending_enabled(),
             }),
             Err(error) => {
-                tracing::info!(error = %aws_sdk_sesv2::error::DisplayErrorContext(&error), "GetAccount unavailable; using the configured send rate");
+                tracing::info!(error = %aws_sdk_sesv2::error::DisplayErrorContext(&error), "GetAccount unavailable; using the configured send rate and quota");
                 None
             }
         }
@@ -193,9 +200,12 @@ fn classify(error: SdkError<SendEmailError, aws_sdk_sesv2::config::http::HttpRes
                 },
             }
         }
-        // Timeouts, connection failures, unreadable responses: SES may be
-        // fine a moment later.
-        _ => SendFailure::Retryable(text),
+        // Failed before anything was sent: safe to retry.
+        SdkError::ConstructionFailure(_) => SendFailure::Retryable(text),
+        SdkError::DispatchFailure(failure) if failure.is_user() => SendFailure::Retryable(text),
+        // Timeouts, dropped connections, unreadable responses: SES may have
+        // accepted the email; whether it did cannot be known.
+        _ => SendFailure::Unknown(text),
     }
 }
 
