@@ -638,3 +638,105 @@ mod templates {
         assert_eq!(r.subject, en.subject);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cohort_report_compares_backorder_buyers_with_other_customers() {
+    let app = TestApp::spawn().await;
+    let _orders = app.start_service("orders-consumer").await;
+    let mut events = Vec::new();
+    // Ada bought a backordered item, then came back for an in-stock one.
+    let mut first = order(
+        &app,
+        "o-a1",
+        &app.recipient("ada"),
+        "en",
+        &[("SOFA-1", "Sofa", "home", true)],
+    )
+    .await;
+    first.total_minor = 80_000;
+    let mut second = order(
+        &app,
+        "o-a2",
+        &app.recipient("ada"),
+        "en",
+        &[("MUG-1", "Mug", "kitchen", false)],
+    )
+    .await;
+    second.customer = first.customer.clone();
+    second.total_minor = 2_000;
+    second.occurred_at = first.occurred_at + chrono::Duration::days(10);
+    // Bob only bought in-stock goods.
+    let mut bob = order(
+        &app,
+        "o-b1",
+        &app.recipient("bob"),
+        "en",
+        &[("MUG-1", "Mug", "kitchen", false)],
+    )
+    .await;
+    bob.total_minor = 3_000;
+    // Cy's only order (backordered) was cancelled: not a customer here.
+    let cy = order(
+        &app,
+        "o-c1",
+        &app.recipient("cy"),
+        "en",
+        &[("SOFA-1", "Sofa", "home", true)],
+    )
+    .await;
+    events.extend([first, second, bob, cy]);
+    for e in &events {
+        app.publish(ORDERS, e).await;
+    }
+    app.publish(ORDERS, &cancel(&app, "o-c1", &[]).await).await;
+    wait_until("every order event consumed", PATIENCE, || async {
+        (app.committed_total("orders-consumer", ORDERS).await == 5).then_some(())
+    })
+    .await;
+
+    let run = |json: bool| {
+        let mut command = std::process::Command::new(backorder_tests::process::binary("backorderctl"));
+        command
+            .env("DATABASE_URL", &app.settings.database_url)
+            .env("BACKORDER_STACK_ENV", "/nonexistent")
+            .args(["report", "cohorts"]);
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().expect("backorderctl runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let report: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let cohort = |name: &str| {
+        report
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cohort"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+    };
+    let buyers = cohort("backorder-buyers");
+    assert_eq!(buyers["customers"], 1, "{report}");
+    assert_eq!(buyers["orders"], 2);
+    assert_eq!(buyers["revenue_minor"], 82_000);
+    assert_eq!(buyers["orders_per_customer"], 2.0);
+    assert_eq!(buyers["average_order_value_minor"], 41_000);
+    assert_eq!(buyers["lifetime_value_minor"], 82_000);
+    assert!(
+        (buyers["days_between_orders"].as_f64().unwrap() - 10.0).abs() < 0.01,
+        "{report}"
+    );
+    let others = cohort("other-customers");
+    assert_eq!(others["customers"], 1);
+    assert_eq!(others["orders"], 1);
+    assert_eq!(others["lifetime_value_minor"], 3_000);
+    assert!(others["days_between_orders"].is_null());
+
+    let table = run(false);
+    assert!(
+        table.contains("backorder-buyers") && table.contains("820.00 EUR"),
+        "{table}"
+    );
+}

@@ -9,11 +9,13 @@
 //! - [`publish`]: JSON lines in, Avro records on the input topics out.
 //! - [`clock`]: show or move the controlled clock.
 //! - [`emails`]: list the sender's ledger, recipients masked.
+//! - [`report`]: compare backorder buyers with the other customers.
 
 pub mod clock;
 pub mod emails;
 pub mod migrate;
 pub mod publish;
+pub mod report;
 pub mod topics;
 
 use std::io::{self, Write};
@@ -94,6 +96,11 @@ pub enum Command {
     /// List emails in the sender's ledger, newest first (recipients masked).
     #[command(long_about = emails::LONG_ABOUT)]
     Emails(emails::EmailsArgs),
+    /// Reports over the stored orders (`report cohorts`: backorder buyers vs the rest).
+    Report {
+        #[command(subcommand)]
+        command: report::ReportCommand,
+    },
 }
 
 /// Everything that can go wrong, worded for the person at the terminal.
@@ -175,6 +182,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Publish(args) => publish::run(args, &mut out).await,
         Command::Clock { command } => clock::run(command, &Settings::load()?, &mut out).await,
         Command::Emails(args) => emails::run(args, &Settings::load()?, &mut out).await,
+        Command::Report { command } => report::run(command, &Settings::load()?, &mut out).await,
     }?;
     out.flush()?;
     Ok(())
