@@ -9,6 +9,7 @@ pub mod moto;
 pub mod private_pg;
 pub mod process;
 pub mod scenario;
+pub mod stock;
 pub mod wait;
 
 pub use app::{TestApp, order_placed};

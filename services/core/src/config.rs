@@ -117,6 +117,11 @@ pub struct Settings {
     pub sender_pause_probe_ms: u64,
     /// `BACKORDER_TIMER_POLL_MS`: how often a service looks for due timers.
     pub timer_poll_ms: u64,
+    /// `BACKORDER_DELAY_DEBOUNCE_MS`: how long stock-consumer waits after a
+    /// supplier ETA change of a SKU for further changes before it sends the
+    /// delay notices, so several changes in a row make one notice per order
+    /// (measured on the injectable clock).
+    pub delay_debounce_ms: u64,
 }
 
 /// The unsubscribe-link key used when `BACKORDER_UNSUBSCRIBE_SECRET` is not
@@ -165,6 +170,7 @@ impl Default for Settings {
             sns_cert_url_prefix: None,
             sender_pause_probe_ms: 60_000,
             timer_poll_ms: 500,
+            delay_debounce_ms: 300_000,
         }
     }
 }

@@ -1,16 +1,31 @@
-//! stock-consumer: consumes stock.v1 (catalog, supplier ETAs, arrivals).
+//! stock-consumer: turns `stock.v1` into the right emails for the right
+//! customers and into significant-delay events for segmentation.
 //!
-//! It runs the shared consumer runtime already (decoding, validation,
-//! dead letters, offsets, health, metrics, graceful shutdown); the business
-//! handler arrives with its issue.
+//! - [`handler`]: applies a batch of stock events in partition order.
+//! - [`catalog`]: `ProductUpserted` -> `products` (segmentation reads it).
+//! - [`allocation`]: `StockArrival` -> first-come-first-served allocation
+//!   in short chunks, arrival notices (PLAYBOOK 2) and back in stock for
+//!   carts (PLAYBOOK 9); the partial-line policy is documented there.
+//! - [`delays`]: `SupplierEtaChanged` -> debounced delay notices
+//!   (PLAYBOOK 5) and `backorder-delays.v1` events.
+//! - [`policy`]: thresholds and the comparison of a new window with a promise.
+//! - [`emails`]: dedup keys, template data, decision records.
 
-use backorder_core::events::stock::StockEvent;
-use backorder_core::kafka::{AcknowledgeOnly, topics};
+pub mod allocation;
+pub mod catalog;
+pub mod delays;
+pub mod emails;
+pub mod error;
+pub mod handler;
+pub mod policy;
+
+use backorder_core::kafka::topics;
 use backorder_core::service::{Service, ServiceError};
 
-/// Starts the HTTP endpoints and the consumer loop.
+/// Starts the HTTP endpoints, the debounce-timer loop and the consumer loop.
 pub async fn start(service: &Service) -> Result<(), ServiceError> {
     service.serve_http(axum::Router::new()).await?;
-    service.consume(topics::STOCK, AcknowledgeOnly::<StockEvent>::default());
+    service.run_timers(delays::DelayTimers::new(service));
+    service.consume(topics::STOCK, handler::StockHandler::new(service));
     Ok(())
 }

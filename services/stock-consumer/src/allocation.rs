@@ -1,0 +1,400 @@
+//! Stock arrivals: allocate the units to open backordered lines, first
+//! come first served by order time, then decide the emails.
+//!
+//! Policy for lines that need more than one unit: whole lines only, and no
+//! queue jumping. Lines are served strictly in order (order time, then
+//! order and line id); when the next line needs more units than are left,
+//! allocation stops there. The units left are *reserved* for the queue
+//! (`products.reserved_quantity`) and the SKU's next arrival starts with
+//! them, so the customer at the head of the queue is served first. Units
+//! become available stock (and reach abandoned carts) only when no
+//! backordered line of the SKU is left waiting.
+//!
+//! A large restock runs as a sequence of short transactions of at most
+//! [`ALLOCATION_CHUNK_LINES`] lines; the arrival row records what is left,
+//! so a crash resumes where it stopped. Emails are then produced page by
+//! page from `stock_allocations`, so memory does not grow with the number
+//! of customers. Everything is keyed by `arrival_id`: a replayed arrival
+//! allocates nothing more and requests the same emails (same dedup keys)
+//! only if their acknowledgement was never recorded.
+
+use std::time::Instant;
+
+use backorder_core::codec::Codec;
+use backorder_core::deadpool_postgres::Pool;
+use backorder_core::events::stock::StockArrival;
+use backorder_core::kafka::Producer;
+use backorder_core::tokio_postgres::Transaction;
+use chrono::{DateTime, Utc};
+
+use crate::emails::{self, ArrivedItem, Customer};
+use crate::error::StockError;
+use crate::policy::{ALLOCATION_CHUNK_LINES, EMIT_PAGE};
+
+/// Records a new arrival (taking the SKU's reserve into it). Returns false
+/// for a replay, which changes nothing.
+pub async fn register(tx: &Transaction<'_>, arrival: &StockArrival, now: DateTime<Utc>) -> Result<bool, StockError> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO stock_arrivals (arrival_id, sku, quantity, warehouse, event_id, occurred_at,
+                                         units, remaining, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $3, $3, $7)
+             ON CONFLICT (arrival_id) DO NOTHING",
+            &[
+                &arrival.arrival_id,
+                &arrival.sku,
+                &arrival.quantity,
+                &arrival.warehouse,
+                &arrival.event_id,
+                &arrival.occurred_at,
+                &now,
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        metrics::counter!("backorder_stock_arrivals_total", "outcome" => "replayed").increment(1);
+        return Ok(false);
+    }
+    metrics::counter!("backorder_stock_arrivals_total", "outcome" => "new").increment(1);
+    tx.execute(
+        "INSERT INTO products (sku) VALUES ($1) ON CONFLICT (sku) DO NOTHING",
+        &[&arrival.sku],
+    )
+    .await?;
+    // Units held for the queue by earlier arrivals join this one.
+    tx.execute(
+        "WITH reserve AS (SELECT reserved_quantity AS units FROM products WHERE sku = $2 FOR UPDATE),
+              taken AS (UPDATE products SET reserved_quantity = 0 WHERE sku = $2 AND reserved_quantity > 0)
+         UPDATE stock_arrivals
+            SET units = units + (SELECT units FROM reserve), remaining = remaining + (SELECT units FROM reserve)
+          WHERE arrival_id = $1",
+        &[&arrival.arrival_id, &arrival.sku],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Allocates the next chunk of the queue: at most `$4` open backordered
+/// lines of the SKU in order, of which the prefix whose running total of
+/// units fits in `$3` is taken. Returns (lines taken, units taken, lines
+/// looked at).
+const ALLOCATE_CHUNK: &str = "
+WITH next AS (
+    SELECT l.order_id, l.line_id, l.quantity, o.placed_at
+      FROM order_lines l
+      JOIN orders o ON o.order_id = l.order_id
+     WHERE l.sku = $2 AND l.availability = 'BACKORDERED' AND l.status = 'open'
+     ORDER BY o.placed_at, l.order_id, l.line_id
+     LIMIT $4
+       FOR UPDATE OF l
+), ranked AS (
+    SELECT order_id, line_id, quantity,
+           sum(quantity) OVER (ORDER BY placed_at, order_id, line_id) AS running
+      FROM next
+), taken AS (
+    UPDATE order_lines l SET status = 'allocated'
+      FROM ranked r
+     WHERE l.order_id = r.order_id AND l.line_id = r.line_id AND r.running <= $3
+    RETURNING l.order_id, l.line_id, l.quantity
+), recorded AS (
+    INSERT INTO stock_allocations (arrival_id, order_id, line_id, sku, quantity, chunk)
+    SELECT $1, order_id, line_id, $2, quantity, $5 FROM taken
+    RETURNING quantity
+)
+SELECT (SELECT count(*) FROM recorded),
+       (SELECT COALESCE(sum(quantity), 0)::bigint FROM recorded),
+       (SELECT count(*) FROM ranked)";
+
+/// What one arrival did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Outcome {
+    pub lines: i64,
+    pub units: i64,
+    pub chunks: i32,
+    pub surplus: i32,
+    pub reserved: i32,
+    pub emails: usize,
+}
+
+/// Runs arrivals to completion and produces their emails.
+#[derive(Clone)]
+pub struct Allocator {
+    pub pool: Pool,
+    pub codec: Codec,
+    pub producer: Producer,
+    /// Full name of `email-requests.v1`.
+    pub email_topic: String,
+}
+
+impl Allocator {
+    /// Allocates what is left of `arrival_id` (nothing for a finished one),
+    /// then produces the emails not yet acknowledged.
+    pub async fn run(&self, arrival_id: &str, now: DateTime<Utc>) -> Result<Outcome, StockError> {
+        let started = Instant::now();
+        let mut outcome = Outcome::default();
+        let mut client = self.pool.get().await?;
+        let mut allocated_now = false;
+        loop {
+            let tx = client.transaction().await?;
+            let row = tx
+                .query_one(
+                    "SELECT sku, state, remaining, chunks FROM stock_arrivals WHERE arrival_id = $1 FOR UPDATE",
+                    &[&arrival_id],
+                )
+                .await?;
+            let (sku, state, remaining, chunks): (String, String, i32, i32) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            if state == "allocated" {
+                tx.commit().await?;
+                break;
+            }
+            allocated_now = true;
+            let mut left = remaining;
+            let mut more = false;
+            if remaining > 0 {
+                let chunk = chunks + 1;
+                let row = tx
+                    .query_one(
+                        ALLOCATE_CHUNK,
+                        &[
+                            &arrival_id,
+                            &sku,
+                            &i64::from(remaining),
+                            &ALLOCATION_CHUNK_LINES,
+                            &chunk,
+                        ],
+                    )
+                    .await?;
+                let (lines, units, looked_at): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                left = remaining - i32::try_from(units).unwrap_or(remaining);
+                tx.execute(
+                    "UPDATE stock_arrivals SET remaining = $2, lines_allocated = lines_allocated + $3, chunks = $4
+                      WHERE arrival_id = $1",
+                    &[&arrival_id, &left, &(lines as i32), &chunk],
+                )
+                .await?;
+                metrics::counter!("backorder_stock_lines_allocated_total").increment(lines as u64);
+                metrics::counter!("backorder_stock_units_allocated_total").increment(units as u64);
+                outcome.lines += lines;
+                outcome.units += units;
+                outcome.chunks = chunk;
+                // The queue may go on only if the whole chunk fitted.
+                more = left > 0 && lines == looked_at && looked_at == ALLOCATION_CHUNK_LINES;
+            }
+            if !more {
+                let (surplus, reserved) = finalize(&tx, arrival_id, &sku, left, now).await?;
+                outcome.surplus = surplus;
+                outcome.reserved = reserved;
+            }
+            tx.commit().await?;
+            if !more {
+                break;
+            }
+        }
+        if allocated_now {
+            metrics::histogram!("backorder_stock_allocation_duration_seconds").record(started.elapsed().as_secs_f64());
+        }
+        outcome.emails = self.emit(arrival_id, now).await?;
+        tracing::info!(
+            arrival_id,
+            lines = outcome.lines,
+            units = outcome.units,
+            chunks = outcome.chunks,
+            surplus = outcome.surplus,
+            reserved = outcome.reserved,
+            emails = outcome.emails,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "arrival handled"
+        );
+        Ok(outcome)
+    }
+
+    /// Produces the arrival's emails page by page unless already
+    /// acknowledged; returns how many were requested.
+    async fn emit(&self, arrival_id: &str, now: DateTime<Utc>) -> Result<usize, StockError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT sku, occurred_at, outputs_acked_at IS NOT NULL FROM stock_arrivals WHERE arrival_id = $1",
+                &[&arrival_id],
+            )
+            .await?;
+        let (sku, occurred_at, acked): (String, DateTime<Utc>, bool) = (row.get(0), row.get(1), row.get(2));
+        if acked {
+            return Ok(0);
+        }
+        let mut total = 0;
+        // Arrival notices: one per order served, by order id.
+        let mut after = String::new();
+        loop {
+            let rows = client
+                .query(
+                    "SELECT a.order_id, c.customer_id, c.email, c.name, c.locale,
+                            array_agg(l.product_name ORDER BY a.line_id), array_agg(a.quantity ORDER BY a.line_id),
+                            array_agg(a.line_id ORDER BY a.line_id)
+                       FROM stock_allocations a
+                       JOIN order_lines l ON l.order_id = a.order_id AND l.line_id = a.line_id
+                       JOIN orders o ON o.order_id = a.order_id
+                       JOIN customers c ON c.customer_id = o.customer_id
+                      WHERE a.arrival_id = $1 AND a.order_id > $2
+                      GROUP BY a.order_id, c.customer_id
+                      ORDER BY a.order_id
+                      LIMIT $3",
+                    &[&arrival_id, &after, &EMIT_PAGE],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.get(0);
+            let mut decisions = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let order_id: String = row.get(0);
+                let customer = Customer {
+                    customer_id: row.get(1),
+                    email: row.get(2),
+                    name: row.get(3),
+                    locale: row.get(4),
+                };
+                let names: Vec<String> = row.get(5);
+                let quantities: Vec<i32> = row.get(6);
+                let line_ids: Vec<String> = row.get(7);
+                let items: Vec<ArrivedItem> = names
+                    .into_iter()
+                    .zip(quantities)
+                    .map(|(product_name, quantity)| ArrivedItem { product_name, quantity })
+                    .collect();
+                let request = emails::arrival_notice(arrival_id, &order_id, &customer, &items, occurred_at);
+                let line = (line_ids.len() == 1).then(|| line_ids.into_iter().next()).flatten();
+                decisions.push((request, line));
+            }
+            total += self.request(&client, &decisions, emails::ARRIVAL_NOTICE, now).await?;
+            if (rows.len() as i64) < EMIT_PAGE {
+                break;
+            }
+        }
+        // Back in stock: the carts this arrival's surplus reached.
+        let mut after = String::new();
+        loop {
+            let rows = client
+                .query(
+                    "SELECT n.cart_id, cu.customer_id, cu.email, cu.name, cu.locale,
+                            COALESCE(p.name, n.sku), p.price_minor, p.currency
+                       FROM back_in_stock_notices n
+                       JOIN carts ca ON ca.cart_id = n.cart_id
+                       JOIN customers cu ON cu.customer_id = ca.customer_id
+                       LEFT JOIN products p ON p.sku = n.sku
+                      WHERE n.arrival_id = $1 AND n.sku = $2 AND n.cart_id > $3
+                      ORDER BY n.cart_id
+                      LIMIT $4",
+                    &[&arrival_id, &sku, &after, &EMIT_PAGE],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.get(0);
+            let mut decisions = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let cart_id: String = row.get(0);
+                let customer = Customer {
+                    customer_id: row.get(1),
+                    email: row.get(2),
+                    name: row.get(3),
+                    locale: row.get(4),
+                };
+                let name: String = row.get(5);
+                let currency: Option<String> = row.get(7);
+                let request = emails::back_in_stock(
+                    &cart_id,
+                    &sku,
+                    &customer,
+                    &name,
+                    row.get(6),
+                    currency.as_deref(),
+                    occurred_at,
+                );
+                decisions.push((request, None));
+            }
+            total += self.request(&client, &decisions, emails::BACK_IN_STOCK, now).await?;
+            if (rows.len() as i64) < EMIT_PAGE {
+                break;
+            }
+        }
+        client
+            .execute(
+                "UPDATE stock_arrivals SET outputs_acked_at = $2 WHERE arrival_id = $1",
+                &[&arrival_id, &now],
+            )
+            .await?;
+        Ok(total)
+    }
+
+    /// Records the decisions, then produces the requests and waits for the
+    /// broker's acknowledgement.
+    async fn request(
+        &self,
+        client: &backorder_core::deadpool_postgres::Object,
+        decisions: &[(backorder_core::events::internal::EmailRequested, Option<String>)],
+        template: &'static str,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StockError> {
+        emails::record_decisions(&***client, decisions, now).await?;
+        let records = emails::encode_all(&self.codec, &self.email_topic, decisions).await?;
+        self.producer.send_all(&records).await?;
+        metrics::counter!("backorder_stock_emails_requested_total", "template" => template)
+            .increment(records.len() as u64);
+        Ok(records.len())
+    }
+}
+
+/// Settles what is left of an arrival: reserved for the queue while any
+/// backordered line of the SKU still waits, otherwise available stock
+/// (which reaches abandoned carts). Returns (surplus, reserved).
+async fn finalize(
+    tx: &Transaction<'_>,
+    arrival_id: &str,
+    sku: &str,
+    left: i32,
+    now: DateTime<Utc>,
+) -> Result<(i32, i32), StockError> {
+    let waiting: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM order_lines
+                             WHERE sku = $1 AND availability = 'BACKORDERED' AND status = 'open')",
+            &[&sku],
+        )
+        .await?
+        .get(0);
+    let (surplus, reserved) = if waiting { (0, left) } else { (left, 0) };
+    if reserved > 0 {
+        tx.execute(
+            "UPDATE products SET reserved_quantity = reserved_quantity + $2, updated_at = $3 WHERE sku = $1",
+            &[&sku, &reserved, &now],
+        )
+        .await?;
+    }
+    if surplus > 0 {
+        tx.execute(
+            "UPDATE products SET available_quantity = available_quantity + $2, updated_at = $3 WHERE sku = $1",
+            &[&sku, &surplus, &now],
+        )
+        .await?;
+        metrics::counter!("backorder_stock_surplus_units_total").increment(surplus as u64);
+        // Carts holding the SKU, once per cart and SKU ever; not customers
+        // who already ordered it (they are served by the queue).
+        tx.execute(
+            "INSERT INTO back_in_stock_notices (cart_id, sku, arrival_id, decided_at)
+             SELECT c.cart_id, $1, $2, $3 FROM carts c
+              WHERE c.skus @> ARRAY[$1::text]
+                AND NOT EXISTS (SELECT 1 FROM orders o JOIN order_lines l ON l.order_id = o.order_id
+                                 WHERE o.customer_id = c.customer_id AND l.sku = $1 AND l.status <> 'cancelled')
+             ON CONFLICT (cart_id, sku) DO NOTHING",
+            &[&sku, &arrival_id, &now],
+        )
+        .await?;
+    }
+    tx.execute(
+        "UPDATE stock_arrivals SET state = 'allocated', remaining = 0, surplus = $2, reserved = $3, allocated_at = $4
+          WHERE arrival_id = $1",
+        &[&arrival_id, &surplus, &reserved, &now],
+    )
+    .await?;
+    Ok((surplus, reserved))
+}

@@ -1,0 +1,306 @@
+//! Supplier ETA changes: keep the SKU's current ETA (a new `sku_eta`
+//! version per change), debounce bursts of changes with a per-SKU durable
+//! timer, and when it fires tell every customer whose window now ends later
+//! than what they were last told: one delay notice per order (PLAYBOOK 5)
+//! carrying the latest window, and a `BackorderDelayed` event per line whose
+//! slip is significant (DESIGN policy). The promise becomes what the notice
+//! said. A window that ends no later (or becomes known) updates the promise
+//! quietly; the next email that goes out anyway carries it.
+
+use std::collections::BTreeMap;
+
+use backorder_core::codec::Codec;
+use backorder_core::events::internal::BackorderDelayed;
+use backorder_core::events::stock::SupplierEtaChanged;
+use backorder_core::kafka::{HandlerError, OutboundRecord, topics};
+use backorder_core::service::Service;
+use backorder_core::timers::{self, Timer, TimerHandler};
+use backorder_core::tokio_postgres::Transaction;
+use chrono::{DateTime, Duration, Utc};
+
+use crate::emails::{self, Customer, DelayData, DelayedItem};
+use crate::error::StockError;
+use crate::policy::{Change, Window, classify};
+
+/// The timer kind that ends a SKU's debounce window.
+pub const TIMER_KIND: &str = "delay-notice";
+
+fn timer_key(sku: &str) -> String {
+    format!("{TIMER_KIND}:{sku}")
+}
+
+/// Applies one ETA change: records it (a replayed event id changes
+/// nothing), bumps the SKU's `sku_eta` version, and moves the SKU's
+/// debounce timer to `now + debounce`. Returns the new version, or None
+/// for a replay.
+pub async fn apply_change(
+    tx: &Transaction<'_>,
+    change: &SupplierEtaChanged,
+    now: DateTime<Utc>,
+    debounce: Duration,
+) -> Result<Option<i64>, StockError> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO eta_changes (event_id, sku, eta_version, eta_from, eta_to, reason, remedy, occurred_at, applied_at)
+             VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (event_id) DO NOTHING",
+            &[
+                &change.event_id,
+                &change.sku,
+                &change.eta_from,
+                &change.eta_to,
+                &change.reason,
+                &change.remedy,
+                &change.occurred_at,
+                &now,
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        metrics::counter!("backorder_stock_eta_changes_total", "outcome" => "replayed").increment(1);
+        return Ok(None);
+    }
+    let version: i64 = tx
+        .query_one(
+            "INSERT INTO sku_eta (sku, eta_from, eta_to, reason, remedy, version, changed_at)
+             VALUES ($1, $2, $3, $4, $5, 1, $6)
+             ON CONFLICT (sku) DO UPDATE SET
+                 eta_from = EXCLUDED.eta_from, eta_to = EXCLUDED.eta_to, reason = EXCLUDED.reason,
+                 remedy = EXCLUDED.remedy, version = sku_eta.version + 1, changed_at = EXCLUDED.changed_at
+             RETURNING version",
+            &[
+                &change.sku,
+                &change.eta_from,
+                &change.eta_to,
+                &change.reason,
+                &change.remedy,
+                &change.occurred_at,
+            ],
+        )
+        .await?
+        .get(0);
+    tx.execute(
+        "UPDATE eta_changes SET eta_version = $2 WHERE event_id = $1",
+        &[&change.event_id, &version],
+    )
+    .await?;
+    timers::reschedule(
+        tx,
+        &Timer {
+            key: timer_key(&change.sku),
+            kind: TIMER_KIND.to_string(),
+            due_at: now + debounce,
+            payload: serde_json::json!({ "sku": change.sku }),
+        },
+    )
+    .await?;
+    metrics::counter!("backorder_stock_eta_changes_total", "outcome" => "applied").increment(1);
+    tracing::info!(sku = %change.sku, version, "supplier ETA changed; delay notices debounced");
+    Ok(Some(version))
+}
+
+/// Fires the debounce timers: compares the SKU's current ETA with every
+/// open backordered line's promise.
+pub struct DelayTimers {
+    codec: Codec,
+    email_topic: String,
+    delays_topic: String,
+}
+
+impl DelayTimers {
+    pub fn new(service: &Service) -> Self {
+        Self {
+            codec: service.codec.clone(),
+            email_topic: service.topics.name(topics::EMAIL_REQUESTS),
+            delays_topic: service.topics.name(topics::BACKORDER_DELAYS),
+        }
+    }
+}
+
+impl TimerHandler for DelayTimers {
+    fn kinds(&self) -> &[&'static str] {
+        &[TIMER_KIND]
+    }
+
+    async fn fire(
+        &self,
+        tx: &Transaction<'_>,
+        timer: &Timer,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboundRecord>, HandlerError> {
+        Ok(self.notify(tx, timer, now).await?)
+    }
+}
+
+/// One open backordered line of the SKU, as the notice needs it.
+struct Line {
+    order_id: String,
+    line_id: String,
+    product_name: String,
+    quantity: i32,
+    unit_price_minor: i64,
+    told: Window,
+    currency: String,
+    customer: Customer,
+}
+
+impl DelayTimers {
+    async fn notify(
+        &self,
+        tx: &Transaction<'_>,
+        timer: &Timer,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboundRecord>, StockError> {
+        let Some(sku) = timer.payload.get("sku").and_then(|v| v.as_str()) else {
+            return Err(StockError::BadTimer { key: timer.key.clone() });
+        };
+        let Some(eta) = tx
+            .query_opt(
+                "SELECT eta_from, eta_to, reason, remedy, version, changed_at FROM sku_eta WHERE sku = $1",
+                &[&sku],
+            )
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let new = Window {
+            from: eta.get(0),
+            to: eta.get(1),
+        };
+        let reason: String = eta.get::<_, Option<String>>(2).unwrap_or_default();
+        let remedy: String = eta.get::<_, Option<String>>(3).unwrap_or_default();
+        let version: i64 = eta.get(4);
+        let changed_at: DateTime<Utc> = eta.get(5);
+
+        let rows = tx
+            .query(
+                "SELECT l.order_id, l.line_id, l.product_name, l.quantity, l.unit_price_minor,
+                        l.promised_from, l.promised_to, o.currency,
+                        c.customer_id, c.email, c.name, c.locale
+                   FROM order_lines l
+                   JOIN orders o ON o.order_id = l.order_id
+                   JOIN customers c ON c.customer_id = o.customer_id
+                  WHERE l.sku = $1 AND l.availability = 'BACKORDERED' AND l.status = 'open' AND l.promise_told
+                  ORDER BY l.order_id, l.line_id
+                    FOR UPDATE OF l",
+                &[&sku],
+            )
+            .await?;
+
+        // Slipped lines by order; every line whose promise moves.
+        let mut slipped: BTreeMap<String, Vec<(Line, bool)>> = BTreeMap::new();
+        let (mut moved_orders, mut moved_lines): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        for row in rows {
+            let line = Line {
+                order_id: row.get(0),
+                line_id: row.get(1),
+                product_name: row.get(2),
+                quantity: row.get(3),
+                unit_price_minor: row.get(4),
+                told: Window {
+                    from: row.get(5),
+                    to: row.get(6),
+                },
+                currency: row.get(7),
+                customer: Customer {
+                    customer_id: row.get(8),
+                    email: row.get(9),
+                    name: row.get(10),
+                    locale: row.get(11),
+                },
+            };
+            match classify(line.told, new) {
+                Change::Unchanged => continue,
+                Change::Improved => {}
+                Change::Slipped { significant } => {
+                    moved_orders.push(line.order_id.clone());
+                    moved_lines.push(line.line_id.clone());
+                    slipped
+                        .entry(line.order_id.clone())
+                        .or_default()
+                        .push((line, significant));
+                    continue;
+                }
+            }
+            moved_orders.push(line.order_id);
+            moved_lines.push(line.line_id);
+        }
+        if moved_lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        tx.execute(
+            "UPDATE order_lines l SET promised_from = $3, promised_to = $4, promise_told = true
+               FROM unnest($1::text[], $2::text[]) AS m(order_id, line_id)
+              WHERE l.order_id = m.order_id AND l.line_id = m.line_id",
+            &[&moved_orders, &moved_lines, &new.from, &new.to],
+        )
+        .await?;
+
+        let mut decisions = Vec::with_capacity(slipped.len());
+        let mut delays = Vec::new();
+        for (order_id, lines) in &slipped {
+            let significant = lines.iter().any(|(_, s)| *s);
+            let items: Vec<DelayedItem> = lines
+                .iter()
+                .map(|(l, _)| DelayedItem {
+                    product_name: l.product_name.clone(),
+                    quantity: l.quantity,
+                    previous_from: emails::iso(l.told.from),
+                    previous_to: emails::iso(l.told.to),
+                })
+                .collect();
+            let data = DelayData {
+                order_id,
+                items: &items,
+                window_from: emails::iso(new.from),
+                window_to: emails::iso(new.to),
+                reason: &reason,
+                remedy: &remedy,
+                significant,
+            };
+            let Some((first, _)) = lines.first() else { continue };
+            let request = emails::delay_notice(sku, version, &first.customer, &data, changed_at);
+            let line_id = (lines.len() == 1).then(|| first.line_id.clone());
+            decisions.push((request, line_id));
+            for (line, _) in lines.iter().filter(|(_, s)| *s) {
+                delays.push(delayed_event(sku, version, line, new, changed_at));
+            }
+        }
+        emails::record_decisions(tx, &decisions, now).await?;
+        let mut outputs = emails::encode_all(&self.codec, &self.email_topic, &decisions).await?;
+        for event in &delays {
+            outputs.push(OutboundRecord::encode(&self.codec, &self.delays_topic, event).await?);
+        }
+        let significant = delays.len();
+        metrics::counter!("backorder_stock_emails_requested_total", "template" => emails::DELAY_NOTICE)
+            .increment(decisions.len() as u64);
+        metrics::counter!("backorder_stock_significant_delays_total").increment(significant as u64);
+        tracing::info!(
+            sku,
+            version,
+            lines_moved = moved_lines.len(),
+            notices = decisions.len(),
+            significant,
+            "delay notices decided"
+        );
+        Ok(outputs)
+    }
+}
+
+fn delayed_event(sku: &str, version: i64, line: &Line, new: Window, at: DateTime<Utc>) -> BackorderDelayed {
+    let id = format!("backorder-delayed_{}_{}_{version}", line.order_id, line.line_id);
+    BackorderDelayed {
+        event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes()).to_string(),
+        occurred_at: at,
+        order_id: line.order_id.clone(),
+        line_id: line.line_id.clone(),
+        customer_id: line.customer.customer_id.clone(),
+        sku: sku.to_string(),
+        old_promise_to: line.told.to,
+        new_promise_from: new.from,
+        new_promise_to: new.to,
+        delayed_value_minor: line.unit_price_minor.saturating_mul(i64::from(line.quantity)),
+        currency: line.currency.clone(),
+        eta_version: version,
+    }
+}

@@ -1,0 +1,92 @@
+//! The stock side of DESIGN.md's default campaign policy, and how a new
+//! supplier window compares with what a customer was last told.
+
+use chrono::NaiveDate;
+
+/// A slip is significant when the new `eta_to` is more than this many days
+/// past the promise (or the ETA becomes unknown): the line is reported on
+/// `backorder-delays.v1` and segmentation routes the customer into a campaign.
+pub const SIGNIFICANT_SLIP_DAYS: i64 = 7;
+
+/// Backordered lines allocated per transaction: a 100,000-line restock is
+/// many short transactions, never one that holds locks for minutes.
+pub const ALLOCATION_CHUNK_LINES: i64 = 5_000;
+
+/// Orders (or carts) per page when the emails of an arrival are produced:
+/// memory stays bounded however many customers one arrival reaches.
+pub const EMIT_PAGE: i64 = 2_000;
+
+/// A ship window; both ends `None`: not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+}
+
+impl Window {
+    pub fn is_known(&self) -> bool {
+        self.to.is_some()
+    }
+}
+
+/// What a new supplier window means for a line promised `told`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Same window: nothing to do.
+    Unchanged,
+    /// Ends no later (or becomes known): the promise moves quietly and the
+    /// next email that goes out anyway carries it; no email of its own.
+    Improved,
+    /// Ends later than told, or becomes unknown: a delay notice, and when
+    /// significant also a `BackorderDelayed` event.
+    Slipped { significant: bool },
+}
+
+pub fn classify(told: Window, new: Window) -> Change {
+    if told == new {
+        return Change::Unchanged;
+    }
+    match (told.to, new.to) {
+        (Some(_), None) => Change::Slipped { significant: true },
+        (None, None) | (None, Some(_)) => Change::Improved,
+        (Some(old), Some(new_to)) if new_to > old => Change::Slipped {
+            significant: (new_to - old).num_days() > SIGNIFICANT_SLIP_DAYS,
+        },
+        (Some(_), Some(_)) => Change::Improved,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(day: u32) -> Option<NaiveDate> {
+        NaiveDate::from_ymd_opt(2026, 12, day)
+    }
+
+    fn w(from: u32, to: u32) -> Window {
+        Window {
+            from: d(from),
+            to: d(to),
+        }
+    }
+
+    const UNKNOWN: Window = Window { from: None, to: None };
+
+    #[test]
+    fn slips_are_significant_only_past_seven_days_or_when_unknown() {
+        assert_eq!(classify(w(1, 5), w(4, 8)), Change::Slipped { significant: false });
+        assert_eq!(classify(w(1, 5), w(6, 12)), Change::Slipped { significant: false });
+        assert_eq!(classify(w(1, 5), w(6, 13)), Change::Slipped { significant: true });
+        assert_eq!(classify(w(1, 5), UNKNOWN), Change::Slipped { significant: true });
+    }
+
+    #[test]
+    fn earlier_or_newly_known_windows_are_improvements_not_notices() {
+        assert_eq!(classify(w(10, 20), w(5, 12)), Change::Improved);
+        assert_eq!(classify(w(10, 20), w(15, 20)), Change::Improved);
+        assert_eq!(classify(UNKNOWN, w(5, 12)), Change::Improved);
+        assert_eq!(classify(UNKNOWN, UNKNOWN), Change::Unchanged);
+        assert_eq!(classify(w(1, 5), w(1, 5)), Change::Unchanged);
+    }
+}
