@@ -163,6 +163,18 @@ async fn a_german_order_is_confirmed_shipped_in_part_followed_up_after_three_day
         .unwrap()
         .get(0);
     assert_eq!(category, "MARKETING");
+    assert!(
+        sent[3].body.contains("unsubscribe"),
+        "marketing carries an unsubscribe link: {}",
+        sent[3].body
+    );
+    for transactional in &sent[..3] {
+        assert!(
+            !transactional.body.contains("abmelden"),
+            "no unsubscribe on {}",
+            transactional.subject
+        );
+    }
 
     // Replaying every event of the scenario changes nothing at SES.
     sender_settled(&app, 4).await;
