@@ -7,7 +7,8 @@
 
 use backorder_core::events::orders::Availability::{Backordered, InStock};
 use backorder_core::events::orders::{OrderCancelled, OrderPlaced};
-use backorder_core::kafka::topics::{ORDERS, SHIPMENTS};
+use backorder_core::events::stock::SupplierEtaChanged;
+use backorder_core::kafka::topics::{ORDERS, SHIPMENTS, STOCK};
 use backorder_tests::scenario::*;
 use backorder_tests::{TestApp, order_placed, wait_until};
 use orders_keys::*;
@@ -141,6 +142,10 @@ async fn a_german_order_is_confirmed_shipped_in_part_followed_up_after_three_day
     assert!(
         metric_sum(&metrics, "backorder_order_to_delivery_days_count", "") >= 1.0,
         "{metrics}"
+    );
+    assert!(
+        metrics.contains("backorder_order_to_delivery_days_bucket"),
+        "a histogram of days"
     );
     assert_eq!(
         metric_sum(&metrics, "backorder_deliveries_total", "promise=\"none\""),
@@ -750,5 +755,78 @@ async fn the_cohort_report_compares_backorder_buyers_with_other_customers() {
     assert!(
         table.contains("backorder-buyers") && table.contains("820.00 EUR"),
         "{table}"
+    );
+}
+
+async fn eta_changed(app: &TestApp, sku: &str, from_days: i64, to_days: i64) -> SupplierEtaChanged {
+    SupplierEtaChanged {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: clock_now(app).await,
+        sku: sku.to_string(),
+        eta_from: Some(day(app, from_days).await),
+        eta_to: Some(day(app, to_days).await),
+        reason: "The factory is behind on orders".to_string(),
+        remedy: "We booked the next container".to_string(),
+    }
+}
+
+/// The same rule with the real stock-consumer: its delay notice on day 23
+/// (recorded in `email_decisions`) suppresses the day-24 nurture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_notice_from_the_stock_consumer_on_day_23_suppresses_the_day_24_nurture() {
+    let app = TestApp::spawn().await;
+    let _orders = app.start_service_with("orders-consumer", FAST_TIMERS).await;
+    let _stock = app
+        .start_service_with(
+            "stock-consumer",
+            &[
+                ("BACKORDER_TIMER_POLL_MS", "100"),
+                ("BACKORDER_DELAY_DEBOUNCE_MS", "300"),
+            ],
+        )
+        .await;
+    let _sender = app.start_service("sender").await;
+    let to = app.recipient("dora");
+    app.publish(STOCK, &eta_changed(&app, "KILN-7", 60, 67).await).await;
+    wait_until("the ETA stored by the stock-consumer", PATIENCE, || async {
+        let client = app.pool.get().await.unwrap();
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM sku_eta WHERE sku = 'KILN-7'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    app.publish(
+        ORDERS,
+        &order(&app, "o-k", &to, "en", &[("KILN-7", "Pottery kiln", "home", true)]).await,
+    )
+    .await;
+    wait_for_emails(&app, &to, 1).await;
+    advance_days(&app, 12).await;
+    wait_for_emails(&app, &to, 2).await;
+    assert_eq!(nurtures(&app, &to).await, 1);
+
+    // Day 23: the supplier slips by ten days; the customer gets a delay notice.
+    advance_days(&app, 11).await;
+    app.publish(STOCK, &eta_changed(&app, "KILN-7", 47, 54).await).await;
+    let sent = wait_for_emails(&app, &to, 3).await;
+    assert_eq!(decisions(&app, "delay_notice").await, 1, "{:?}", subjects(&sent));
+
+    // Day 24: the nurture check fires and is skipped.
+    advance_days(&app, 1).await;
+    wait_timer_state(&app, &nurture_key("o-k", 2), "fired").await;
+    sender_settled(&app, 3).await;
+    assert_eq!(nurtures(&app, &to).await, 1, "the day-24 nurture is suppressed");
+
+    // Day 36: the cadence goes on, with the new window.
+    advance_days(&app, 12).await;
+    let sent = wait_for_emails(&app, &to, 4).await;
+    let new_to = day(&app, 54 - 13).await;
+    assert!(
+        sent[3].body.contains(&new_to.format("%-d %b %Y").to_string()),
+        "the nurture shows the current window: {}",
+        sent[3].body
     );
 }
