@@ -1,2 +1,717 @@
-//! Placeholder: filled by its issue.
+//! The sender (issue 5, DESIGN invariant 1): one email per dedup key,
+//! ever, nothing lost, within SES's limits, honouring bounces, complaints
+//! and unsubscribes.
+//!
+//! Real parts: the sender binary, Tansu, PostgreSQL, moto's SES v2 API
+//! through the real AWS SDK. Test doubles only where nothing real can run
+//! here: `ses_proxy` (a fault-injecting, recording HTTP proxy in front of
+//! moto, for SES throttling and pausing, which moto never does) and
+//! `sns_signer` (a local certificate and key that sign SNS messages, since
+//! Amazon SNS cannot run here).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use backorder_core::domain::DedupKey;
+use backorder_core::events::internal::{EmailCategory, EmailRequested, Recipient};
+use backorder_core::kafka::OutboundRecord;
+use backorder_core::kafka::topics::EMAIL_REQUESTS;
+use backorder_tests::process::ServiceProcess;
+use backorder_tests::ses_proxy::{Fault, SesProxy};
+use backorder_tests::sns_signer::{SnsDouble, ses_bounce, ses_complaint};
+use backorder_tests::{TestApp, moto, wait_until};
+use serde_json::{Value, json};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- helpers
+
+/// An email request for `who` (a unique recipient of this test: moto tells
+/// emails apart only by recipient, subject and body).
+fn request(app: &TestApp, key: &str, who: &str, category: EmailCategory, campaign: Option<&str>) -> EmailRequested {
+    let recipient = app.recipient(who);
+    let data = json!({
+        "order_id": key, "customer_name": "Ada", "currency": "EUR", "total_minor": 2500,
+        "has_backorder": false,
+        "lines": [{"product_name": "Lamp", "quantity": 1, "unit_price_minor": 2500, "backordered": false,
+                   "window_from": null, "window_to": null}]
+    });
+    EmailRequested::compose(
+        &DedupKey::new("t", &[key]),
+        "order_confirmation",
+        category,
+        Recipient {
+            customer_id: &format!("c-{who}"),
+            email: &recipient,
+            name: "Ada",
+            locale: "en-GB",
+        },
+        Some(key),
+        campaign,
+        chrono::Utc::now(),
+        &data,
+    )
+}
+
+/// `n` transactional requests, each to its own recipient `k{i}`.
+fn many(app: &TestApp, n: usize) -> Vec<EmailRequested> {
+    (0..n)
+        .map(|i| {
+            request(
+                app,
+                &format!("k{i}"),
+                &format!("k{i}"),
+                EmailCategory::Transactional,
+                None,
+            )
+        })
+        .collect()
+}
+
+async fn publish_all(app: &TestApp, requests: &[EmailRequested]) {
+    let topic = app.topics.name(EMAIL_REQUESTS);
+    let mut records = Vec::with_capacity(requests.len());
+    for r in requests {
+        records.push(OutboundRecord::encode(&app.codec, &topic, r).await.expect("encode"));
+    }
+    for chunk in records.chunks(500) {
+        app.producer.send_all(chunk).await.expect("publish");
+    }
+}
+
+async fn count_in_state(app: &TestApp, state: &str) -> i64 {
+    app.ledger_states().await.get(state).copied().unwrap_or(0)
+}
+
+/// Waits until `n` rows are sent; fails early if any failed.
+async fn wait_all_sent(app: &TestApp, n: i64, timeout: Duration) {
+    wait_until(&format!("{n} emails sent"), timeout, || async {
+        let states = app.ledger_states().await;
+        assert_eq!(states.get("failed"), None, "no email may fail: {states:?}");
+        (states.get("sent").copied().unwrap_or(0) == n).then_some(())
+    })
+    .await;
+}
+
+/// How many emails moto accepted per recipient of this test (one read of
+/// moto's data).
+async fn moto_counts(app: &TestApp) -> HashMap<String, usize> {
+    let suffix = format!("+{}@example.com", app.id);
+    let mut counts = HashMap::new();
+    for email in moto::sent_emails(&app.moto_url).await {
+        for to in email.to.iter().filter(|t| t.ends_with(&suffix)) {
+            *counts.entry(to.clone()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The sum of a Prometheus metric's samples whose line contains `filter`.
+fn metric(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A value between `lo` and `hi` (inclusive), different every run.
+fn random_between(lo: i64, hi: i64) -> i64 {
+    lo + (uuid::Uuid::new_v4().as_u128() % (hi - lo + 1) as u128) as i64
+}
+
+async fn suppressions(app: &TestApp) -> Vec<(String, String)> {
+    let client = app.pool.get().await.unwrap();
+    client
+        .query(
+            "SELECT address, reason FROM email_suppression ORDER BY address, reason",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn ledger_row(app: &TestApp, key: &str) -> (String, Option<String>) {
+    let client = app.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT state, suppressed_reason FROM email_ledger WHERE dedup_key = $1",
+            &[&DedupKey::new("t", &[key]).as_str()],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn wait_state(app: &TestApp, key: &str, state: &str) {
+    wait_until(&format!("{key} to be {state}"), PATIENCE, || async {
+        let client = app.pool.get().await.unwrap();
+        let row = client
+            .query_opt(
+                "SELECT state FROM email_ledger WHERE dedup_key = $1",
+                &[&DedupKey::new("t", &[key]).as_str()],
+            )
+            .await
+            .unwrap();
+        row.filter(|r| r.get::<_, String>(0) == state).map(|_| ())
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- crash safety
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_emails_through_three_sigkills_reach_ses_once_except_counted_ambiguous_resends() {
+    let app = TestApp::spawn().await;
+    let n = 2000usize;
+    publish_all(&app, &many(&app, n)).await;
+    let env = [
+        ("BACKORDER_SENDER_LEASE_MS", "2000"),
+        ("BACKORDER_SES_TIMEOUT_MS", "1500"),
+        ("BACKORDER_SES_MAX_SEND_RATE", "300"),
+    ];
+    let mut sender = app.start_service_with("sender", &env).await;
+
+    // Three SIGKILLs at random moments while sending: each after a random
+    // number of emails, in its own third of the run.
+    let mut killed_at = Vec::new();
+    for round in 0..3i64 {
+        let target = random_between(round * 600 + 100, round * 600 + 500);
+        wait_until("sending to progress", PATIENCE, || async {
+            (count_in_state(&app, "sent").await >= target).then_some(())
+        })
+        .await;
+        sender.kill();
+        let states = app.ledger_states().await;
+        killed_at.push(states.clone());
+        sender = app.start_service_with("sender", &env).await;
+    }
+    wait_all_sent(&app, n as i64, Duration::from_secs(120)).await;
+    for states in &killed_at {
+        let sent = states.get("sent").copied().unwrap_or(0);
+        assert!(sent > 0 && sent < n as i64, "killed while sending: {states:?}");
+    }
+
+    // Every dedup key reached SES; none twice except where the ledger
+    // durably counted an ambiguous resend for that key.
+    let client = app.pool.get().await.unwrap();
+    let ambiguous: HashMap<String, i32> = client
+        .query("SELECT recipient, ambiguous_resends FROM email_ledger", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(ambiguous.len(), n);
+    let counts = moto_counts(&app).await;
+    let mut duplicates = 0;
+    for (recipient, resends) in &ambiguous {
+        let at_ses = counts.get(recipient).copied().unwrap_or(0);
+        assert!(at_ses >= 1, "{recipient} never reached SES");
+        assert!(
+            at_ses <= 1 + *resends as usize,
+            "{recipient} reached SES {at_ses} times with {resends} ambiguous resends counted"
+        );
+        duplicates += at_ses - 1;
+    }
+    let total_ambiguous: i32 = ambiguous.values().sum();
+    // The crash window is small: at most the rows claimed when killed.
+    assert!(
+        total_ambiguous <= 3 * 8,
+        "{total_ambiguous} ambiguous resends for 3 kills"
+    );
+    println!("kills at {killed_at:?}: {duplicates} duplicates at SES, {total_ambiguous} ambiguous resends counted");
+    assert_eq!(app.committed_total("sender", EMAIL_REQUESTS).await, n as i64);
+}
+
+// ---------------------------------------------------------------- throttling
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ses_throttling_backs_off_and_still_delivers_every_email_once() {
+    let app = TestApp::spawn().await;
+    // Test double: SES answers 429 TooManyRequestsException for 3 s.
+    let proxy = SesProxy::start(&app.moto_url).await;
+    proxy.set_fault(Fault::ThrottleFor(Duration::from_secs(3)));
+    let n = 200;
+    publish_all(&app, &many(&app, n)).await;
+    let sender = app
+        .start_service_with(
+            "sender",
+            &[
+                ("AWS_ENDPOINT_URL_SESV2", proxy.url.as_str()),
+                ("BACKORDER_SES_MAX_SEND_RATE", "100"),
+            ],
+        )
+        .await;
+    wait_all_sent(&app, n as i64, PATIENCE).await;
+
+    let counts = moto_counts(&app).await;
+    assert_eq!(counts.len(), n, "every email delivered");
+    assert!(counts.values().all(|c| *c == 1), "none twice: {counts:?}");
+    let states = app.ledger_states().await;
+    assert_eq!(states.get("failed"), None, "nothing became a permanent failure");
+
+    let sends = proxy.sends();
+    let until = proxy.throttle_until().expect("throttling happened");
+    let throttled = sends.iter().filter(|s| s.status == 429).count();
+    let in_window = sends.iter().filter(|s| s.at < until).count();
+    assert!(throttled > 0);
+    // At the configured 100/s, the 3 s window would see about 300 sends;
+    // backing off, far fewer.
+    assert!(
+        in_window < 150,
+        "{in_window} sends while throttled: the rate did not back off"
+    );
+    let metrics = sender.metrics().await;
+    assert!(metric(&metrics, "backorder_sender_retries_total", "") >= throttled as f64);
+    assert!(metric(&metrics, "backorder_sender_rate_backoffs_total", "") >= 1.0);
+    assert_eq!(metric(&metrics, "backorder_sender_permanent_failures_total", ""), 0.0);
+    println!(
+        "{throttled} throttled, {in_window} sends in the 3 s window, {} in all",
+        sends.len()
+    );
+}
+
+// ---------------------------------------------------------------- rate
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_emails_at_fifty_per_second_take_about_ten_seconds_and_never_exceed_the_rate() {
+    let app = TestApp::spawn().await;
+    // The proxy only forwards and timestamps each SendEmail as it arrives.
+    let proxy = SesProxy::start(&app.moto_url).await;
+    let n = 500;
+    publish_all(&app, &many(&app, n)).await;
+    let _sender = app
+        .start_service_with(
+            "sender",
+            &[
+                ("AWS_ENDPOINT_URL_SESV2", proxy.url.as_str()),
+                ("BACKORDER_SES_MAX_SEND_RATE", "50"),
+            ],
+        )
+        .await;
+    wait_all_sent(&app, n as i64, PATIENCE).await;
+
+    let times: Vec<Instant> = proxy.sends().iter().map(|s| s.at).collect();
+    assert_eq!(times.len(), n, "one SendEmail per email");
+    let took = times[n - 1] - times[0];
+    assert!(
+        took >= Duration::from_secs(9) && took <= Duration::from_secs(13),
+        "500 emails at 50/s took {took:?}"
+    );
+    let busiest = (0..n)
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t < times[i] + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(busiest <= 50, "{busiest} sends within one second");
+    println!("500 emails in {took:?}; busiest second {busiest}");
+}
+
+// ---------------------------------------------------------------- replicas
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_ledger_and_send_no_key_twice() {
+    let app = TestApp::spawn().await;
+    let a = app.start_service("sender").await;
+    let b = app.start_service("sender").await;
+    let n = 1000;
+    publish_all(&app, &many(&app, n)).await;
+    wait_all_sent(&app, n as i64, PATIENCE).await;
+
+    let counts = moto_counts(&app).await;
+    assert_eq!(counts.len(), n);
+    assert!(counts.values().all(|c| *c == 1), "a key was sent twice");
+    let sent_by = |m: &str| metric(m, "backorder_sender_emails_total", "outcome=\"sent\"");
+    let (by_a, by_b) = (sent_by(&a.metrics().await), sent_by(&b.metrics().await));
+    assert_eq!(by_a + by_b, n as f64);
+    assert!(by_a > 0.0 && by_b > 0.0, "both replicas sent: {by_a} + {by_b}");
+    let client = app.pool.get().await.unwrap();
+    let ambiguous: i64 = client
+        .query_one(
+            "SELECT COALESCE(sum(ambiguous_resends), 0)::bigint FROM email_ledger",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ambiguous, 0);
+}
+
+// ---------------------------------------------------------------- suppression
+
+async fn post_sns(sender: &ServiceProcess, body: &Value) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/sns", sender.http_port))
+        .header("x-amz-sns-message-type", body["Type"].as_str().unwrap_or_default())
+        .header("content-type", "text/plain; charset=UTF-8")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_bounces_with_valid_signatures_suppress_and_forged_ones_change_nothing() {
+    let app = TestApp::spawn().await;
+    // Test double for Amazon SNS: see tests/support/sns_signer.rs.
+    let sns = SnsDouble::start().await;
+    let sender = app
+        .start_service_with("sender", &[("BACKORDER_SNS_CERT_URL_PREFIX", sns.base_url.as_str())])
+        .await;
+
+    // The subscription is confirmed by visiting the SubscribeURL.
+    assert_eq!(post_sns(&sender, &sns.subscription_confirmation()).await, 200);
+    assert_eq!(sns.confirmations(), 1);
+
+    let (bounced, complainer, soft, forged) = (
+        app.recipient("bounced"),
+        app.recipient("complainer"),
+        app.recipient("soft"),
+        app.recipient("forged"),
+    );
+    assert_eq!(
+        post_sns(&sender, &sns.notification(&ses_bounce(&bounced, "Permanent"), "1")).await,
+        200
+    );
+    assert_eq!(
+        post_sns(&sender, &sns.notification(&ses_complaint(&complainer), "2")).await,
+        200
+    );
+    assert_eq!(
+        post_sns(&sender, &sns.notification(&ses_bounce(&soft, "Transient"), "2")).await,
+        200
+    );
+
+    // A bad signature: a genuine message whose content was changed.
+    let mut tampered = sns.notification(&ses_bounce(&app.recipient("someone"), "Permanent"), "1");
+    tampered["Message"] = json!(ses_bounce(&forged, "Permanent").to_string());
+    assert_eq!(post_sns(&sender, &tampered).await, 403);
+    // A signature by a key SNS does not have: a certificate URL outside
+    // the allowed prefix.
+    let mut elsewhere = sns.notification(&ses_bounce(&forged, "Permanent"), "2");
+    elsewhere["SigningCertURL"] = json!("https://evil.example/cert.pem");
+    assert_eq!(post_sns(&sender, &elsewhere).await, 403);
+    let mut garbage = sns.notification(&ses_bounce(&forged, "Permanent"), "2");
+    garbage["Signature"] = json!("bm90IGEgc2lnbmF0dXJl");
+    assert_eq!(post_sns(&sender, &garbage).await, 403);
+    assert_eq!(
+        post_sns(&sender, &json!({"Type": "Notification", "Message": "x"})).await,
+        400
+    );
+
+    assert_eq!(
+        suppressions(&app).await,
+        vec![
+            (bounced.clone(), "hard_bounce".to_string()),
+            (complainer.clone(), "complaint".to_string())
+        ]
+    );
+
+    // Suppressed addresses get nothing, not even transactional email; the
+    // forged and the soft-bounced ones still do.
+    let emails = [
+        ("to-bounced", &bounced),
+        ("to-complainer", &complainer),
+        ("to-soft", &soft),
+        ("to-forged", &forged),
+    ];
+    let requests: Vec<EmailRequested> = emails
+        .iter()
+        .map(|(key, to)| {
+            let who = to.split('+').next().unwrap();
+            request(&app, key, who, EmailCategory::Transactional, None)
+        })
+        .collect();
+    publish_all(&app, &requests).await;
+    wait_state(&app, "to-soft", "sent").await;
+    wait_state(&app, "to-forged", "sent").await;
+    wait_state(&app, "to-bounced", "suppressed").await;
+    wait_state(&app, "to-complainer", "suppressed").await;
+    assert_eq!(ledger_row(&app, "to-bounced").await.1.as_deref(), Some("hard_bounce"));
+    assert_eq!(ledger_row(&app, "to-complainer").await.1.as_deref(), Some("complaint"));
+    let counts = moto_counts(&app).await;
+    assert_eq!(counts.get(&bounced), None);
+    assert_eq!(counts.get(&complainer), None);
+    assert_eq!(counts.get(&soft), Some(&1));
+    assert_eq!(counts.get(&forged), Some(&1));
+    let metrics = sender.metrics().await;
+    assert_eq!(metric(&metrics, "backorder_sender_suppressed_total", ""), 2.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "backorder_sender_sns_messages_total",
+            "outcome=\"bad_signature\""
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_click_unsubscribe_stops_marketing_email_but_not_the_next_transactional_one() {
+    let app = TestApp::spawn().await;
+    let sender = app.start_service("sender").await;
+    let ada = app.recipient("ada");
+    publish_all(
+        &app,
+        &[request(&app, "m1", "ada", EmailCategory::Marketing, Some("spring"))],
+    )
+    .await;
+    let first = wait_until("the marketing email at SES", PATIENCE, || async {
+        app.emails_to(&ada).await.into_iter().next()
+    })
+    .await;
+    // The HTML part (what moto keeps); attribute values may be escaped.
+    let body = first
+        .body
+        .replace("&#x2f;", "/")
+        .replace("&#47;", "/")
+        .replace("&amp;", "&");
+    let start = body
+        .find("/unsubscribe?token=")
+        .expect("an unsubscribe link in the marketing email");
+    let link_start = body[..start].rfind("http").unwrap();
+    let link_end = start + body[start..].find('"').unwrap();
+    let link = body[link_start..link_end].to_string();
+    assert!(
+        link.starts_with(&format!("http://127.0.0.1:{}/", sender.http_port)),
+        "{link}"
+    );
+
+    let http = reqwest::Client::new();
+    // GET (a link scanner, or the customer's browser) only shows a page.
+    let page = http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<form method=\"post\""));
+    assert!(suppressions(&app).await.is_empty(), "GET must not unsubscribe");
+    // A forged token is refused.
+    let forged = link.replace("token=t_m1.", "token=t_m2.");
+    let refused = http
+        .post(&forged)
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(suppressions(&app).await.is_empty());
+    // RFC 8058: what a mail client sends for List-Unsubscribe-Post.
+    let done = http
+        .post(&link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert_eq!(suppressions(&app).await, vec![(ada.clone(), "unsubscribe".to_string())]);
+
+    publish_all(
+        &app,
+        &[
+            request(&app, "m2", "ada", EmailCategory::Marketing, Some("spring")),
+            request(&app, "t1", "ada", EmailCategory::Transactional, None),
+        ],
+    )
+    .await;
+    wait_state(&app, "t1", "sent").await;
+    wait_state(&app, "m2", "suppressed").await;
+    assert_eq!(ledger_row(&app, "m2").await.1.as_deref(), Some("unsubscribe"));
+    let sent = app.emails_to(&ada).await;
+    assert_eq!(sent.len(), 2, "the first marketing email and the transactional one");
+    let transactional = sent.iter().find(|e| e.id != first.id).unwrap();
+    assert!(
+        !transactional.body.contains("/unsubscribe"),
+        "no unsubscribe link in transactional email"
+    );
+}
+
+// ---------------------------------------------------------------- the message
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_carries_both_parts_tags_reply_to_configuration_set_and_unsubscribe_headers_on_marketing_only() {
+    let app = TestApp::spawn().await;
+    // The proxy records what the AWS SDK sent: moto does not show headers,
+    // tags, reply-to or the configuration set.
+    let proxy = SesProxy::start(&app.moto_url).await;
+    let _sender = app
+        .start_service_with(
+            "sender",
+            &[
+                ("AWS_ENDPOINT_URL_SESV2", proxy.url.as_str()),
+                ("BACKORDER_SES_CONFIGURATION_SET", "backorder-events"),
+                ("BACKORDER_SUPPORT_EMAIL", "help@shop.example"),
+            ],
+        )
+        .await;
+    publish_all(
+        &app,
+        &[
+            request(&app, "mk", "mk", EmailCategory::Marketing, Some("spring-sale")),
+            request(&app, "tr", "tr", EmailCategory::Transactional, None),
+        ],
+    )
+    .await;
+    wait_all_sent(&app, 2, PATIENCE).await;
+    let sends = proxy.sends();
+    let to = |who: &str| {
+        let address = app.recipient(who);
+        sends
+            .iter()
+            .find(|s| s.body["Destination"]["ToAddresses"][0] == json!(address))
+            .map(|s| s.body.clone())
+            .unwrap()
+    };
+    let (marketing, transactional) = (to("mk"), to("tr"));
+    for body in [&marketing, &transactional] {
+        assert_eq!(body["ReplyToAddresses"], json!(["help@shop.example"]));
+        assert_eq!(body["ConfigurationSetName"], json!("backorder-events"));
+        let simple = &body["Content"]["Simple"];
+        assert!(simple["Body"]["Html"]["Data"].as_str().unwrap().contains("Lamp"));
+        assert!(simple["Body"]["Text"]["Data"].as_str().unwrap().contains("Lamp"));
+        let tags: HashMap<&str, &str> = body["EmailTags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["Name"].as_str().unwrap(), t["Value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(tags["template"], "order_confirmation");
+        assert!(tags["dedup_key"].starts_with("t_"));
+    }
+    let headers: HashMap<&str, &str> = marketing["Content"]["Simple"]["Headers"]
+        .as_array()
+        .expect("marketing email has headers")
+        .iter()
+        .map(|h| (h["Name"].as_str().unwrap(), h["Value"].as_str().unwrap()))
+        .collect();
+    assert!(
+        headers["List-Unsubscribe"].starts_with("<http://127.0.0.1:"),
+        "{headers:?}"
+    );
+    assert!(headers["List-Unsubscribe"].contains("/unsubscribe?token=t_mk."));
+    assert_eq!(headers["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click");
+    assert!(
+        marketing["EmailTags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"Name": "campaign", "Value": "spring-sale"}))
+    );
+    assert!(
+        transactional["Content"]["Simple"]
+            .get("Headers")
+            .is_none_or(|h| h.as_array().is_none_or(|a| a.is_empty()))
+    );
+}
+
+// ---------------------------------------------------------------- SES refusals
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_paused_stops_all_sending_flips_readiness_and_resumes_without_losing_anything() {
+    let app = TestApp::spawn().await;
+    // Test double: SES answering SendingPausedException (moto never does).
+    let proxy = SesProxy::start(&app.moto_url).await;
+    let sender = app
+        .start_service_with(
+            "sender",
+            &[
+                ("AWS_ENDPOINT_URL_SESV2", proxy.url.as_str()),
+                ("BACKORDER_SENDER_PAUSE_PROBE_MS", "1500"),
+            ],
+        )
+        .await;
+    proxy.set_fault(Fault::Error {
+        status: 400,
+        error_type: "SendingPausedException",
+    });
+    let n = 20;
+    publish_all(&app, &many(&app, n)).await;
+    let readyz = format!("http://127.0.0.1:{}/readyz", sender.http_port);
+    wait_until("readiness to flip to 503", PATIENCE, || async {
+        let status = reqwest::get(&readyz).await.ok()?.status();
+        (status == 503).then_some(())
+    })
+    .await;
+    assert_eq!(metric(&sender.metrics().await, "backorder_sender_paused", ""), 1.0);
+    let states = app.ledger_states().await;
+    assert_eq!(states.get("sent"), None);
+    assert_eq!(states.get("failed"), None, "a pause fails nothing: {states:?}");
+    // While paused, sends stop: at most one probe batch per probe interval.
+    let refused = proxy.sends().len();
+    assert!(refused < n, "{refused} sends attempted while paused");
+
+    proxy.set_fault(Fault::None);
+    wait_all_sent(&app, n as i64, PATIENCE).await;
+    let counts = moto_counts(&app).await;
+    assert_eq!(counts.len(), n);
+    assert!(counts.values().all(|c| *c == 1));
+    wait_until("readiness back", PATIENCE, || async {
+        let status = reqwest::get(&readyz).await.ok()?.status();
+        status.is_success().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_rejected_is_a_permanent_failure_recorded_with_its_reason() {
+    let app = TestApp::spawn().await;
+    // moto, like SES, rejects a From address that is not a verified identity.
+    let sender = app
+        .start_service_with("sender", &[("BACKORDER_SES_FROM", "orders@unverified.example")])
+        .await;
+    publish_all(&app, &many(&app, 3)).await;
+    wait_until("3 failed rows", PATIENCE, || async {
+        (count_in_state(&app, "failed").await == 3).then_some(())
+    })
+    .await;
+    let client = app.pool.get().await.unwrap();
+    for row in client
+        .query("SELECT last_error, attempts FROM email_ledger", &[])
+        .await
+        .unwrap()
+    {
+        let (error, attempts): (String, i32) = (row.get(0), row.get(1));
+        assert!(error.starts_with("message_rejected:"), "{error}");
+        assert_eq!(attempts, 1, "not retried");
+    }
+    let metrics = sender.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "backorder_sender_permanent_failures_total",
+            "reason=\"message_rejected\""
+        ),
+        3.0
+    );
+    assert!(moto_counts(&app).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_quota_stops_sending_before_it_is_exceeded_and_keeps_the_rest_queued() {
+    let app = TestApp::spawn().await;
+    // moto has no GetAccount: the quota comes from configuration.
+    let sender = app
+        .start_service_with("sender", &[("BACKORDER_SES_DAILY_QUOTA", "5")])
+        .await;
+    publish_all(&app, &many(&app, 8)).await;
+    wait_until("the quota-exhausted alert", PATIENCE, || async {
+        let m = sender.metrics().await;
+        (metric(&m, "backorder_sender_daily_quota_exhausted", "") == 1.0).then_some(())
+    })
+    .await;
+    wait_until("the quota's worth sent", PATIENCE, || async {
+        (count_in_state(&app, "sent").await == 5).then_some(())
+    })
+    .await;
+    let states = app.ledger_states().await;
+    assert_eq!(states.get("queued"), Some(&3), "{states:?}");
+    assert_eq!(moto_counts(&app).await.values().sum::<usize>(), 5);
+}

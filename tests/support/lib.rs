@@ -9,6 +9,8 @@ pub mod moto;
 pub mod private_pg;
 pub mod process;
 pub mod scenario;
+pub mod ses_proxy;
+pub mod sns_signer;
 pub mod stock;
 pub mod wait;
 
