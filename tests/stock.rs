@@ -507,9 +507,12 @@ async fn three_eta_changes_within_the_debounce_window_make_one_notice_per_order_
     )
     .await;
 
-    for (from, to) in [(15, 18), (20, 25), (22, 30)] {
-        app.publish(STOCK, &eta("SOFA", Some((day(from), day(to))), "the factory is behind"))
-            .await;
+    let changes: Vec<_> = [(15, 18), (20, 25), (22, 30)]
+        .into_iter()
+        .map(|(from, to)| eta("SOFA", Some((day(from), day(to))), "the factory is behind"))
+        .collect();
+    for change in &changes {
+        app.publish(STOCK, change).await;
     }
     wait_for_count(
         &app,
@@ -530,6 +533,22 @@ async fn three_eta_changes_within_the_debounce_window_make_one_notice_per_order_
         1,
     )
     .await;
+    // A replayed change is no new version and no new notice.
+    app.publish(STOCK, &changes[2]).await;
+    wait_until("the replay consumed and committed", PATIENCE, || async {
+        (app.committed_total("stock-consumer", STOCK).await == 5).then_some(())
+    })
+    .await;
+    assert_eq!(count(&app, "SELECT version FROM sku_eta WHERE sku = 'SOFA'").await, 4);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM timers WHERE timer_key = 'delay-notice:SOFA' AND state = 'fired'"
+        )
+        .await,
+        1,
+        "the replay does not open a new debounce window"
+    );
     wait_for_sender_idle(&app).await;
 
     let notices = ledger(&app, "delay_notice").await;

@@ -191,8 +191,9 @@ impl Allocator {
                 break;
             }
         }
+        let allocation = started.elapsed();
         if allocated_now {
-            metrics::histogram!("backorder_stock_allocation_duration_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("backorder_stock_allocation_duration_seconds").record(allocation.as_secs_f64());
         }
         outcome.emails = self.emit(arrival_id, now).await?;
         tracing::info!(
@@ -203,6 +204,7 @@ impl Allocator {
             surplus = outcome.surplus,
             reserved = outcome.reserved,
             emails = outcome.emails,
+            allocation_ms = allocation.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "arrival handled"
         );
@@ -229,17 +231,21 @@ impl Allocator {
         loop {
             let rows = client
                 .query(
-                    "SELECT a.order_id, c.customer_id, c.email, c.name, c.locale,
+                    "WITH page AS (
+                         SELECT DISTINCT order_id FROM stock_allocations
+                          WHERE arrival_id = $1 AND order_id > $2
+                          ORDER BY order_id
+                          LIMIT $3)
+                     SELECT a.order_id, c.customer_id, c.email, c.name, c.locale,
                             array_agg(l.product_name ORDER BY a.line_id), array_agg(a.quantity ORDER BY a.line_id),
                             array_agg(a.line_id ORDER BY a.line_id)
-                       FROM stock_allocations a
+                       FROM page p
+                       JOIN stock_allocations a ON a.arrival_id = $1 AND a.order_id = p.order_id
                        JOIN order_lines l ON l.order_id = a.order_id AND l.line_id = a.line_id
                        JOIN orders o ON o.order_id = a.order_id
                        JOIN customers c ON c.customer_id = o.customer_id
-                      WHERE a.arrival_id = $1 AND a.order_id > $2
                       GROUP BY a.order_id, c.customer_id
-                      ORDER BY a.order_id
-                      LIMIT $3",
+                      ORDER BY a.order_id",
                     &[&arrival_id, &after, &EMIT_PAGE],
                 )
                 .await?;
