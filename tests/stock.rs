@@ -693,3 +693,66 @@ async fn allocating_100000_waiting_lines_runs_in_short_batches_with_bounded_memo
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slip_of_a_sku_thousands_wait_for_is_told_in_pages_one_notice_and_event_per_order() {
+    const ORDERS: i64 = 2_500;
+    let app = TestApp::spawn().await;
+    {
+        let client = app.pool.get().await.unwrap();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO sku_eta (sku, eta_from, eta_to, reason, remedy, version, changed_at)
+                 VALUES ('PAGED', '{from}', '{to}', 'first estimate', '', 1, now());
+                 INSERT INTO customers (customer_id, email, name, locale, first_seen_at)
+                 SELECT 'pc' || i, 'paged' || i || '+{id}@example.com', 'Customer ' || i, 'en', now()
+                   FROM generate_series(1, {ORDERS}) i;
+                 INSERT INTO orders (order_id, customer_id, placed_at, currency, total_minor, event_id)
+                 SELECT 'po' || lpad(i::text, 5, '0'), 'pc' || i, now(), 'EUR', 2500, 'ev-' || i
+                   FROM generate_series(1, {ORDERS}) i;
+                 INSERT INTO order_lines (order_id, line_id, sku, product_name, quantity, unit_price_minor,
+                                          availability, promised_from, promised_to, promise_told)
+                 SELECT 'po' || lpad(i::text, 5, '0'), 'l1', 'PAGED', 'Garden Bench', 1, 2500, 'BACKORDERED',
+                        '{from}', '{to}', true
+                   FROM generate_series(1, {ORDERS}) i;",
+                from = day(10),
+                to = day(14),
+                id = app.id
+            ))
+            .await
+            .unwrap();
+    }
+    let _stock = start_stock(&app, "300").await;
+    app.publish(STOCK, &eta("PAGED", Some((day(30), day(34))), "the factory is behind"))
+        .await;
+
+    wait_for_count(
+        &app,
+        "a delay notice decided for every order",
+        "SELECT count(*) FROM email_decisions WHERE template = 'delay_notice'",
+        ORDERS,
+    )
+    .await;
+    let delays = delays_on_topic(&app, ORDERS as usize, Duration::from_secs(1)).await;
+    let mut orders: Vec<&str> = delays.iter().map(|d| d.order_id.as_str()).collect();
+    orders.sort();
+    orders.dedup();
+    assert_eq!(orders.len() as i64, ORDERS, "one event per delayed line, none twice");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM timers WHERE timer_key LIKE 'delay-notice:PAGED:v2:%' AND state = 'fired'"
+        )
+        .await,
+        1,
+        "told in two pages (2,000 orders, then the rest)"
+    );
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM order_lines WHERE promised_to = '{}'", day(34))
+        )
+        .await,
+        ORDERS
+    );
+}

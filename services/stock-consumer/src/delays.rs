@@ -6,6 +6,10 @@
 //! slip is significant (DESIGN policy). The promise becomes what the notice
 //! said. A window that ends no later (or becomes known) updates the promise
 //! quietly; the next email that goes out anyway carries it.
+//!
+//! A firing handles one page of orders ([`DELAY_PAGE_ORDERS`]) and schedules
+//! the next page as a timer due at once, so a SKU thousands of customers
+//! wait for is told in short transactions with bounded memory.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +24,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::emails::{self, Customer, DelayData, DelayedItem};
 use crate::error::StockError;
-use crate::policy::{Change, Window, classify};
+use crate::policy::{Change, DELAY_PAGE_ORDERS, Window, classify};
 
 /// The timer kind that ends a SKU's debounce window.
 pub const TIMER_KIND: &str = "delay-notice";
@@ -172,20 +176,59 @@ impl DelayTimers {
         let version: i64 = eta.get(4);
         let changed_at: DateTime<Utc> = eta.get(5);
 
+        // A continuation of an older version stops: the newer change's own
+        // debounce timer goes through every order again.
+        if let Some(expected) = timer.payload.get("version").and_then(|v| v.as_i64())
+            && expected != version
+        {
+            return Ok(Vec::new());
+        }
+        let after = timer.payload.get("after").and_then(|v| v.as_str()).unwrap_or_default();
+
+        // One page of orders per firing, so memory and the transaction stay
+        // small however many customers wait for the SKU.
         let rows = tx
             .query(
-                "SELECT l.order_id, l.line_id, l.product_name, l.quantity, l.unit_price_minor,
+                "WITH page AS (
+                     SELECT DISTINCT order_id FROM order_lines
+                      WHERE sku = $1 AND availability = 'BACKORDERED' AND status = 'open' AND promise_told
+                        AND order_id > $2
+                      ORDER BY order_id
+                      LIMIT $3)
+                 SELECT l.order_id, l.line_id, l.product_name, l.quantity, l.unit_price_minor,
                         l.promised_from, l.promised_to, o.currency,
                         c.customer_id, c.email, c.name, c.locale
-                   FROM order_lines l
+                   FROM page p
+                   JOIN order_lines l ON l.order_id = p.order_id
                    JOIN orders o ON o.order_id = l.order_id
                    JOIN customers c ON c.customer_id = o.customer_id
                   WHERE l.sku = $1 AND l.availability = 'BACKORDERED' AND l.status = 'open' AND l.promise_told
                   ORDER BY l.order_id, l.line_id
                     FOR UPDATE OF l",
-                &[&sku],
+                &[&sku, &after, &DELAY_PAGE_ORDERS],
             )
             .await?;
+        let mut orders_in_page: i64 = 0;
+        let mut last_order: Option<String> = None;
+        for row in &rows {
+            let order_id: &str = row.get(0);
+            if last_order.as_deref() != Some(order_id) {
+                orders_in_page += 1;
+                last_order = Some(order_id.to_string());
+            }
+        }
+        if let Some(last) = last_order.filter(|_| orders_in_page == DELAY_PAGE_ORDERS) {
+            timers::schedule(
+                tx,
+                &Timer {
+                    key: format!("{}:v{version}:{last}", timer_key(sku)),
+                    kind: TIMER_KIND.to_string(),
+                    due_at: now,
+                    payload: serde_json::json!({ "sku": sku, "version": version, "after": last }),
+                },
+            )
+            .await?;
+        }
 
         // Slipped lines by order; every line whose promise moves.
         let mut slipped: BTreeMap<String, Vec<(Line, bool)>> = BTreeMap::new();

@@ -16,6 +16,11 @@ pub const ALLOCATION_CHUNK_LINES: i64 = 5_000;
 /// memory stays bounded however many customers one arrival reaches.
 pub const EMIT_PAGE: i64 = 2_000;
 
+/// Orders handled per firing of a delay timer: a slip of a SKU thousands
+/// wait for is told in pages, each its own short transaction, the next page
+/// scheduled as a timer due at once.
+pub const DELAY_PAGE_ORDERS: i64 = 2_000;
+
 /// A ship window; both ends `None`: not known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
