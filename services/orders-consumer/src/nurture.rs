@@ -138,7 +138,17 @@ pub fn product_kind(category: Option<&str>) -> &'static str {
     let any = |words: &[&str]| words.iter().any(|w| category.contains(w));
     if any(&["kitchen", "cook", "appliance", "coffee"]) {
         "kitchen"
-    } else if any(&["electronic", "computer", "audio", "tv", "phone", "camera", "gaming"]) {
+    } else if any(&[
+        "electronic",
+        "computer",
+        "laptop",
+        "tablet",
+        "audio",
+        "tv",
+        "phone",
+        "camera",
+        "gaming",
+    ]) {
         "electronics"
     } else if any(&["outdoor", "sport", "bike", "bicycle", "camping", "garden", "fitness"]) {
         "outdoor"
@@ -374,6 +384,7 @@ mod tests {
         assert_eq!(product_kind(Some("Kitchen & Dining")), "kitchen");
         assert_eq!(product_kind(Some("home")), "home");
         assert_eq!(product_kind(Some("Outdoor/Camping")), "outdoor");
+        assert_eq!(product_kind(Some("Tablets")), "electronics");
         assert_eq!(product_kind(None), "other");
     }
 }
