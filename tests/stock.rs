@@ -488,7 +488,7 @@ async fn a_small_slip_gets_a_notice_while_a_big_slip_or_an_unknown_eta_also_rais
 async fn three_eta_changes_within_the_debounce_window_make_one_notice_per_order_with_the_latest_window() {
     let app = TestApp::spawn().await;
     let _orders = app.start_service("orders-consumer").await;
-    let _stock = start_stock(&app, "2000").await;
+    let _stock = start_stock(&app, "3000").await;
     let _sender = app.start_service("sender").await;
 
     app.publish(STOCK, &eta("SOFA", Some((day(10), day(14))), "first estimate"))
