@@ -26,8 +26,22 @@ export BACKORDER_STACK_ENV=$STACK_DIR/env
 log "setting the shared clock to the story's day"
 "$CTL" clock set 2026-11-24T09:00:00Z
 
-log "publishing the demo scenario"
-"$CTL" publish "$SCRIPT_DIR/demo-scenario.jsonl"
+# Topics are not ordered against each other: publish the catalogue and the
+# supplier's ETA first and wait until the stock consumer stored them, so the
+# confirmations can name the ship window (they would honestly say "not
+# known yet" otherwise).
+mkdir -p "$OUT"
+grep -E '"type" *: *"(ProductUpserted|SupplierEtaChanged|StockArrival)"' "$SCRIPT_DIR/demo-scenario.jsonl" >"$OUT/stock.jsonl"
+grep -vE '"type" *: *"(ProductUpserted|SupplierEtaChanged|StockArrival)"' "$SCRIPT_DIR/demo-scenario.jsonl" >"$OUT/orders.jsonl"
+log "publishing the catalogue and the supplier's ETA"
+"$CTL" publish "$OUT/stock.jsonl"
+deadline=$((SECONDS + 60))
+until [[ $(psql "$DATABASE_URL" -Atc "SELECT count(*) FROM sku_eta WHERE sku = 'LAMP-01'" 2>/dev/null) == 1 ]]; do
+    ((SECONDS < deadline)) || { echo "demo: the stock consumer did not store the ETA within 60 s" >&2; exit 1; }
+    sleep 0.5
+done
+log "publishing the orders and the abandoned cart"
+"$CTL" publish "$OUT/orders.jsonl"
 
 log "waiting for the sender to deliver what the services decided"
 python3 - "$CTL" <<'PY'
@@ -56,17 +70,27 @@ log "the sender's ledger"
 
 log "saving the rendered emails"
 mkdir -p "$OUT"
-python3 - "$BACKORDER_MOTO_URL" "$OUT" <<'PY'
+rm -f "$OUT"/*.html
+python3 - "$BACKORDER_MOTO_URL" "$OUT" "$SCRIPT_DIR/demo-scenario.jsonl" <<'PY'
 import json, re, sys, urllib.request
-moto, out = sys.argv[1], sys.argv[2]
+moto, out, scenario = sys.argv[1], sys.argv[2], sys.argv[3]
+# Only the scenario's customers: the emulator may hold other emails too.
+ours = set()
+for line in open(scenario, encoding="utf-8"):
+    line = line.strip()
+    if line and not line.startswith("#"):
+        email = json.loads(line).get("customer", {}).get("email")
+        if email:
+            ours.add(email)
 data = json.load(urllib.request.urlopen(f"{moto}/moto-api/data.json"))
-messages = data.get("ses", {}).get("Message", [])
+messages = [m for m in data.get("ses", {}).get("Message", [])
+            if set(m.get("destinations", {}).get("ToAddresses", [])) & ours]
 def mask(addr):
     local, _, domain = addr.partition("@")
     return f"{local[:1]}***@{domain[:1]}***.{domain.rsplit('.', 1)[-1]}"
 print(f"    {'to':<22} {'subject':<70} file")
 for i, m in enumerate(messages, 1):
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", m["id"])[:40]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", m.get("subject", ""))[:40].strip("-").lower()
     path = f"{out}/{i:02d}-{slug}.html"
     with open(path, "w", encoding="utf-8") as f:
         f.write(m.get("body", ""))
