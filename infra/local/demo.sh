@@ -36,7 +36,7 @@ grep -vE '"type" *: *"(ProductUpserted|SupplierEtaChanged|StockArrival)"' "$SCRI
 log "publishing the catalogue and the supplier's ETA"
 "$CTL" publish "$OUT/stock.jsonl"
 deadline=$((SECONDS + 60))
-until [[ $(psql "$DATABASE_URL" -Atc "SELECT count(*) FROM sku_eta WHERE sku = 'LAMP-01'" 2>/dev/null) == 1 ]]; do
+until [[ $("${BACKORDER_PG_BIN:-/usr/bin}/psql" -X "$DATABASE_URL" -Atc "SELECT count(*) FROM sku_eta WHERE sku = 'LAMP-01'" 2>/dev/null) == 1 ]]; do
     ((SECONDS < deadline)) || { echo "demo: the stock consumer did not store the ETA within 60 s" >&2; exit 1; }
     sleep 0.5
 done
