@@ -851,3 +851,65 @@ async fn a_delay_notice_from_the_stock_consumer_on_day_23_suppresses_the_day_24_
         sent[3].body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nurture_interval_is_configurable_within_10_to_14_days() {
+    let app = TestApp::spawn().await;
+    let _orders = app
+        .start_service_with(
+            "orders-consumer",
+            &[
+                ("BACKORDER_TIMER_POLL_MS", "100"),
+                ("BACKORDER_NURTURE_INTERVAL_DAYS", "10"),
+            ],
+        )
+        .await;
+    let _sender = app.start_service("sender").await;
+    let to = app.recipient("ivy");
+    set_eta(&app, "BIKE-3", 60, 67).await;
+    app.publish(
+        ORDERS,
+        &order(
+            &app,
+            "o-i",
+            &to,
+            "tr-TR",
+            &[("BIKE-3", "Gravel bike", "bicycles", true)],
+        )
+        .await,
+    )
+    .await;
+    wait_for_emails(&app, &to, 1).await;
+    wait_timer_state(&app, &nurture_key("o-i", 1), "pending").await;
+    advance_days(&app, 9).await;
+    timer_loop_caught_up(&app, "nurture").await;
+    assert_eq!(app.emails_to(&to).await.len(), 1, "nothing on day 9");
+    advance_days(&app, 1).await;
+    let sent = wait_for_emails(&app, &to, 2).await;
+    assert!(
+        sent[1].subject.contains("güncel bilgi"),
+        "Turkish nurture on day 10: {}",
+        sent[1].subject
+    );
+    assert!(sent[1].body.contains("Gravel bike"));
+
+    // Out of range: the service refuses to start, naming the setting.
+    let mut env = app.service_env("orders-consumer");
+    env.insert("BACKORDER_NURTURE_INTERVAL_DAYS".into(), "20".into());
+    let binary = backorder_tests::process::binary("orders-consumer");
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary)
+            .env_clear()
+            .envs(env)
+            .env("BACKORDER_HTTP_ADDR", "127.0.0.1:0")
+            .output()
+    });
+    let output = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("exits by itself")
+        .unwrap()
+        .unwrap();
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("BACKORDER_NURTURE_INTERVAL_DAYS=\"20\""), "{log}");
+}

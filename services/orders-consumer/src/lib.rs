@@ -17,12 +17,18 @@ pub mod store;
 use backorder_core::kafka::topics;
 use backorder_core::service::{Service, ServiceError};
 
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Nurture(#[from] nurture::NurtureError),
+}
+
 /// Starts the HTTP endpoints, the consumer loop and the nurture timers.
-pub async fn start(service: &Service) -> Result<(), ServiceError> {
-    let policy = nurture::NurturePolicy::from_env().map_err(|e| ServiceError::Start {
-        service: service.name,
-        reason: e.to_string(),
-    })?;
+pub async fn start(service: &Service) -> Result<(), StartError> {
+    let policy = nurture::NurturePolicy::from_env()?;
     service.serve_http(axum::Router::new()).await?;
     service.consume(topics::ORDERS, handler::OrdersHandler::new(service, policy));
     service.run_timers(nurture::NurtureTimers::new(service, policy));
