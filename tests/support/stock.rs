@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backorder_core::events::internal::{BackorderDelayEvent, BackorderDelayed};
 use backorder_core::events::orders::{CartAbandoned, Customer};
-use backorder_core::events::stock::{ProductUpserted, StockArrival, SupplierEtaChanged};
+use backorder_core::events::stock::{ProductUpserted, Season, StockArrival, SupplierEtaChanged};
 use backorder_core::kafka::topics;
 use chrono::{NaiveDate, Utc};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -28,7 +28,7 @@ pub fn product(sku: &str, name: &str, price_minor: i64, available: i32) -> Produ
         name: name.to_string(),
         category: "kitchen".to_string(),
         need: "boil-water".to_string(),
-        seasons: vec![],
+        seasons: vec![Season::Autumn, Season::Winter],
         price_minor,
         currency: "EUR".to_string(),
         available_quantity: available,
