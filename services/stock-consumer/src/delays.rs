@@ -88,19 +88,43 @@ pub async fn apply_change(
         &[&change.event_id, &version],
     )
     .await?;
+    // When the burst this change belongs to began (a pending timer's
+    // `since`), so that a supplier who keeps changing the ETA cannot
+    // postpone the notices for ever.
+    let key = timer_key(&change.sku);
+    let since = tx
+        .query_opt(
+            "SELECT payload->>'since' FROM timers WHERE timer_key = $1 AND state = 'pending'",
+            &[&key],
+        )
+        .await?
+        .and_then(|row| row.get::<_, Option<String>>(0))
+        .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+        .map_or(now, |t| t.with_timezone(&Utc));
     timers::reschedule(
         tx,
         &Timer {
-            key: timer_key(&change.sku),
+            key,
             kind: TIMER_KIND.to_string(),
-            due_at: now + debounce,
-            payload: serde_json::json!({ "sku": change.sku }),
+            due_at: debounced_due(now, since, debounce),
+            payload: serde_json::json!({ "sku": change.sku, "since": since.to_rfc3339() }),
         },
     )
     .await?;
     metrics::counter!("backorder_stock_eta_changes_total", "outcome" => "applied").increment(1);
     tracing::info!(sku = %change.sku, version, "supplier ETA changed; delay notices debounced");
     Ok(Some(version))
+}
+
+/// A burst of changes waits at most this many debounce windows from its
+/// first change.
+pub const MAX_DEBOUNCE_WINDOWS: i32 = 3;
+
+/// When the notices of a burst that began at `since` go out after a change
+/// at `now`: one window after the last change, but no later than
+/// [`MAX_DEBOUNCE_WINDOWS`] windows after the first.
+pub fn debounced_due(now: DateTime<Utc>, since: DateTime<Utc>, window: Duration) -> DateTime<Utc> {
+    (now + window).min(since + window * MAX_DEBOUNCE_WINDOWS)
 }
 
 /// Fires the debounce timers: compares the SKU's current ETA with every
@@ -345,5 +369,23 @@ fn delayed_event(sku: &str, version: i64, line: &Line, new: Window, at: DateTime
         delayed_value_minor: line.unit_price_minor.saturating_mul(i64::from(line.quantity)),
         currency: line.currency.clone(),
         eta_version: version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_change_moves_the_notice_but_a_burst_waits_at_most_three_windows() {
+        let start = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let window = Duration::minutes(5);
+        assert_eq!(debounced_due(start, start, window), start + Duration::minutes(5));
+        let later = start + Duration::minutes(4);
+        assert_eq!(debounced_due(later, start, window), start + Duration::minutes(9));
+        let much_later = start + Duration::minutes(14);
+        assert_eq!(debounced_due(much_later, start, window), start + Duration::minutes(15));
     }
 }
