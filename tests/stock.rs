@@ -614,29 +614,7 @@ async fn three_eta_changes_within_the_debounce_window_make_one_notice_per_order_
 async fn allocating_100000_waiting_lines_runs_in_short_batches_with_bounded_memory() {
     const LINES: i64 = 100_000;
     let app = TestApp::spawn().await;
-    {
-        let client = app.pool.get().await.unwrap();
-        let started = Instant::now();
-        client
-            .batch_execute(&format!(
-                "INSERT INTO customers (customer_id, email, name, locale, first_seen_at)
-                 SELECT 'bulk-c' || i, 'bulk' || i || '+{id}@example.com', 'Customer ' || i, 'en', now()
-                   FROM generate_series(1, {LINES}) i;
-                 INSERT INTO orders (order_id, customer_id, placed_at, currency, total_minor, tags, event_id)
-                 SELECT 'bulk-o' || lpad(i::text, 6, '0'), 'bulk-c' || i,
-                        now() - interval '2 days' + i * interval '1 second', 'EUR', 2500, '{{backorder}}', 'ev-' || i
-                   FROM generate_series(1, {LINES}) i;
-                 INSERT INTO order_lines (order_id, line_id, sku, product_name, quantity, unit_price_minor,
-                                          availability, promise_told)
-                 SELECT 'bulk-o' || lpad(i::text, 6, '0'), 'l1', 'BULK', 'Reading Lamp', 1, 2500, 'BACKORDERED', true
-                   FROM generate_series(1, {LINES}) i;
-                 ANALYZE customers; ANALYZE orders; ANALYZE order_lines;",
-                id = app.id
-            ))
-            .await
-            .unwrap();
-        println!("inserted {LINES} waiting lines in {:?}", started.elapsed());
-    }
+    insert_waiting_lines(&app, "BULK", LINES).await;
     let stock = start_stock(&app, "1000").await;
 
     let started = Instant::now();
@@ -779,4 +757,105 @@ async fn a_slip_of_a_sku_thousands_wait_for_is_told_in_pages_one_notice_and_even
         .await,
         ORDERS
     );
+}
+
+/// `lines` one-line backorders of `sku`, one customer each, placed a second
+/// apart, written straight into the database.
+async fn insert_waiting_lines(app: &TestApp, sku: &str, lines: i64) {
+    let client = app.pool.get().await.unwrap();
+    let started = Instant::now();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO customers (customer_id, email, name, locale, first_seen_at)
+             SELECT 'bulk-c' || i, 'bulk' || i || '+{id}@example.com', 'Customer ' || i, 'en', now()
+               FROM generate_series(1, {lines}) i;
+             INSERT INTO orders (order_id, customer_id, placed_at, currency, total_minor, tags, event_id)
+             SELECT 'bulk-o' || lpad(i::text, 6, '0'), 'bulk-c' || i,
+                    now() - interval '2 days' + i * interval '1 second', 'EUR', 2500, '{{backorder}}', 'ev-' || i
+               FROM generate_series(1, {lines}) i;
+             INSERT INTO order_lines (order_id, line_id, sku, product_name, quantity, unit_price_minor,
+                                      availability, promise_told)
+             SELECT 'bulk-o' || lpad(i::text, 6, '0'), 'l1', '{sku}', 'Reading Lamp', 1, 2500, 'BACKORDERED', true
+               FROM generate_series(1, {lines}) i;
+             ANALYZE customers; ANALYZE orders; ANALYZE order_lines;",
+            id = app.id
+        ))
+        .await
+        .unwrap();
+    println!("inserted {lines} waiting lines in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_a_large_restock_exits_zero_and_the_next_replica_finishes_it_once() {
+    const LINES: i64 = 100_000;
+    let app = TestApp::spawn().await;
+    insert_waiting_lines(&app, "BULK", LINES).await;
+    let mut first = start_stock(&app, "1000").await;
+    app.publish(STOCK, &arrival("bulk-1", "BULK", LINES as i32)).await;
+    wait_for_count(
+        &app,
+        "the first chunks committed",
+        "SELECT count(*) FROM stock_arrivals WHERE chunks >= 2",
+        1,
+    )
+    .await;
+    let status = first
+        .terminate(Duration::from_secs(10))
+        .await
+        .expect("exits within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status}: {}", first.log_tail());
+    let (chunks_before, state_before): (i32, String) = {
+        let client = app.pool.get().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT chunks, state FROM stock_arrivals WHERE arrival_id = 'bulk-1'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    println!("stopped after {chunks_before} of about 20 chunks ({state_before})");
+    assert_eq!(
+        app.committed_total("stock-consumer", STOCK).await,
+        0,
+        "the arrival's offset is not committed before it is finished"
+    );
+
+    let _second = start_stock(&app, "1000").await;
+    wait_until(
+        "the arrival finished by the next replica",
+        Duration::from_secs(100),
+        || async {
+            (count(
+                &app,
+                "SELECT count(*) FROM stock_arrivals WHERE outputs_acked_at IS NOT NULL",
+            )
+            .await
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM stock_allocations").await,
+        LINES,
+        "every line allocated exactly once"
+    );
+    assert_eq!(
+        count(&app, "SELECT lines_allocated::bigint FROM stock_arrivals").await,
+        LINES
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM email_decisions WHERE template = 'arrival_notice'"
+        )
+        .await,
+        LINES
+    );
+    wait_until("the arrival's offset committed", PATIENCE, || async {
+        (app.committed_total("stock-consumer", STOCK).await == 1).then_some(())
+    })
+    .await;
 }

@@ -24,6 +24,7 @@ use backorder_core::codec::Codec;
 use backorder_core::deadpool_postgres::Pool;
 use backorder_core::events::stock::StockArrival;
 use backorder_core::kafka::Producer;
+use backorder_core::lifecycle::Lifecycle;
 use backorder_core::tokio_postgres::Transaction;
 use chrono::{DateTime, Utc};
 
@@ -124,6 +125,9 @@ pub struct Allocator {
     pub producer: Producer,
     /// Full name of `email-requests.v1`.
     pub email_topic: String,
+    /// Checked between chunks and pages, so SIGTERM during a large restock
+    /// stops within the grace period (the arrival resumes on replay).
+    pub lifecycle: Lifecycle,
 }
 
 impl Allocator {
@@ -135,6 +139,7 @@ impl Allocator {
         let mut client = self.pool.get().await?;
         let mut allocated_now = false;
         loop {
+            self.continue_unless_shutdown(arrival_id)?;
             let tx = client.transaction().await?;
             let row = tx
                 .query_one(
@@ -229,6 +234,7 @@ impl Allocator {
         // Arrival notices: one per order served, by order id.
         let mut after = String::new();
         loop {
+            self.continue_unless_shutdown(arrival_id)?;
             let rows = client
                 .query(
                     "WITH page AS (
@@ -280,6 +286,7 @@ impl Allocator {
         // Back in stock: the carts this arrival's surplus reached.
         let mut after = String::new();
         loop {
+            self.continue_unless_shutdown(arrival_id)?;
             let rows = client
                 .query(
                     "SELECT n.cart_id, cu.customer_id, cu.email, cu.name, cu.locale,
@@ -330,6 +337,15 @@ impl Allocator {
             )
             .await?;
         Ok(total)
+    }
+
+    fn continue_unless_shutdown(&self, arrival_id: &str) -> Result<(), StockError> {
+        if self.lifecycle.shutdown.is_cancelled() {
+            return Err(StockError::Interrupted {
+                arrival_id: arrival_id.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Records the decisions, then produces the requests and waits for the

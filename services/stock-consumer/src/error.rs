@@ -16,6 +16,10 @@ pub enum StockError {
     Produce(#[from] ProduceError),
     #[error("timer {key} carries no sku in its payload")]
     BadTimer { key: String },
+    /// Shutdown began between two chunks of an arrival: the work done so
+    /// far is committed, the offset is not, and the next owner resumes.
+    #[error("shutting down in the middle of arrival {arrival_id}; it resumes on replay")]
+    Interrupted { arrival_id: String },
 }
 
 impl From<backorder_core::tokio_postgres::Error> for StockError {
@@ -38,7 +42,7 @@ impl From<StockError> for HandlerError {
         let transient = match &error {
             StockError::Db(e) => db::is_transient(e),
             StockError::Codec(e) => e.is_transient(),
-            StockError::Produce(_) => true,
+            StockError::Produce(_) | StockError::Interrupted { .. } => true,
             StockError::BadTimer { .. } => false,
         };
         if transient {

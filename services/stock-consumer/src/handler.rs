@@ -33,6 +33,7 @@ impl StockHandler {
                 codec: service.codec.clone(),
                 producer: service.producer.clone(),
                 email_topic: service.topics.name(topics::EMAIL_REQUESTS),
+                lifecycle: service.lifecycle.clone(),
             },
             debounce: Duration::milliseconds(debounce_ms),
         }
