@@ -243,7 +243,7 @@ async fn a_line_needing_more_units_than_are_left_keeps_its_place_and_the_units_w
 async fn surplus_becomes_available_stock_and_reaches_carts_not_backorder_customers() {
     let app = TestApp::spawn().await;
     let _orders = app.start_service("orders-consumer").await;
-    let _stock = start_stock(&app, "1000").await;
+    let stock = start_stock(&app, "1000").await;
     let _sender = app.start_service("sender").await;
 
     app.publish(STOCK, &product("KETTLE", "Copper Kettle", 4999, 0)).await;
@@ -342,6 +342,14 @@ async fn surplus_becomes_available_stock_and_reaches_carts_not_backorder_custome
         ["o-bo1", "o-bo2"],
         "two lines of one order in one arrival: one email"
     );
+    let metrics = stock.metrics().await;
+    for line in [
+        "backorder_stock_units_allocated_total 3",
+        "backorder_stock_lines_allocated_total 3",
+        "backorder_stock_surplus_units_total 4",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     let carts = ledger(&app, "back_in_stock").await;
     let mut recipients: Vec<&str> = carts.iter().map(|r| r.1.as_str()).collect();
     recipients.sort();

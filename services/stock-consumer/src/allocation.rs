@@ -156,6 +156,7 @@ impl Allocator {
             allocated_now = true;
             let mut left = remaining;
             let mut more = false;
+            let mut chunk_done = (0_i64, 0_i64);
             if remaining > 0 {
                 let chunk = chunks + 1;
                 let row = tx
@@ -178,8 +179,7 @@ impl Allocator {
                     &[&arrival_id, &left, &(lines as i32), &chunk],
                 )
                 .await?;
-                metrics::counter!("backorder_stock_lines_allocated_total").increment(lines as u64);
-                metrics::counter!("backorder_stock_units_allocated_total").increment(units as u64);
+                chunk_done = (lines, units);
                 outcome.lines += lines;
                 outcome.units += units;
                 outcome.chunks = chunk;
@@ -192,7 +192,10 @@ impl Allocator {
                 outcome.reserved = reserved;
             }
             tx.commit().await?;
+            metrics::counter!("backorder_stock_lines_allocated_total").increment(chunk_done.0 as u64);
+            metrics::counter!("backorder_stock_units_allocated_total").increment(chunk_done.1 as u64);
             if !more {
+                metrics::counter!("backorder_stock_surplus_units_total").increment(outcome.surplus.max(0) as u64);
                 break;
             }
         }
@@ -398,7 +401,6 @@ async fn finalize(
             &[&sku, &surplus, &now],
         )
         .await?;
-        metrics::counter!("backorder_stock_surplus_units_total").increment(surplus as u64);
         // Carts holding the SKU, once per cart and SKU ever; not customers
         // who already ordered it (they are served by the queue).
         tx.execute(
