@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod moto;
+pub mod private_moto;
 pub mod private_pg;
 pub mod process;
 pub mod scenario;

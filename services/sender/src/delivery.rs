@@ -6,7 +6,7 @@
 //! `BACKORDER_SES_ACCOUNT_REFRESH_SECS`, and the queue's depth and age are
 //! published as metrics.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ use crate::suppression::{self, UnsubscribeLinks};
 /// How often the daily-quota usage is re-read from the ledger (in between,
 /// this replica counts its own sends).
 const QUOTA_RECOUNT: Duration = Duration::from_secs(2);
+/// What one SES call is assumed to take when sizing the worker pool.
+const EXPECTED_CALL_SECONDS: f64 = 0.25;
+/// The most concurrent SES calls per replica.
+const MAX_CONCURRENCY: usize = 64;
 /// How often queue depth and age are published.
 const QUEUE_METRICS_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -76,7 +80,10 @@ struct Inner {
     /// Sends started since the last quota recount.
     started_sends: AtomicI64,
     lifecycle: Lifecycle,
+    /// BACKORDER_SENDER_WORKERS: the least number of concurrent SES calls.
     workers: usize,
+    /// The number of concurrent SES calls (see `run`).
+    concurrency: AtomicUsize,
     lease: Duration,
     max_attempts: i32,
     poll: Duration,
@@ -121,6 +128,7 @@ impl Delivery {
                 started_sends: AtomicI64::new(0),
                 lifecycle: service.lifecycle.clone(),
                 workers: settings.sender_workers.max(1),
+                concurrency: AtomicUsize::new(settings.sender_workers.max(1)),
                 lease: Duration::from_millis(settings.sender_lease_ms),
                 max_attempts: settings.sender_max_attempts.max(1),
                 poll: Duration::from_millis(settings.sender_poll_ms),
@@ -187,6 +195,30 @@ impl Delivery {
     /// Runs until shutdown. In-flight sends finish and are recorded before
     /// it returns; claimed rows not yet sent are released.
     pub async fn run(self) -> Result<(), DeliveryError> {
+        // Enough concurrent SES calls to reach the send rate at 250 ms per
+        // call (Little's law), at least BACKORDER_SENDER_WORKERS, at most 64.
+        let workers = self
+            .inner
+            .workers
+            .max((self.inner.pacer.ceiling() * EXPECTED_CALL_SECONDS).ceil() as usize)
+            .min(MAX_CONCURRENCY);
+        self.inner.concurrency.store(workers, Ordering::SeqCst);
+        tracing::info!(workers, "send workers");
+        // Claimed batches flattened into one stream: the next batch is
+        // claimed as soon as the last row of the current one is taken by a
+        // worker, so workers never wait for the slowest send of a batch.
+        let claims = futures::stream::unfold(self.clone(), |this| async move {
+            let batch = this.next_batch().await?;
+            Some((futures::stream::iter(batch), this))
+        })
+        .flatten();
+        claims.for_each_concurrent(workers, |email| self.deliver(email)).await;
+        tracing::info!("send workers stopped");
+        Ok(())
+    }
+
+    /// Waits for and claims the next non-empty batch; `None` at shutdown.
+    async fn next_batch(&self) -> Option<Vec<ClaimedEmail>> {
         let this = &self.inner;
         let shutdown = this.lifecycle.shutdown.clone();
         let mut db_errors = 0u32;
@@ -205,38 +237,35 @@ impl Delivery {
                     continue;
                 }
             };
-            let limit = budget.min((this.workers * 2) as i64);
+            let limit = budget.min((this.concurrency.load(Ordering::SeqCst).max(1) * 2) as i64);
             if limit <= 0 {
                 self.sleep(this.poll.max(Duration::from_secs(1))).await;
                 continue;
             }
-            let claimed = match ledger::claim_due(&this.pool, limit, this.lease).await {
-                Ok(claimed) => {
+            match ledger::claim_due(&this.pool, limit, this.lease).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    // Counted against the daily quota from the claim on (a
+                    // row given back unsent is corrected at the next recount).
+                    this.started_sends.fetch_add(claimed.len() as i64, Ordering::SeqCst);
+                    return Some(claimed);
+                }
+                Ok(_) => {
                     db_errors = 0;
-                    claimed
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = this.wake.notified() => {}
+                        () = tokio::time::sleep(this.poll) => {}
+                    }
                 }
                 Err(error) => {
                     db_errors += 1;
                     tracing::warn!(%error, "could not claim from the ledger; retrying");
                     self.sleep(Duration::from_millis(200 * u64::from(db_errors.min(25))))
                         .await;
-                    continue;
                 }
-            };
-            if claimed.is_empty() {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = this.wake.notified() => {}
-                    () = tokio::time::sleep(this.poll) => {}
-                }
-                continue;
             }
-            futures::stream::iter(claimed)
-                .for_each_concurrent(this.workers, |email| self.deliver(email))
-                .await;
         }
-        tracing::info!("send workers stopped");
-        Ok(())
+        None
     }
 
     /// How many sends the daily quota still allows (`i64::MAX`: no quota
@@ -360,16 +389,15 @@ impl Delivery {
                 return self.record(email, ledger::mark_failed(&this.pool, email, &reason).await);
             }
         };
-        tokio::select! {
-            () = this.lifecycle.shutdown.cancelled() => {
-                return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
-            }
-            () = this.pacer.acquire(1) => {}
-        }
-        if this.lifecycle.readiness.is_paused() || this.lifecycle.shutdown.is_cancelled() {
+        // Fence, pace, send. The fence checks the claim still owns the row
+        // (its lease may have run out, and another claim taken it), renews
+        // the lease and marks the row in flight: from here on a crash makes
+        // the next claim count an ambiguous resend. The pacer comes last,
+        // so SES sees its spacing without the database's latency.
+        if this.lifecycle.readiness.is_paused() {
             return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
         }
-        // Fence: only now is SES called, and only if the row is still ours.
+        let fenced_at = Instant::now();
         if !ledger::start_send(&this.pool, email, this.lease).await? {
             metrics::counter!("backorder_sender_lease_lost_total").increment(1);
             tracing::warn!(
@@ -378,7 +406,20 @@ impl Delivery {
             );
             return Ok(());
         }
-        this.started_sends.fetch_add(1, Ordering::SeqCst);
+        let permit = tokio::select! {
+            () = this.lifecycle.shutdown.cancelled() => {
+                return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
+            }
+            permit = this.pacer.acquire() => permit,
+        };
+        // Paused meanwhile, or waited so long (SES throttled, the rate
+        // fell) that less than half the lease is left for the call: give
+        // the row back unsent; the turn is passed on unused.
+        if this.lifecycle.readiness.is_paused() || fenced_at.elapsed() > this.lease / 2 {
+            drop(permit);
+            return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
+        }
+        permit.commit(1);
         if email.ambiguous {
             // An earlier attempt reached SES and no answer was recorded:
             // SES may have accepted it. The ledger counted this durably.

@@ -207,16 +207,16 @@ pub async fn schedule_retry(
     Ok(updated == 1)
 }
 
-/// Gives a claimed row back untouched (shutdown before the SES call, daily
-/// quota, or sending paused): the attempt did not happen, so it is not
-/// counted.
+/// Gives a claimed row back untouched (shutdown or a pause before the SES
+/// call): the attempt did not happen, so it is not counted, and the row is
+/// not in flight.
 pub async fn release(pool: &Pool, email: &ClaimedEmail, delay: Duration) -> Result<bool, DbError> {
     let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
     let client = pool.get().await?;
     let updated = client
         .execute(
             "UPDATE email_ledger
-                SET state = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL,
+                SET state = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, in_flight_since = NULL,
                     next_attempt_at = now() + $3::bigint * interval '1 millisecond', updated_at = now()
               WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
             &[&email.dedup_key, &email.claim_token, &delay_ms],

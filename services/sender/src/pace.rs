@@ -1,15 +1,20 @@
-//! Pacing SES calls: a token bucket with a burst of one, counted in
-//! recipients, whose rate follows SES.
+//! Pacing SES calls, counted in recipients, at a rate that follows SES.
 //!
-//! Every send reserves the next free slot; slots are `1 / rate` seconds
-//! apart, so no window of one second ever holds more than `rate` sends
-//! (when SES counts them the way we do). The ceiling is SES's MaxSendRate
-//! (from `GetAccount`, refreshed) or the configured rate. When SES
-//! throttles anyway (another sender on the account, a lower real limit),
-//! the rate halves, at most once a second, down to one per second, and
-//! climbs back by a quarter per calm second: additive-increase
-//! multiplicative-decrease, like TCP.
+//! Sends follow a smooth schedule at `rate × HEADROOM`. The limit is exact
+//! where it matters: no window of one second ever holds more than
+//! `rate × HEADROOM` send starts (a sliding log of the last second's
+//! sends). Time lost to a slow moment (at most a window's worth) is made
+//! up at no more than twice the rate, never in a burst. Sends take turns in arrival order and are
+//! timed when they actually start, after the database fence, so what SES
+//! sees is this spacing.
+//!
+//! The ceiling is SES's MaxSendRate (from `GetAccount`, refreshed) or the
+//! configured rate. When SES throttles anyway (another sender on the
+//! account, a lower real limit), the rate halves, at most every 200 ms,
+//! down to one per second, and climbs back by a quarter per calm second:
+//! additive-increase multiplicative-decrease, like TCP.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -20,16 +25,24 @@ const CALM_BEFORE_RAISE: Duration = Duration::from_secs(1);
 /// only after this long.
 const CUT_SPACING: Duration = Duration::from_millis(200);
 const MIN_RATE: f64 = 1.0;
-/// Slots are spaced for 96% of the rate: SES counts sends when they reach
-/// it, after network and scheduling jitter, and 4% of a second (40 ms over
-/// any one-second window) keeps a late send from making a window hold one
-/// more than the limit. (The performance target is 95% of the SES rate.)
+const WINDOW: Duration = Duration::from_secs(1);
+/// Sends are paced for 96% of the rate: SES counts sends when they reach
+/// it, after network and scheduling jitter; the missing 4% keeps a late
+/// send from making a one-second window hold one more than the limit.
+/// (The performance target is 95% of the SES rate.)
 pub const HEADROOM: f64 = 0.96;
 
 #[derive(Debug)]
 struct State {
-    /// The earliest instant the next send may start.
-    next: Instant,
+    /// Start times of the sends of the last window, oldest first (one
+    /// entry per recipient).
+    log: VecDeque<Instant>,
+    /// No send before this (spacing, and the pause after a throttle).
+    not_before: Instant,
+    /// Where the next send would be on a smooth schedule at the rate. When
+    /// sends fell behind it (a slow moment), they catch up at up to twice
+    /// the rate; it never lags more than a window behind.
+    ideal: Instant,
     /// Sends per second now.
     rate: f64,
     /// What SES allows (or the configured rate).
@@ -38,9 +51,61 @@ struct State {
     last_change: Instant,
 }
 
+impl State {
+    /// Sends allowed in one window at the current rate.
+    fn capacity(&self) -> usize {
+        ((self.rate * HEADROOM).floor() as usize).max(1)
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / (self.rate * HEADROOM))
+    }
+
+    /// The earliest instant the next send may start.
+    fn earliest(&self) -> Instant {
+        let cap = self.capacity();
+        let window = if self.log.len() >= cap {
+            self.log[self.log.len() - cap] + WINDOW
+        } else {
+            self.not_before
+        };
+        window.max(self.not_before).max(self.ideal)
+    }
+
+    fn record(&mut self, now: Instant, recipients: u32) {
+        for _ in 0..recipients.max(1) {
+            self.log.push_back(now);
+        }
+        let keep = self.capacity().max(1);
+        while self.log.len() > keep {
+            self.log.pop_front();
+        }
+        let interval = self.interval();
+        self.not_before = now + interval / 2;
+        let lag_floor = now.checked_sub(WINDOW).unwrap_or(now);
+        self.ideal = self.ideal.max(lag_floor) + interval * recipients.max(1);
+    }
+}
+
 #[derive(Debug)]
 pub struct Pacer {
     state: Mutex<State>,
+    /// Whose turn it is to send (FIFO).
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// A send's turn; see [`Pacer::acquire`].
+#[derive(Debug)]
+pub struct Permit<'a> {
+    pacer: &'a Pacer,
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Permit<'_> {
+    /// The send starts now.
+    pub fn commit(self, recipients: u32) {
+        self.pacer.with(|s| s.record(Instant::now(), recipients));
+    }
 }
 
 impl Pacer {
@@ -49,11 +114,14 @@ impl Pacer {
         let now = Instant::now();
         let pacer = Self {
             state: Mutex::new(State {
-                next: now,
+                log: VecDeque::new(),
+                not_before: now,
+                ideal: now,
                 rate,
                 ceiling: rate,
                 last_change: now,
             }),
+            turn: tokio::sync::Mutex::new(()),
         };
         pacer.report(rate, rate);
         pacer
@@ -72,19 +140,23 @@ impl Pacer {
         metrics::gauge!("backorder_sender_send_rate_current").set(rate);
     }
 
-    /// Reserves the slot for `recipients` sends; returns when it starts.
-    pub fn reserve(&self, recipients: u32) -> Instant {
-        self.with(|s| {
-            let now = Instant::now();
-            let slot = s.next.max(now);
-            s.next = slot + Duration::from_secs_f64(f64::from(recipients.max(1)) / (s.rate * HEADROOM));
-            slot
-        })
-    }
-
-    /// Waits for a slot (cancel-safe: a dropped wait only wastes the slot).
-    pub async fn acquire(&self, recipients: u32) {
-        tokio::time::sleep_until(self.reserve(recipients)).await;
+    /// Waits for this send's turn (sends take turns in arrival order).
+    /// Commit the permit right before sending; a permit dropped
+    /// uncommitted uses nothing.
+    pub async fn acquire(&self) -> Permit<'_> {
+        let turn = self.turn.lock().await;
+        loop {
+            let earliest = self.with(|s| s.earliest());
+            if Instant::now() >= earliest {
+                break;
+            }
+            // Re-read after waking: a throttle may have pushed it out.
+            tokio::time::sleep_until(earliest).await;
+        }
+        Permit {
+            pacer: self,
+            _turn: turn,
+        }
     }
 
     /// SES's limit changed (or was read for the first time).
@@ -111,9 +183,9 @@ impl Pacer {
             }
             s.rate = (s.rate / 2.0).max(MIN_RATE);
             s.last_change = now;
-            // Sends already reserved at the old pace keep their slots; the
-            // next one waits a full new interval.
-            s.next = s.next.max(now) + Duration::from_secs_f64(1.0 / (s.rate * HEADROOM));
+            // The next send waits a full new interval.
+            s.not_before = s.not_before.max(now) + s.interval();
+            s.ideal = s.ideal.max(s.not_before);
             Some((s.rate, s.ceiling))
         });
         if let Some((rate, ceiling)) = cut {
@@ -142,30 +214,70 @@ impl Pacer {
     pub fn rate(&self) -> f64 {
         self.with(|s| s.rate)
     }
+
+    pub fn ceiling(&self) -> f64 {
+        self.with(|s| s.ceiling)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn slots_are_spaced_by_the_rate_and_no_second_holds_more() {
-        let pacer = Pacer::new(50.0);
-        let start = Instant::now();
-        let slots: Vec<Instant> = (0..500).map(|_| pacer.reserve(1)).collect();
-        let last = slots[slots.len() - 1] - start;
-        // 499 intervals of 1 / (50 * HEADROOM) s.
-        assert!(
-            last >= Duration::from_millis(10_390) && last <= Duration::from_millis(10_400),
-            "{last:?}"
-        );
-        for (i, slot) in slots.iter().enumerate() {
-            let in_window = slots[i..]
-                .iter()
-                .take_while(|s| **s < *slot + Duration::from_secs(1))
-                .count();
-            assert!(in_window <= 50, "{in_window} sends in one second");
+    /// Sends as fast as the pacer lets them; returns their start times.
+    async fn run(pacer: &Pacer, n: usize) -> Vec<Instant> {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let permit = pacer.acquire().await;
+            times.push(Instant::now());
+            permit.commit(1);
         }
+        times
+    }
+
+    fn busiest_second(times: &[Instant]) -> usize {
+        (0..times.len())
+            .map(|i| times[i..].iter().take_while(|t| **t < times[i] + WINDOW).count())
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_second_holds_more_than_the_rate_and_five_hundred_take_about_ten_seconds() {
+        let pacer = Pacer::new(50.0);
+        let times = run(&pacer, 500).await;
+        assert!(busiest_second(&times) <= 48, "{}", busiest_second(&times));
+        let took = times[499] - times[0];
+        assert!(
+            took >= Duration::from_millis(9_900) && took <= Duration::from_millis(10_500),
+            "{took:?}"
+        );
+        for pair in times.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(10), "at most twice the rate");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_time_is_made_up_at_twice_the_rate_never_in_a_burst() {
+        let pacer = Pacer::new(10.0);
+        let mut times = run(&pacer, 5).await;
+        // Nothing sent for 3 s (SES was slow, the queue empty...).
+        tokio::time::advance(Duration::from_secs(3)).await;
+        times.extend(run(&pacer, 30).await);
+        assert!(busiest_second(&times) <= 9);
+        for pair in times.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(52),
+                "{:?}",
+                pair[1] - pair[0]
+            );
+        }
+        // An uncommitted permit costs nothing.
+        let before = Instant::now();
+        drop(pacer.acquire().await);
+        let permit = pacer.acquire().await;
+        assert!(Instant::now() - before < Duration::from_secs(1));
+        permit.commit(1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -173,7 +285,7 @@ mod tests {
         let pacer = Pacer::new(40.0);
         assert!(pacer.throttled());
         assert_eq!(pacer.rate(), 20.0);
-        // In-flight sends throttled in the same second do not cut again.
+        // In-flight sends throttled right after do not cut again.
         assert!(!pacer.throttled());
         tokio::time::advance(Duration::from_millis(250)).await;
         assert!(pacer.throttled());
