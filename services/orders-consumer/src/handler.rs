@@ -34,51 +34,30 @@ impl OrdersHandler {
     }
 }
 
-/// Database errors are transient when the connection is at fault, and
-/// permanent (the runtime isolates and dead-letters the event) otherwise.
-fn classify(error: impl Into<backorder_core::db::DbError>) -> HandlerError {
-    let error = error.into();
-    if backorder_core::db::is_transient(&error) {
-        HandlerError::Transient(error.to_string())
-    } else {
-        HandlerError::Permanent(error.to_string())
-    }
-}
-
 impl Handler for OrdersHandler {
     type Event = OrderEvent;
 
     async fn handle(&self, batch: &[Incoming<OrderEvent>]) -> Result<Vec<OutboundRecord>, HandlerError> {
         // "Now" of the controlled clock: when decisions are recorded and
         // from when timers count. Replays keep the first decision and timer.
-        let now = self.clock.now().await.map_err(classify)?;
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| HandlerError::Transient(format!("database unavailable: {e}")))?;
-        let tx = client.transaction().await.map_err(classify)?;
+        let now = self.clock.now().await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
         let mut emails = Vec::new();
         for incoming in batch {
             match &incoming.event {
                 OrderEvent::Placed(order) => {
                     let has_backorder = order.lines.iter().any(|l| l.availability == Availability::Backordered);
                     let tag = has_backorder.then_some(store::CUSTOMER_TAG_BACKORDER_BUYER);
-                    store::upsert_customer(&tx, &order.customer, order.occurred_at, tag)
-                        .await
-                        .map_err(classify)?;
-                    let new = store::insert_order(&tx, order, has_backorder).await.map_err(classify)?;
-                    let promises = store::promise_backordered_lines(&tx, &order.order_id)
-                        .await
-                        .map_err(classify)?;
+                    store::upsert_customer(&tx, &order.customer, order.occurred_at, tag).await?;
+                    let new = store::insert_order(&tx, order, has_backorder).await?;
+                    let promises = store::promise_backordered_lines(&tx, &order.order_id).await?;
                     tracing::info!(order_id = %order.order_id, new, has_backorder, "order recorded");
                     // Requested again on replay: the sender's ledger keeps
                     // one email per dedup key, so this is safe and means a
                     // crash after commit but before produce loses nothing.
                     let email = confirmation::order_confirmation(order, &promises);
-                    email_decisions::record(&*tx, &email, None, now)
-                        .await
-                        .map_err(classify)?;
+                    email_decisions::record(&*tx, &email, None, now).await?;
                     emails.push(email);
                     if has_backorder {
                         // The nurture cadence starts one interval after the
@@ -89,44 +68,32 @@ impl Handler for OrdersHandler {
                             .filter(|(_, p)| self.nurture.enrols(today, p.from))
                             .map(|(id, _)| id.clone())
                             .collect();
-                        timers::schedule(&*tx, &self.nurture.first_timer(&order.order_id, now, enrolled))
-                            .await
-                            .map_err(classify)?;
+                        timers::schedule(&*tx, &self.nurture.first_timer(&order.order_id, now, enrolled)).await?;
                     }
                 }
                 OrderEvent::Cancelled(cancel) => {
-                    let changed = store::cancel_lines(&tx, cancel).await.map_err(classify)?;
+                    let changed = store::cancel_lines(&tx, cancel).await?;
                     // Every pending email about the cancelled lines stops:
                     // the nurture cadence when no open backordered line is
                     // left, the follow-up of every shipment whose lines are
                     // all cancelled. Timers also re-check when they fire,
                     // which covers a delivery stored after this cancellation.
                     let mut stopped = 0;
-                    if !store::has_open_backorder(&tx, &cancel.order_id)
-                        .await
-                        .map_err(classify)?
-                    {
-                        stopped += timers::cancel_prefix(&*tx, &keys::nurture_prefix(&cancel.order_id))
-                            .await
-                            .map_err(classify)?;
+                    if !store::has_open_backorder(&tx, &cancel.order_id).await? {
+                        stopped += timers::cancel_prefix(&*tx, &keys::nurture_prefix(&cancel.order_id)).await?;
                     }
-                    for shipment_id in store::fully_cancelled_shipments(&tx, &cancel.order_id)
-                        .await
-                        .map_err(classify)?
-                    {
-                        stopped += timers::cancel_prefix(&*tx, &keys::followup(&cancel.order_id, &shipment_id))
-                            .await
-                            .map_err(classify)?;
+                    for shipment_id in store::fully_cancelled_shipments(&tx, &cancel.order_id).await? {
+                        stopped += timers::cancel_prefix(&*tx, &keys::followup(&cancel.order_id, &shipment_id)).await?;
                     }
                     tracing::info!(order_id = %cancel.order_id, changed, stopped, "lines cancelled");
                 }
                 OrderEvent::CartAbandoned(cart) => {
-                    store::upsert_cart_with_customer(&tx, cart).await.map_err(classify)?;
+                    store::upsert_cart_with_customer(&tx, cart).await?;
                     tracing::info!(cart_id = %cart.cart_id, "cart recorded");
                 }
             }
         }
-        tx.commit().await.map_err(classify)?;
+        tx.commit().await?;
         let mut outputs = Vec::with_capacity(emails.len());
         for email in &emails {
             let record = OutboundRecord::encode(&self.codec, &self.email_requests_topic, email)

@@ -39,28 +39,13 @@ impl ShipmentsHandler {
     }
 }
 
-/// Database errors are transient when the connection is at fault, and
-/// permanent (the runtime isolates and dead-letters the event) otherwise.
-fn classify(error: impl Into<backorder_core::db::DbError>) -> HandlerError {
-    let error = error.into();
-    if backorder_core::db::is_transient(&error) {
-        HandlerError::Transient(error.to_string())
-    } else {
-        HandlerError::Permanent(error.to_string())
-    }
-}
-
 impl Handler for ShipmentsHandler {
     type Event = ShipmentEvent;
 
     async fn handle(&self, batch: &[Incoming<ShipmentEvent>]) -> Result<Vec<OutboundRecord>, HandlerError> {
-        let now = self.clock.now().await.map_err(classify)?;
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| HandlerError::Transient(format!("database unavailable: {e}")))?;
-        let tx = client.transaction().await.map_err(classify)?;
+        let now = self.clock.now().await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
         let mut emails = Vec::new();
         let mut deliveries: Vec<DeliveryFacts> = Vec::new();
         for incoming in batch {
@@ -69,48 +54,42 @@ impl Handler for ShipmentsHandler {
                     let order_id = shipment.order_id.as_str();
                     // Invariant 4: the order may not be stored yet. Hold the
                     // partition and retry rather than drop the shipment.
-                    let Some(contact) = store::order_contact(&tx, order_id).await.map_err(classify)? else {
+                    let Some(contact) = store::order_contact(&tx, order_id).await? else {
                         return Err(HandlerError::Transient(format!(
                             "shipment {} is for order {order_id}, which is not stored yet; retrying until it is",
                             shipment.shipment_id
                         )));
                     };
-                    store::record_dispatch(&tx, shipment).await.map_err(classify)?;
-                    if !store::has_open_backorder(&tx, order_id).await.map_err(classify)? {
+                    store::record_dispatch(&tx, shipment).await?;
+                    if !store::has_open_backorder(&tx, order_id).await? {
                         // Nothing left waiting for stock: the nurture cadence ends.
-                        timers::cancel_prefix(&*tx, &keys::nurture_prefix(order_id))
-                            .await
-                            .map_err(classify)?;
+                        timers::cancel_prefix(&*tx, &keys::nurture_prefix(order_id)).await?;
                     }
-                    let shipped = store::lines(&tx, order_id, &shipment.line_ids)
-                        .await
-                        .map_err(classify)?;
+                    let shipped = store::lines(&tx, order_id, &shipment.line_ids).await?;
                     if shipped.is_empty() {
                         tracing::warn!(order_id, shipment_id = %shipment.shipment_id, "shipment carries only cancelled or unknown lines; no email");
                         continue;
                     }
-                    let pending = store::pending_lines(&tx, order_id).await.map_err(classify)?;
+                    let pending = store::pending_lines(&tx, order_id).await?;
                     let email = emails::shipped(shipment, &contact, &shipped, &pending);
-                    email_decisions::record(&*tx, &email, None, now)
-                        .await
-                        .map_err(classify)?;
+                    email_decisions::record(&*tx, &email, None, now).await?;
                     tracing::info!(order_id, shipment_id = %shipment.shipment_id, pending = pending.len(), "shipped email decided");
                     emails.push(email);
                 }
                 ShipmentEvent::Delivered(delivered) => {
                     let order_id = delivered.order_id.as_str();
-                    let Some(shipment) = store::shipment(&tx, &delivered.shipment_id).await.map_err(classify)? else {
+                    let Some(shipment) = store::shipment(&tx, &delivered.shipment_id).await? else {
                         return Err(HandlerError::Transient(format!(
                             "delivery of shipment {} (order {order_id}) arrived before its dispatch was stored; retrying",
                             delivered.shipment_id
                         )));
                     };
-                    let Some(contact) = store::order_contact(&tx, &shipment.order_id).await.map_err(classify)? else {
+                    let Some(contact) = store::order_contact(&tx, &shipment.order_id).await? else {
                         return Err(HandlerError::Transient(format!(
                             "order {order_id} is not stored yet; retrying"
                         )));
                     };
-                    if let Some(facts) = store::record_delivery(&tx, delivered).await.map_err(classify)? {
+                    if let Some(facts) = store::record_delivery(&tx, delivered).await? {
                         deliveries.push(facts);
                     }
                     // Both timers count from the controlled clock's now at
@@ -124,8 +103,7 @@ impl Handler for ShipmentsHandler {
                             payload: followups::payload(&shipment.order_id, Some(&delivered.shipment_id)),
                         },
                     )
-                    .await
-                    .map_err(classify)?;
+                    .await?;
                     if contact.backorder {
                         timers::schedule(
                             &*tx,
@@ -136,14 +114,13 @@ impl Handler for ShipmentsHandler {
                                 payload: followups::payload(&shipment.order_id, None),
                             },
                         )
-                        .await
-                        .map_err(classify)?;
+                        .await?;
                     }
                     tracing::info!(order_id, shipment_id = %delivered.shipment_id, "delivery recorded");
                 }
             }
         }
-        tx.commit().await.map_err(classify)?;
+        tx.commit().await?;
         // Counted once per delivery, after it is durable.
         for facts in deliveries {
             metrics::histogram!("backorder_order_to_delivery_days").record(facts.order_to_delivery_days);

@@ -426,3 +426,28 @@ impl<E: TopicEvent + Clone> Handler for AcknowledgeOnly<E> {
         Ok(Vec::new())
     }
 }
+
+/// Database failures are transient when the connection is at fault (the
+/// runtime holds the partition and retries) and permanent otherwise (the
+/// runtime isolates the event at fault and dead-letters it).
+impl From<crate::db::DbError> for HandlerError {
+    fn from(error: crate::db::DbError) -> Self {
+        if crate::db::is_transient(&error) {
+            HandlerError::Transient(error.to_string())
+        } else {
+            HandlerError::Permanent(error.to_string())
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for HandlerError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        crate::db::DbError::from(error).into()
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for HandlerError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        crate::db::DbError::from(error).into()
+    }
+}
