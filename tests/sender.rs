@@ -659,7 +659,8 @@ async fn the_request_carries_both_parts_tags_reply_to_configuration_set_and_unsu
 async fn sending_paused_stops_all_sending_flips_readiness_and_resumes_without_losing_anything() {
     let app = TestApp::spawn().await;
     // Test double: SES answering SendingPausedException (moto never does).
-    let proxy = SesProxy::start(&app.moto_url).await;
+    let ses = PrivateMoto::start(&app.log_dir).await;
+    let proxy = SesProxy::start(&ses.url).await;
     let sender = app
         .start_service_with(
             "sender",
@@ -691,7 +692,7 @@ async fn sending_paused_stops_all_sending_flips_readiness_and_resumes_without_lo
 
     proxy.set_fault(Fault::None);
     wait_all_sent(&app, n as i64, PATIENCE).await;
-    let counts = moto_counts(&app).await;
+    let counts = counts_at(&app, &ses.url).await;
     assert_eq!(counts.len(), n);
     assert!(counts.values().all(|c| *c == 1));
     wait_until("readiness back", PATIENCE, || async {

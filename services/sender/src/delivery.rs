@@ -105,13 +105,6 @@ impl Delivery {
         wake: Arc<Notify>,
     ) -> Self {
         let settings = &service.settings;
-        if settings.sender_lease_ms <= settings.ses_timeout_ms {
-            tracing::warn!(
-                lease_ms = settings.sender_lease_ms,
-                ses_timeout_ms = settings.ses_timeout_ms,
-                "BACKORDER_SENDER_LEASE_MS should exceed BACKORDER_SES_TIMEOUT_MS: a slow SES call can outlive its lease and be resent by another replica"
-            );
-        }
         let initial = settings
             .ses_send_rate_override
             .unwrap_or(settings.ses_fallback_send_rate);
@@ -438,7 +431,20 @@ impl Delivery {
             unsubscribe_url: unsubscribe_url.as_deref(),
         };
         let started = Instant::now();
-        let result = this.ses.send(&outgoing).await;
+        // A live sender never loses its row mid-call: while SES takes
+        // long, the lease is renewed (a dead sender's lease runs out).
+        let call = this.ses.send(&outgoing);
+        tokio::pin!(call);
+        let result = loop {
+            tokio::select! {
+                result = &mut call => break result,
+                () = tokio::time::sleep(this.lease / 3) => {
+                    if let Err(error) = ledger::start_send(&this.pool, email, this.lease).await {
+                        tracing::warn!(dedup_key = key, %error, "could not renew the lease during a slow SES call");
+                    }
+                }
+            }
+        };
         metrics::histogram!("backorder_sender_send_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
             Ok(message_id) => {

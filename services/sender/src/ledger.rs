@@ -1,12 +1,23 @@
 //! The sender's ledger: one row per dedup key, ever (DESIGN invariant 1),
 //! and the durable queue the send workers drain.
 //!
-//! A row is claimed by moving it to `sending` with a lease, in a committed
-//! transaction, *before* SES is called; it becomes `sent` after SES
-//! accepted it. A row found in `sending` with an expired lease belongs to
-//! a sender that died mid-call: whether SES accepted it is unknowable (SES
-//! has no idempotency token), so it is sent again and counted as an
-//! ambiguous resend. That is the only duplicate the design allows.
+//! A row is claimed by moving it to `sending` with a lease and a claim
+//! token, in a committed transaction, with `FOR UPDATE SKIP LOCKED`.
+//! Right before SES is called, [`start_send`] checks the token (the claim
+//! still owns the row: no other replica took it over after a lease ran
+//! out), renews the lease and sets `in_flight_since`. Every outcome write
+//! is fenced by the token too. The answer of SES clears `in_flight_since`.
+//!
+//! A claim that finds `in_flight_since` set (a sender died after
+//! `start_send`, or the call timed out) cannot know whether SES accepted
+//! the email (SES has no idempotency token), so it sends again and counts
+//! an ambiguous resend, durably in `ambiguous_resends` and in the
+//! `backorder_sender_ambiguous_resends_total` metric. That is the only
+//! duplicate the design allows, and it is counted conservatively: the
+//! mark is set before the send waits for its pacer turn (so that SES sees
+//! the pacer's spacing, not the database's latency), so a crash can count
+//! a resend for an email that had not reached SES yet. At most the rows a
+//! replica has fenced (its worker count) are affected by one crash.
 
 use std::time::Duration;
 
