@@ -2,12 +2,16 @@
 # demo.sh — the whole pipeline on the local stack, shown to a person.
 # Run through `make demo`, which first starts the stack and the services.
 #
-# 1. sets the shared controlled clock to the story's day,
-# 2. publishes infra/local/demo-scenario.jsonl (catalogue, a supplier ETA,
-#    three orders in three languages, an abandoned cart),
-# 3. waits until the sender has delivered everything the services decided,
-# 4. prints the ledger (recipients masked) and saves each rendered email as
-#    HTML under .stack/demo/ for a browser.
+# 1. sets the shared controlled clock to the story's day and publishes
+#    infra/local/demo-scenario.jsonl (catalogue, a supplier ETA, three
+#    orders in three languages, an abandoned cart): confirmations;
+# 2. moves the clock a week and publishes demo-week-later.jsonl (the
+#    supplier slips, items ship, one order is delivered): delay notices,
+#    shipped emails; three days later on the clock, the follow-up;
+# 3. publishes demo-restock.jsonl (the lamps arrive): arrival notices and a
+#    back-in-stock email;
+# 4. prints the ledger (recipients masked) and saves each email, as it
+#    reached SES, as HTML under .stack/demo/ for a browser.
 # Publishing the same file again replays the same events: no new email.
 set -euo pipefail
 
@@ -43,27 +47,44 @@ done
 log "publishing the orders and the abandoned cart"
 "$CTL" publish "$OUT/orders.jsonl"
 
-log "waiting for the sender to deliver what the services decided"
-python3 - "$CTL" <<'PY'
+# Waits (with a deadline) until the ledger holds at least $1 emails and none
+# is still queued or being sent.
+wait_for_emails() {
+    python3 - "$CTL" "$1" <<'PY'
 import json, subprocess, sys, time
-ctl = sys.argv[1]
+ctl, expected = sys.argv[1], int(sys.argv[2])
 deadline = time.time() + 90
-stable, last = 0, None
 while True:
     rows = json.loads(subprocess.run([ctl, "emails", "--json", "--limit", "1000"],
                                      check=True, capture_output=True, text=True).stdout)
     pending = [r for r in rows if r.get("state") in ("queued", "sending")]
-    done = len(rows) - len(pending)
-    state = (len(rows), done)
-    print(f"    {done} of {len(rows)} emails delivered", flush=True)
-    stable = stable + 1 if (state == last and not pending and rows) else 0
-    last = state
-    if stable >= 3 and len(rows) >= 3:
+    if len(rows) >= expected and not pending:
+        print(f"    {len(rows)} emails delivered", flush=True)
         break
     if time.time() > deadline:
-        sys.exit("demo: the pipeline did not settle within 90 s; see .stack/services/*.log")
-    time.sleep(1)
+        sys.exit(f"demo: expected {expected} emails, the ledger has {len(rows)} "
+                 f"({len(pending)} pending) after 90 s; see .stack/services/*.log")
+    time.sleep(0.5)
 PY
+}
+
+log "waiting for the order confirmations (en-GB, de-DE, ko-KR)"
+wait_for_emails 3
+
+log "a week later: the lamp's supplier slips, the in-stock items ship, Ada's order is delivered"
+"$CTL" clock advance 7d
+"$CTL" publish "$SCRIPT_DIR/demo-week-later.jsonl"
+log "waiting for two delay notices (after the debounce window) and two shipped emails"
+wait_for_emails 7
+
+log "three days after the delivery: the follow-up"
+"$CTL" clock advance 3d
+wait_for_emails 8
+
+log "the lamps arrive"
+"$CTL" publish "$SCRIPT_DIR/demo-restock.jsonl"
+log "waiting for two arrival notices and one back-in-stock email to the abandoned cart"
+wait_for_emails 11
 
 log "the sender's ledger"
 "$CTL" emails
@@ -71,31 +92,30 @@ log "the sender's ledger"
 log "saving the rendered emails"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.html
-python3 - "$BACKORDER_MOTO_URL" "$OUT" "$SCRIPT_DIR/demo-scenario.jsonl" <<'PY'
-import json, re, sys, urllib.request
-moto, out, scenario = sys.argv[1], sys.argv[2], sys.argv[3]
-# Only the scenario's customers: the emulator may hold other emails too.
-ours = set()
-for line in open(scenario, encoding="utf-8"):
-    line = line.strip()
-    if line and not line.startswith("#"):
-        email = json.loads(line).get("customer", {}).get("email")
-        if email:
-            ours.add(email)
+# The ledger knows which SES message carried which email; the emulator
+# keeps the message as SES received it.
+"${BACKORDER_PG_BIN:-/usr/bin}/psql" -X "$DATABASE_URL" -Atc \
+    "SELECT ses_message_id || ' ' || dedup_key FROM email_ledger WHERE state = 'sent' ORDER BY sent_at, dedup_key" \
+    >"$OUT/sent.txt"
+python3 - "$BACKORDER_MOTO_URL" "$OUT" <<'PY'
+import json, sys, urllib.request
+moto, out = sys.argv[1], sys.argv[2]
+sent = [line.split(" ", 1) for line in open(f"{out}/sent.txt", encoding="utf-8").read().split("\n") if line]
 data = json.load(urllib.request.urlopen(f"{moto}/moto-api/data.json"))
-messages = [m for m in data.get("ses", {}).get("Message", [])
-            if set(m.get("destinations", {}).get("ToAddresses", [])) & ours]
+by_id = {m["id"]: m for m in data.get("ses", {}).get("Message", [])}
 def mask(addr):
     local, _, domain = addr.partition("@")
     return f"{local[:1]}***@{domain[:1]}***.{domain.rsplit('.', 1)[-1]}"
-print(f"    {'to':<22} {'subject':<70} file")
-for i, m in enumerate(messages, 1):
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", m.get("subject", ""))[:40].strip("-").lower()
-    path = f"{out}/{i:02d}-{slug}.html"
+print(f"    {'to':<15} {'subject':<66} file")
+for i, (message_id, key) in enumerate(sent, 1):
+    m = by_id.get(message_id)
+    if m is None:
+        continue
+    path = f"{out}/{i:02d}-{key}.html"
     with open(path, "w", encoding="utf-8") as f:
         f.write(m.get("body", ""))
     to = ", ".join(mask(a) for a in m.get("destinations", {}).get("ToAddresses", []))
-    print(f"    {to:<22} {m.get('subject', '')[:70]:<70} {path}")
-print(f"\n    Open any of them in a browser, e.g.: xdg-open {out}/01-*.html")
+    print(f"    {to:<15} {m.get('subject', '')[:66]:<66} {path}")
+print(f"\n    Open any of them in a browser, e.g. {out}/01-*.html")
 PY
 log "done. Metrics: curl http://127.0.0.1:18085/metrics (sender); stop everything with 'make down'"

@@ -43,6 +43,7 @@ start() {
             BACKORDER_HTTP_ADDR=127.0.0.1:$port \
             BACKORDER_RUN_MIGRATIONS=true \
             BACKORDER_LOG_FORMAT=${BACKORDER_LOG_FORMAT:-pretty} \
+            BACKORDER_DELAY_DEBOUNCE_MS=${BACKORDER_DELAY_DEBOUNCE_MS:-2000} \
             BACKORDER_STACK_ENV=$STACK_DIR/env \
                 setsid "$BIN_DIR/$name" >>"$SVC_DIR/$name.log" 2>&1 </dev/null &
             echo $! >"$pidfile"
