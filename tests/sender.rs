@@ -20,7 +20,7 @@ use backorder_core::kafka::topics::EMAIL_REQUESTS;
 use backorder_tests::private_moto::PrivateMoto;
 use backorder_tests::process::ServiceProcess;
 use backorder_tests::ses_proxy::{Fault, SesProxy};
-use backorder_tests::sns_signer::{SnsDouble, ses_bounce, ses_complaint};
+use backorder_tests::sns_signer::{self, SnsDouble, ses_bounce, ses_complaint};
 use backorder_tests::{TestApp, moto, wait_until};
 use serde_json::{Value, json};
 
@@ -405,7 +405,13 @@ async fn sns_bounces_with_valid_signatures_suppress_and_forged_ones_change_nothi
     // Test double for Amazon SNS: see tests/support/sns_signer.rs.
     let sns = SnsDouble::start().await;
     let sender = app
-        .start_service_with("sender", &[("BACKORDER_SNS_CERT_URL_PREFIX", sns.base_url.as_str())])
+        .start_service_with(
+            "sender",
+            &[
+                ("BACKORDER_SNS_CERT_URL_PREFIX", sns.base_url.as_str()),
+                ("BACKORDER_SNS_TOPIC_ARNS", sns_signer::TOPIC),
+            ],
+        )
         .await;
 
     // The subscription is confirmed by visiting the SubscribeURL.
@@ -440,6 +446,10 @@ async fn sns_bounces_with_valid_signatures_suppress_and_forged_ones_change_nothi
     let mut elsewhere = sns.notification(&ses_bounce(&forged, "Permanent"), "2");
     elsewhere["SigningCertURL"] = json!("https://evil.example/cert.pem");
     assert_eq!(post_sns(&sender, &elsewhere).await, 403);
+    // Validly signed, but from somebody else's topic.
+    let mut foreign = sns.notification(&ses_bounce(&forged, "Permanent"), "2");
+    foreign["TopicArn"] = json!("arn:aws:sns:us-east-1:999999999999:not-ours");
+    assert_eq!(post_sns(&sender, &foreign).await, 403);
     let mut garbage = sns.notification(&ses_bounce(&forged, "Permanent"), "2");
     garbage["Signature"] = json!("bm90IGEgc2lnbmF0dXJl");
     assert_eq!(post_sns(&sender, &garbage).await, 403);

@@ -18,6 +18,9 @@ use axum::extract::State;
 use axum::routing::get;
 use serde_json::{Value, json};
 
+/// The topic the double's messages come from.
+pub const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:ses-events";
+
 pub struct SnsDouble {
     pub base_url: String,
     dir: PathBuf,
@@ -128,7 +131,7 @@ impl SnsDouble {
     pub fn notification(&self, message: &Value, version: &str) -> Value {
         let message = message.to_string();
         let id = uuid::Uuid::new_v4().to_string();
-        let topic = "arn:aws:sns:us-east-1:123456789012:ses-events";
+        let topic = TOPIC;
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let text = format!(
             "Message\n{message}\nMessageId\n{id}\nTimestamp\n{timestamp}\nTopicArn\n{topic}\nType\nNotification\n"
@@ -150,7 +153,7 @@ impl SnsDouble {
     pub fn subscription_confirmation(&self) -> Value {
         let id = uuid::Uuid::new_v4().to_string();
         let token = "2336412f37fb687f5d51e6e2425c464de257ebb3";
-        let topic = "arn:aws:sns:us-east-1:123456789012:ses-events";
+        let topic = TOPIC;
         let subscribe_url = format!("{}confirm?Token={token}", self.base_url);
         let message = format!("You have chosen to subscribe to the topic {topic}.");
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);

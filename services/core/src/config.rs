@@ -111,6 +111,11 @@ pub struct Settings {
     /// locally); unset (production) they must be
     /// `https://sns.<region>.amazonaws.com/....pem`.
     pub sns_cert_url_prefix: Option<String>,
+    /// `BACKORDER_SNS_TOPIC_ARNS`: comma-separated topics whose SNS
+    /// messages the sender accepts (SNS signs every topic's messages, so
+    /// without it anyone's topic could feed the suppression list). Unset:
+    /// any topic (a warning at start).
+    pub sns_topic_arns: Option<String>,
     /// `BACKORDER_SENDER_PAUSE_PROBE_MS`: after SES paused the account
     /// (SendingPaused, AccountSuspended), how long before sending is tried
     /// again.
@@ -168,6 +173,7 @@ impl Default for Settings {
             unsubscribe_secret: DEFAULT_UNSUBSCRIBE_SECRET.into(),
             public_base_url: None,
             sns_cert_url_prefix: None,
+            sns_topic_arns: None,
             sender_pause_probe_ms: 60_000,
             timer_poll_ms: 500,
             delay_debounce_ms: 300_000,

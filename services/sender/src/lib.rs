@@ -66,7 +66,17 @@ pub async fn start(service: &Service) -> Result<(), SenderError> {
         pool: service.pool.clone(),
         links: links_for(""),
     };
-    let sns = sns::SnsState::new(service.pool.clone(), settings.sns_cert_url_prefix.clone());
+    let topics: Option<Vec<String>> = settings.sns_topic_arns.as_deref().map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect()
+    });
+    if topics.is_none() {
+        tracing::warn!("BACKORDER_SNS_TOPIC_ARNS is not set: SNS messages from any topic are accepted");
+    }
+    let sns = sns::SnsState::new(service.pool.clone(), settings.sns_cert_url_prefix.clone(), topics);
     let bound = service.serve_http(routes(unsubscribe, sns)).await?;
     let base = settings
         .public_base_url

@@ -6,8 +6,10 @@
 //! only from SNS (`https://sns.<region>.amazonaws.com/….pem`; for tests,
 //! `BACKORDER_SNS_CERT_URL_PREFIX` allows another prefix), and the
 //! signature (`SignatureVersion` 1: SHA1withRSA, 2: SHA256withRSA) must
-//! match the canonical string of the message's fields. A message that
-//! fails is answered 403 and changes nothing.
+//! match the canonical string of the message's fields, and the topic must
+//! be one of `BACKORDER_SNS_TOPIC_ARNS` (SNS signs every account's topics,
+//! so a valid signature alone only proves the message came from *some*
+//! topic). A message that fails is answered 403 and changes nothing.
 //!
 //! `SubscriptionConfirmation`: the `SubscribeURL` is visited (confirming
 //! the subscription). `Notification`: its `Message` is the SES event; a
@@ -50,6 +52,8 @@ pub enum SnsError {
     BadSignature,
     #[error("unsupported SignatureVersion {0}")]
     SignatureVersion(String),
+    #[error("messages from topic {0} are not accepted (BACKORDER_SNS_TOPIC_ARNS)")]
+    Topic(String),
     #[error("could not confirm the subscription: {0}")]
     Confirm(String),
     #[error(transparent)]
@@ -60,7 +64,9 @@ impl SnsError {
     fn status(&self) -> StatusCode {
         match self {
             SnsError::Malformed(_) | SnsError::SignatureVersion(_) => StatusCode::BAD_REQUEST,
-            SnsError::CertUrl(_) | SnsError::Cert(_) | SnsError::BadSignature => StatusCode::FORBIDDEN,
+            SnsError::CertUrl(_) | SnsError::Cert(_) | SnsError::BadSignature | SnsError::Topic(_) => {
+                StatusCode::FORBIDDEN
+            }
             // Ours or the network's: SNS retries on 5xx.
             SnsError::CertFetch(_) | SnsError::Confirm(_) | SnsError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -73,6 +79,7 @@ impl SnsError {
             SnsError::CertFetch(_) => "cert_fetch",
             SnsError::Cert(_) => "cert",
             SnsError::BadSignature => "bad_signature",
+            SnsError::Topic(_) => "topic",
             SnsError::SignatureVersion(_) => "signature_version",
             SnsError::Confirm(_) => "confirm",
             SnsError::Db(_) => "db",
@@ -266,12 +273,14 @@ pub struct SnsState {
     pub pool: Pool,
     http: reqwest::Client,
     cert_url_prefix: Option<String>,
+    /// Accepted topics; `None`: any.
+    topics: Option<Vec<String>>,
     /// Signing certificates by URL (SNS uses few; they rotate rarely).
     certs: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl SnsState {
-    pub fn new(pool: Pool, cert_url_prefix: Option<String>) -> Self {
+    pub fn new(pool: Pool, cert_url_prefix: Option<String>, topics: Option<Vec<String>>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
@@ -281,6 +290,7 @@ impl SnsState {
             pool,
             http,
             cert_url_prefix,
+            topics,
             certs: Arc::default(),
         }
     }
@@ -312,6 +322,11 @@ impl SnsState {
     async fn handle(&self, body: &str) -> Result<&'static str, SnsError> {
         let message: SnsMessage =
             serde_json::from_str(body).map_err(|e| SnsError::Malformed(format!("not an SNS JSON message: {e}")))?;
+        if let Some(topics) = &self.topics
+            && !topics.contains(&message.topic_arn)
+        {
+            return Err(SnsError::Topic(message.topic_arn));
+        }
         let text = message.string_to_sign()?;
         let pem = self.certificate(&message.signing_cert_url).await?;
         // Any failure to verify, for whatever reason, drops the certificate
