@@ -13,6 +13,7 @@ use aws_sdk_sesv2::error::SdkError;
 use aws_sdk_sesv2::operation::send_email::SendEmailError;
 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message, MessageHeader, MessageTag};
 use backorder_core::config::Settings;
+use backorder_core::domain::mask_emails_in_text;
 
 use crate::render::Rendered;
 
@@ -165,7 +166,7 @@ impl SesClient {
 
 /// Sorts an SES error into retry, give up, or stop everything.
 fn classify(error: SdkError<SendEmailError, aws_sdk_sesv2::config::http::HttpResponse>) -> SendFailure {
-    let text = redact_addresses(&aws_sdk_sesv2::error::DisplayErrorContext(&error).to_string());
+    let text = mask_emails_in_text(&aws_sdk_sesv2::error::DisplayErrorContext(&error).to_string());
     match &error {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
@@ -214,43 +215,4 @@ fn is_throttling_code(code: Option<&str>) -> bool {
         code,
         Some("Throttling" | "ThrottlingException" | "TooManyRequestsException")
     )
-}
-
-/// Masks anything that looks like an email address in `text`: SES error
-/// messages may quote the recipient, and they end up in logs.
-pub fn redact_addresses(text: &str) -> String {
-    let is_boundary = |c: char| c.is_whitespace() || "\"'<>()[],;".contains(c);
-    let mut out = String::with_capacity(text.len());
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        if word.contains('@') {
-            out.push_str(&backorder_core::domain::mask_email(word));
-        } else {
-            out.push_str(word);
-        }
-        word.clear();
-    };
-    for c in text.chars() {
-        if is_boundary(c) {
-            flush(&mut word, &mut out);
-            out.push(c);
-        } else {
-            word.push(c);
-        }
-    }
-    flush(&mut word, &mut out);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_in_error_messages_are_masked() {
-        let text = redact_addresses("Illegal address: <ada.lovelace@example.com>, tried \"bob@x.org\"");
-        assert!(!text.contains("ada.lovelace@example.com"), "{text}");
-        assert!(!text.contains("bob@x.org"), "{text}");
-        assert!(text.starts_with("Illegal address: <a***@e***.com>"), "{text}");
-    }
 }

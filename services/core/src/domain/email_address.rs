@@ -51,6 +51,36 @@ pub fn mask_email(raw: &str) -> String {
     format!("{}***@{}***.{}", first(local), first(domain), tld)
 }
 
+/// Masks every address-like word in free text (`user@host.tld`), leaving
+/// the rest as it is: SES error messages quote recipients, and such texts
+/// end up in logs, the ledger and the CLI.
+pub fn mask_emails_in_text(text: &str) -> String {
+    let is_delimiter = |c: char| c.is_whitespace() || "<>()[]{}\"',;:=".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains('@') {
+            let address = word.trim_end_matches('.');
+            let dots = &word[address.len()..];
+            out.push_str(&mask_email(address));
+            out.push_str(dots);
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if is_delimiter(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 impl fmt::Debug for EmailAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "EmailAddress({})", self.masked())
@@ -72,6 +102,19 @@ mod tests {
         let a = EmailAddress::parse("email", "jane.doe@example.com").unwrap();
         assert_eq!(a.masked(), "j***@e***.com");
         assert!(!format!("{a:?}").contains("jane"));
+    }
+
+    #[test]
+    fn addresses_inside_text_are_masked() {
+        assert_eq!(
+            mask_emails_in_text("rejected <ada@example.com>, see bob@mail.example.org."),
+            "rejected <a***@e***.com>, see b***@m***.org."
+        );
+        assert_eq!(mask_emails_in_text("no address here"), "no address here");
+        assert_eq!(mask_emails_in_text("to:ada@example.com"), "to:a***@e***.com");
+        let ses = mask_emails_in_text("Illegal address: <ada.lovelace@example.com>, tried \"bob@x.org\"");
+        assert!(ses.starts_with("Illegal address: <a***@e***.com>"), "{ses}");
+        assert!(!ses.contains("bob@x.org"), "{ses}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod email_address;
 mod locale;
 
 pub use dedup_key::DedupKey;
-pub use email_address::{EmailAddress, mask_email};
+pub use email_address::{EmailAddress, mask_email, mask_emails_in_text};
 pub use locale::Locale;
 
 /// A value that failed validation: which field, and why, in words a person
