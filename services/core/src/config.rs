@@ -76,7 +76,8 @@ pub struct Settings {
     /// `BACKORDER_SES_MAX_SEND_RATE`: recipients per second used when SES
     /// does not answer `GetAccount` (the local emulator does not).
     pub ses_fallback_send_rate: f64,
-    /// `BACKORDER_SENDER_WORKERS`: concurrent SES calls per sender replica.
+    /// `BACKORDER_SENDER_WORKERS`: the least number of concurrent SES calls
+    /// per sender replica; more are used when the send rate needs them.
     pub sender_workers: usize,
     /// `BACKORDER_SENDER_LEASE_MS`: how long a claimed ledger row belongs to
     /// the replica that claimed it. Longer than the SES call timeout, so a
