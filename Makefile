@@ -42,9 +42,9 @@ demo: services
 test: up
 	$(CARGO) build --workspace --bins --tests
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --no-fail-fast; \
+		$(CARGO) nextest run --workspace --no-fail-fast --run-ignored all; \
 	else \
-		$(CARGO) test --workspace --no-fail-fast; \
+		$(CARGO) test --workspace --no-fail-fast -- --include-ignored; \
 	fi
 
 lint:
