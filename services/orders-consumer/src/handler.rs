@@ -94,13 +94,9 @@ impl Handler for OrdersHandler {
             }
         }
         tx.commit().await?;
-        let mut outputs = Vec::with_capacity(emails.len());
-        for email in &emails {
-            let record = OutboundRecord::encode(&self.codec, &self.email_requests_topic, email)
-                .await
-                .map_err(|e| HandlerError::Transient(e.to_string()))?;
-            outputs.push(record);
-        }
-        Ok(outputs)
+        let emails: Vec<&backorder_core::events::internal::EmailRequested> = emails.iter().collect();
+        OutboundRecord::encode_all(&self.codec, &self.email_requests_topic, &emails)
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))
     }
 }

@@ -22,8 +22,9 @@ use std::time::Instant;
 
 use backorder_core::codec::Codec;
 use backorder_core::deadpool_postgres::Pool;
+use backorder_core::email_decisions;
 use backorder_core::events::stock::StockArrival;
-use backorder_core::kafka::Producer;
+use backorder_core::kafka::{OutboundRecord, Producer};
 use backorder_core::lifecycle::Lifecycle;
 use backorder_core::tokio_postgres::Transaction;
 use chrono::{DateTime, Utc};
@@ -360,8 +361,10 @@ impl Allocator {
         template: &'static str,
         now: DateTime<Utc>,
     ) -> Result<usize, StockError> {
-        emails::record_decisions(&***client, decisions, now).await?;
-        let records = emails::encode_all(&self.codec, &self.email_topic, decisions).await?;
+        let decided: Vec<_> = decisions.iter().map(|(r, l)| (r, l.as_deref())).collect();
+        email_decisions::record_all(&***client, &decided, now).await?;
+        let requests: Vec<_> = decisions.iter().map(|(r, _)| r).collect();
+        let records = OutboundRecord::encode_all(&self.codec, &self.email_topic, &requests).await?;
         self.producer.send_all(&records).await?;
         metrics::counter!("backorder_stock_emails_requested_total", "template" => template)
             .increment(records.len() as u64);

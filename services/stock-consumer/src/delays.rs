@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use backorder_core::codec::Codec;
+use backorder_core::email_decisions;
 use backorder_core::events::internal::BackorderDelayed;
 use backorder_core::events::stock::SupplierEtaChanged;
 use backorder_core::kafka::{HandlerError, OutboundRecord, topics};
@@ -333,8 +334,10 @@ impl DelayTimers {
                 delays.push(delayed_event(sku, version, line, new, changed_at));
             }
         }
-        emails::record_decisions(tx, &decisions, now).await?;
-        let mut outputs = emails::encode_all(&self.codec, &self.email_topic, &decisions).await?;
+        let decided: Vec<_> = decisions.iter().map(|(r, l)| (r, l.as_deref())).collect();
+        email_decisions::record_all(tx, &decided, now).await?;
+        let requests: Vec<_> = decisions.iter().map(|(r, _)| r).collect();
+        let mut outputs = OutboundRecord::encode_all(&self.codec, &self.email_topic, &requests).await?;
         for event in &delays {
             outputs.push(OutboundRecord::encode(&self.codec, &self.delays_topic, event).await?);
         }

@@ -2,15 +2,10 @@
 //! notices (5) and back in stock for carts (9), with deterministic dedup
 //! keys, and the multi-row record of each decision in `email_decisions`.
 
-use backorder_core::codec::Codec;
 use backorder_core::domain::DedupKey;
 use backorder_core::events::internal::{EmailCategory, EmailRequested, Recipient};
-use backorder_core::kafka::OutboundRecord;
-use backorder_core::tokio_postgres::GenericClient;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
-
-use crate::error::StockError;
 
 pub const ARRIVAL_NOTICE: &str = "arrival_notice";
 pub const DELAY_NOTICE: &str = "delay_notice";
@@ -161,43 +156,4 @@ pub fn back_in_stock(
 /// `YYYY-MM-DD` for templates (their `date` filter formats it per language).
 pub fn iso(date: Option<NaiveDate>) -> Option<String> {
     date.map(|d| d.format("%Y-%m-%d").to_string())
-}
-
-/// Records many decisions in one statement, with the semantics of
-/// `backorder_core::email_decisions::record` (a replay keeps the first
-/// time): a restock can decide tens of thousands of emails at once.
-pub async fn record_decisions<C: GenericClient>(
-    client: &C,
-    decisions: &[(EmailRequested, Option<String>)],
-    decided_at: DateTime<Utc>,
-) -> Result<(), StockError> {
-    if decisions.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<&str> = decisions.iter().map(|(r, _)| r.dedup_key.as_str()).collect();
-    let orders: Vec<Option<&str>> = decisions.iter().map(|(r, _)| r.order_id.as_deref()).collect();
-    let lines: Vec<Option<&str>> = decisions.iter().map(|(_, l)| l.as_deref()).collect();
-    let templates: Vec<&str> = decisions.iter().map(|(r, _)| r.template.as_str()).collect();
-    client
-        .execute(
-            "INSERT INTO email_decisions (dedup_key, order_id, line_id, template, decided_at)
-             SELECT k, o, l, t, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(k, o, l, t)
-             ON CONFLICT (dedup_key) DO NOTHING",
-            &[&keys, &orders, &lines, &templates, &decided_at],
-        )
-        .await?;
-    Ok(())
-}
-
-/// Encodes the decided email requests for `topic`.
-pub async fn encode_all(
-    codec: &Codec,
-    topic: &str,
-    decisions: &[(EmailRequested, Option<String>)],
-) -> Result<Vec<OutboundRecord>, StockError> {
-    let mut out = Vec::with_capacity(decisions.len());
-    for (request, _) in decisions {
-        out.push(OutboundRecord::encode(codec, topic, request).await?);
-    }
-    Ok(out)
 }

@@ -36,6 +36,21 @@ impl OutboundRecord {
     }
 }
 
+impl OutboundRecord {
+    /// Encodes every record of `records` for `topic`, in order.
+    pub async fn encode_all<T: AvroRecord>(
+        codec: &Codec,
+        topic: &str,
+        records: &[&T],
+    ) -> Result<Vec<Self>, CodecError> {
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            out.push(Self::encode(codec, topic, *record).await?);
+        }
+        Ok(out)
+    }
+}
+
 /// Producer failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
