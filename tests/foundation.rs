@@ -164,7 +164,7 @@ async fn sigterm_mid_stream_exits_zero_quickly_and_loses_or_doubles_nothing() {
     let _sender = app.start_service("sender").await;
     const N: usize = 150;
     let recipients: Vec<String> = (0..N).map(|i| app.recipient(&format!("c{i}"))).collect();
-    let records: Vec<_> = futures_records(&app, &recipients).await;
+    let records: Vec<_> = encoded_orders(&app, &recipients).await;
     app.producer.send_all(&records).await.unwrap();
 
     // SIGTERM while the stream is being processed.
@@ -197,7 +197,7 @@ async fn sigterm_mid_stream_exits_zero_quickly_and_loses_or_doubles_nothing() {
     }
 }
 
-async fn futures_records(app: &TestApp, recipients: &[String]) -> Vec<backorder_core::kafka::OutboundRecord> {
+async fn encoded_orders(app: &TestApp, recipients: &[String]) -> Vec<backorder_core::kafka::OutboundRecord> {
     let mut out = Vec::new();
     for (i, r) in recipients.iter().enumerate() {
         let order = order_placed(&format!("o-{i}"), r, "en", &[("LAMP-01", Backordered)]);
