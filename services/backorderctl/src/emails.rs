@@ -13,7 +13,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
-use crate::{CtlError, connect, db_error, truncate};
+use crate::{CtlError, print_rows, query_rows, truncate};
 
 /// Characters of `last_error` the table shows (`--json` has all of it).
 const ERROR_WIDTH: usize = 60;
@@ -188,33 +188,12 @@ SELECT dedup_key, template, locale, recipient, state, attempts, subject,
 
 /// Runs `emails`.
 pub async fn run(args: EmailsArgs, settings: &Settings, out: &mut impl Write) -> Result<(), CtlError> {
-    let pool = connect(settings).await?;
-    let to_db = db_error(settings);
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| to_db(backorder_core::db::DbError::Connect(e)))?;
     let state = args.state.map(EmailState::as_str);
-    let rows = client
-        .query(QUERY, &[&args.order_id, &state, &i64::from(args.limit)])
-        .await
-        .map_err(|e| to_db(e.into()))?;
-    let rows = rows
-        .iter()
-        .map(EmailRow::from_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| to_db(e.into()))?;
-
-    if args.json {
-        serde_json::to_writer_pretty(&mut *out, &rows).map_err(std::io::Error::from)?;
-        writeln!(out)?;
+    let limit = i64::from(args.limit);
+    let rows = query_rows(settings, QUERY, &[&args.order_id, &state, &limit], EmailRow::from_row).await?;
+    if !print_rows(out, &rows, args.json, "no emails match", render_table)? {
         return Ok(());
     }
-    if rows.is_empty() {
-        writeln!(out, "no emails match")?;
-        return Ok(());
-    }
-    writeln!(out, "{}", render_table(&rows))?;
     let more = if rows.len() == args.limit as usize {
         " (the limit; --limit N shows more)"
     } else {

@@ -206,6 +206,47 @@ pub(crate) async fn connect(settings: &Settings) -> Result<Pool, CtlError> {
     }
 }
 
+/// Runs `sql` once against the configured database and maps every row
+/// with `from_row`; any failure is reported with where the database is.
+pub(crate) async fn query_rows<T>(
+    settings: &Settings,
+    sql: &str,
+    params: &[&(dyn backorder_core::tokio_postgres::types::ToSql + Sync)],
+    from_row: fn(&backorder_core::tokio_postgres::Row) -> Result<T, backorder_core::tokio_postgres::Error>,
+) -> Result<Vec<T>, CtlError> {
+    let pool = connect(settings).await?;
+    let to_db = db_error(settings);
+    let client = pool.get().await.map_err(|e| to_db(DbError::Connect(e)))?;
+    let rows = client.query(sql, params).await.map_err(|e| to_db(e.into()))?;
+    rows.iter()
+        .map(from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| to_db(e.into()))
+}
+
+/// Prints `rows` as pretty JSON (`json`), else as the table `render` draws,
+/// else `empty` when there are none. Returns whether a table was printed,
+/// so the caller can add its legend.
+pub(crate) fn print_rows<T: serde::Serialize>(
+    out: &mut impl Write,
+    rows: &[T],
+    json: bool,
+    empty: &str,
+    render: impl FnOnce(&[T]) -> String,
+) -> Result<bool, CtlError> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, rows).map_err(io::Error::from)?;
+        writeln!(out)?;
+        return Ok(false);
+    }
+    if rows.is_empty() {
+        writeln!(out, "{empty}")?;
+        return Ok(false);
+    }
+    writeln!(out, "{}", render(rows))?;
+    Ok(true)
+}
+
 /// Wraps a database failure with where the database is.
 pub(crate) fn db_error(settings: &Settings) -> impl Fn(DbError) -> CtlError + '_ {
     move |source| CtlError::Db {

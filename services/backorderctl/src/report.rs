@@ -15,7 +15,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
 
-use crate::{CtlError, connect, db_error};
+use crate::{CtlError, print_rows, query_rows};
 
 /// `report` subcommands.
 #[derive(Debug, Subcommand)]
@@ -180,28 +180,10 @@ pub fn render_table(cohorts: &[Cohort]) -> String {
 /// Runs `report`.
 pub async fn run(command: ReportCommand, settings: &Settings, out: &mut impl Write) -> Result<(), CtlError> {
     let ReportCommand::Cohorts(args) = command;
-    let pool = connect(settings).await?;
-    let to_db = db_error(settings);
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| to_db(backorder_core::db::DbError::Connect(e)))?;
-    let rows = client.query(QUERY, &[]).await.map_err(|e| to_db(e.into()))?;
-    let cohorts = rows
-        .iter()
-        .map(Cohort::from_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| to_db(e.into()))?;
-    if args.json {
-        serde_json::to_writer_pretty(&mut *out, &cohorts).map_err(std::io::Error::from)?;
-        writeln!(out)?;
+    let cohorts = query_rows(settings, QUERY, &[], Cohort::from_row).await?;
+    if !print_rows(out, &cohorts, args.json, "no orders yet", render_table)? {
         return Ok(());
     }
-    if cohorts.is_empty() {
-        writeln!(out, "no orders yet")?;
-        return Ok(());
-    }
-    writeln!(out, "{}", render_table(&cohorts))?;
     writeln!(
         out,
         "backorder-buyers: customers tagged backorder-buyer; lifetime value = revenue per customer"
