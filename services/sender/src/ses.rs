@@ -32,6 +32,17 @@ pub enum SendFailure {
     Paused(String),
 }
 
+/// A request the SDK refuses to build (a required field missing) would
+/// never be accepted: a permanent failure, not a retry.
+impl From<aws_sdk_sesv2::error::BuildError> for SendFailure {
+    fn from(error: aws_sdk_sesv2::error::BuildError) -> Self {
+        SendFailure::Permanent {
+            kind: "build",
+            reason: error.to_string(),
+        }
+    }
+}
+
 /// SES's sending limits, from `GetAccount`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SendQuota {
@@ -101,16 +112,7 @@ impl SesClient {
 
     /// Sends one email; returns SES's message id.
     pub async fn send(&self, email: &Outgoing<'_>) -> Result<String, SendFailure> {
-        let utf8 = |text: &str| {
-            Content::builder()
-                .data(text)
-                .charset("UTF-8")
-                .build()
-                .map_err(|e| SendFailure::Permanent {
-                    kind: "build",
-                    reason: e.to_string(),
-                })
-        };
+        let utf8 = |text: &str| Content::builder().data(text).charset("UTF-8").build();
         let mut message = Message::builder().subject(utf8(&email.rendered.subject)?).body(
             Body::builder()
                 .html(utf8(&email.rendered.html)?)
@@ -122,15 +124,7 @@ impl SesClient {
                 ("List-Unsubscribe", format!("<{url}>")),
                 ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_string()),
             ] {
-                let header =
-                    MessageHeader::builder()
-                        .name(name)
-                        .value(value)
-                        .build()
-                        .map_err(|e| SendFailure::Permanent {
-                            kind: "build",
-                            reason: e.to_string(),
-                        })?;
+                let header = MessageHeader::builder().name(name).value(value).build()?;
                 message = message.headers(header);
             }
         }
@@ -147,14 +141,7 @@ impl SesClient {
             .content(EmailContent::builder().simple(message.build()).build())
             .set_configuration_set_name(self.configuration_set.clone());
         for (name, value) in tags {
-            let tag = MessageTag::builder()
-                .name(name)
-                .value(value)
-                .build()
-                .map_err(|e| SendFailure::Permanent {
-                    kind: "build",
-                    reason: e.to_string(),
-                })?;
+            let tag = MessageTag::builder().name(name).value(value).build()?;
             request = request.email_tags(tag);
         }
         match request.send().await {
