@@ -49,7 +49,7 @@ pub enum HandlerError {
 
 /// The business logic of one consumer.
 pub trait Handler: Send + Sync + 'static {
-    type Event: TopicEvent + Clone;
+    type Event: TopicEvent;
 
     /// Applies a batch of valid events from one partition, in offset order,
     /// durably (typically one transaction), and returns the records to
@@ -230,11 +230,17 @@ impl<H: Handler> Runtime<H> {
     }
 
     async fn process_partition_batch(&self, messages: &[OwnedMessage]) -> BatchOutcome {
-        let mut valid = Vec::with_capacity(messages.len());
+        // Valid events, and beside them the message each came from (for a
+        // dead letter should the handler reject it).
+        let mut events: Vec<Incoming<H::Event>> = Vec::with_capacity(messages.len());
+        let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(messages.len());
         let mut dead_letters = Vec::new();
         for message in messages {
             match self.decode(message).await {
-                Ok(Some(incoming)) => valid.push((incoming, message)),
+                Ok(Some(incoming)) => {
+                    events.push(incoming);
+                    sources.push(message);
+                }
                 Ok(None) => {}
                 Err((kind, reason)) => {
                     tracing::warn!(offset = message.offset(), kind = kind.as_str(), %reason, "dead-lettering message");
@@ -242,14 +248,13 @@ impl<H: Handler> Runtime<H> {
                 }
             }
         }
-        let events: Vec<Incoming<H::Event>> = valid.iter().map(|(i, _)| i.clone()).collect();
         let mut outputs = match self.apply_with_retry(&events).await {
             Some(Ok(outputs)) => outputs,
             Some(Err(reason)) => {
                 // A permanent failure of the whole batch: find the message at
                 // fault by applying them one at a time.
                 let mut outputs = Vec::new();
-                for (incoming, message) in &valid {
+                for (incoming, message) in events.iter().zip(&sources) {
                     match self.apply_with_retry(std::slice::from_ref(incoming)).await {
                         Some(Ok(more)) => outputs.extend(more),
                         Some(Err(reason)) => {
@@ -412,7 +417,7 @@ impl<E> Default for AcknowledgeOnly<E> {
     }
 }
 
-impl<E: TopicEvent + Clone> Handler for AcknowledgeOnly<E> {
+impl<E: TopicEvent> Handler for AcknowledgeOnly<E> {
     type Event = E;
 
     async fn handle(&self, batch: &[Incoming<E>]) -> Result<Vec<OutboundRecord>, HandlerError> {
