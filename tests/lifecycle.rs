@@ -788,6 +788,8 @@ async fn eta_changed(app: &TestApp, sku: &str, from_days: i64, to_days: i64) -> 
         eta_to: Some(day(app, to_days).await),
         reason: "The factory is behind on orders".to_string(),
         remedy: "We booked the next container".to_string(),
+        reason_code: None,
+        reason_locale: None,
     }
 }
 
@@ -797,13 +799,11 @@ async fn eta_changed(app: &TestApp, sku: &str, from_days: i64, to_days: i64) -> 
 async fn a_delay_notice_from_the_stock_consumer_on_day_23_suppresses_the_day_24_nurture() {
     let app = TestApp::spawn().await;
     let _orders = app.start_service_with("orders-consumer", FAST_TIMERS).await;
+    let policy = app.write_policy("stock", "[delays]\ndebounce_seconds = 0.3\n");
     let _stock = app
         .start_service_with(
             "stock-consumer",
-            &[
-                ("BACKORDER_TIMER_POLL_MS", "100"),
-                ("BACKORDER_DELAY_DEBOUNCE_MS", "300"),
-            ],
+            &[("BACKORDER_TIMER_POLL_MS", "100"), ("BACKORDER_POLICY_FILE", &policy)],
         )
         .await;
     let _sender = app.start_service("sender").await;
@@ -855,13 +855,11 @@ async fn a_delay_notice_from_the_stock_consumer_on_day_23_suppresses_the_day_24_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nurture_interval_is_configurable_within_10_to_14_days() {
     let app = TestApp::spawn().await;
+    let policy = app.write_policy("nurture", "[nurture]\ninterval_days = 10\n");
     let _orders = app
         .start_service_with(
             "orders-consumer",
-            &[
-                ("BACKORDER_TIMER_POLL_MS", "100"),
-                ("BACKORDER_NURTURE_INTERVAL_DAYS", "10"),
-            ],
+            &[("BACKORDER_TIMER_POLL_MS", "100"), ("BACKORDER_POLICY_FILE", &policy)],
         )
         .await;
     let _sender = app.start_service("sender").await;
@@ -895,7 +893,8 @@ async fn the_nurture_interval_is_configurable_within_10_to_14_days() {
 
     // Out of range: the service refuses to start, naming the setting.
     let mut env = app.service_env("orders-consumer");
-    env.insert("BACKORDER_NURTURE_INTERVAL_DAYS".into(), "20".into());
+    let bad = app.write_policy("bad-nurture", "[nurture]\ninterval_days = 20\n");
+    env.insert("BACKORDER_POLICY_FILE".into(), bad);
     let binary = backorder_tests::process::binary("orders-consumer");
     let run = tokio::task::spawn_blocking(move || {
         std::process::Command::new(binary)
@@ -911,5 +910,6 @@ async fn the_nurture_interval_is_configurable_within_10_to_14_days() {
         .unwrap();
     assert!(!output.status.success());
     let log = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("BACKORDER_NURTURE_INTERVAL_DAYS=\"20\""), "{log}");
+    assert!(log.contains("nurture.interval_days = 20"), "{log}");
+    assert!(log.contains("10 to 14"), "{log}");
 }

@@ -16,16 +16,18 @@ use backorder_tests::stock::{
 use backorder_tests::{TestApp, order_placed, wait_until};
 use chrono::Utc;
 
-/// Fast timers and a short debounce window for the stock-consumer.
-fn stock_env(debounce_ms: &str) -> [(&'static str, String); 2] {
+/// Fast timers and a short debounce window (policy file) for the stock-consumer.
+fn stock_env(app: &TestApp, debounce_ms: &str) -> [(&'static str, String); 2] {
+    let seconds = debounce_ms.parse::<f64>().expect("milliseconds") / 1000.0;
+    let policy = app.write_policy("stock", &format!("[delays]\ndebounce_seconds = {seconds}\n"));
     [
         ("BACKORDER_TIMER_POLL_MS", "100".to_string()),
-        ("BACKORDER_DELAY_DEBOUNCE_MS", debounce_ms.to_string()),
+        ("BACKORDER_POLICY_FILE", policy),
     ]
 }
 
 async fn start_stock(app: &TestApp, debounce_ms: &str) -> backorder_tests::process::ServiceProcess {
-    let env = stock_env(debounce_ms);
+    let env = stock_env(app, debounce_ms);
     let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     app.start_service_with("stock-consumer", &extra).await
 }
@@ -381,7 +383,7 @@ async fn surplus_becomes_available_stock_and_reaches_carts_not_backorder_custome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_slip_gets_a_notice_while_a_big_slip_or_an_unknown_eta_also_raise_a_delay_event() {
+async fn a_small_slip_gets_a_notice_while_a_big_slip_or_an_unknown_eta_go_to_segmentation_instead() {
     let app = TestApp::spawn().await;
     let _orders = app.start_service("orders-consumer").await;
     let _stock = start_stock(&app, "300").await;
@@ -422,9 +424,9 @@ async fn a_small_slip_gets_a_notice_while_a_big_slip_or_an_unknown_eta_also_rais
     )
     .await;
 
-    wait_until("three delay notices at SES", PATIENCE, || async {
+    wait_until("one delay notice at SES", PATIENCE, || async {
         let sent = ledger(&app, "delay_notice").await;
-        (sent.iter().filter(|r| r.3 == "sent").count() == 3).then_some(())
+        (sent.iter().filter(|r| r.3 == "sent").count() == 1).then_some(())
     })
     .await;
     // Notices and events leave in the same acknowledged round, so once the
@@ -436,8 +438,10 @@ async fn a_small_slip_gets_a_notice_while_a_big_slip_or_an_unknown_eta_also_rais
     for d in &delays {
         assert_eq!(d.order_id, format!("o-{}", d.sku));
         assert_eq!(d.customer_id, format!("cust-o-{}", d.sku));
-        assert_eq!(d.line_id, "l1");
-        assert_eq!(d.old_promise_to, Some(day(14)));
+        assert_eq!(d.lines.len(), 1, "the order's one slipped line");
+        assert_eq!(d.lines[0].line_id, "l1");
+        assert_eq!(d.lines[0].old_promise_to, Some(day(14)));
+        assert_eq!(d.reason, reason);
         assert_eq!(d.delayed_value_minor, 5000, "2 x 25.00");
         assert_eq!(d.currency, "EUR");
         assert_eq!(d.eta_version, 2);
@@ -455,8 +459,8 @@ async fn a_small_slip_gets_a_notice_while_a_big_slip_or_an_unknown_eta_also_rais
     let orders: Vec<&str> = notices.iter().filter_map(|r| r.0.as_deref()).collect();
     assert_eq!(
         orders,
-        ["o-SLIP20", "o-SLIP3", "o-UNKNOWN"],
-        "no notice for an earlier ETA"
+        ["o-SLIP3"],
+        "no notice for an earlier ETA, and none beside segmentation's one email for a significant slip"
     );
     assert!(notices.iter().any(|r| r.2 == "delay-notice_o-SLIP3_SLIP3_2"));
 
@@ -482,19 +486,13 @@ async fn a_small_slip_gets_a_notice_while_a_big_slip_or_an_unknown_eta_also_rais
         assert!(small.contains(needle), "small slip notice lacks {needle:?}: {small}");
     }
     assert!(small.contains("Cancel this item"), "what the customer can do now");
-    assert!(!small.contains("separate email"), "no campaign for a small slip");
-    let big = body(1).await;
-    assert!(
-        big.contains(&en_date(day(34))) && big.contains("separate email"),
-        "{big}"
-    );
-    let not_known = body(2).await;
-    assert!(not_known.contains("we don't know yet"), "{not_known}");
-    assert_eq!(
-        app.emails_to(&people[3]).await.len(),
-        1,
-        "the earlier ETA sends nothing (only the confirmation)"
-    );
+    for (i, why) in [
+        (1, "a significant slip is segmentation's one email"),
+        (2, "an unknown ETA is segmentation's one email"),
+        (3, "the earlier ETA sends nothing"),
+    ] {
+        assert_eq!(app.emails_to(&people[i]).await.len(), 1, "only the confirmation: {why}");
+    }
 
     // The promise is now what each customer was told (or quietly improved).
     let client = app.pool.get().await.unwrap();

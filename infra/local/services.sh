@@ -28,6 +28,8 @@ start() {
     [[ -f $STACK_DIR/env ]] || die "the local stack is not up: run 'make up' first"
     mkdir -p "$SVC_DIR"
     : >"$SVC_DIR/ports"
+    # Links in emails open the offers service's pages (no ingress locally).
+    local OFFERS_PORT=$((BASE_PORT + 3))
     local i=0
     for name in "${SERVICES[@]}"; do
         local port=$((BASE_PORT + i)) pidfile=$SVC_DIR/$name.pid
@@ -43,7 +45,8 @@ start() {
             BACKORDER_HTTP_ADDR=127.0.0.1:$port \
             BACKORDER_RUN_MIGRATIONS=true \
             BACKORDER_LOG_FORMAT=${BACKORDER_LOG_FORMAT:-pretty} \
-            BACKORDER_DELAY_DEBOUNCE_MS=${BACKORDER_DELAY_DEBOUNCE_MS:-2000} \
+            BACKORDER_POLICY_FILE=${BACKORDER_POLICY_FILE:-$SCRIPT_DIR/policy.toml} \
+            BACKORDER_OFFERS_BASE_URL=${BACKORDER_OFFERS_BASE_URL:-http://127.0.0.1:$OFFERS_PORT} \
             BACKORDER_STACK_ENV=$STACK_DIR/env \
                 setsid "$BIN_DIR/$name" >>"$SVC_DIR/$name.log" 2>&1 </dev/null &
             echo $! >"$pidfile"

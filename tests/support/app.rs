@@ -132,6 +132,15 @@ impl TestApp {
         process
     }
 
+    /// Writes a policy file (`BACKORDER_POLICY_FILE`) for this test's
+    /// services and returns its path.
+    pub fn write_policy(&self, name: &str, toml: &str) -> String {
+        std::fs::create_dir_all(&self.log_dir).expect("log dir");
+        let path = self.log_dir.join(format!("{name}.policy.toml"));
+        std::fs::write(&path, toml).expect("write policy file");
+        path.to_string_lossy().into_owned()
+    }
+
     /// A unique address for `who` in this test.
     pub fn recipient(&self, who: &str) -> String {
         format!("{who}+{}@example.com", self.id)

@@ -45,6 +45,8 @@ pub fn eta(sku: &str, window: Option<(NaiveDate, NaiveDate)>, reason: &str) -> S
         eta_to: window.map(|w| w.1),
         reason: reason.to_string(),
         remedy: "We have booked the first container space after the port reopens".to_string(),
+        reason_code: None,
+        reason_locale: None,
     }
 }
 

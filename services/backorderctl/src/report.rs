@@ -110,12 +110,9 @@ SELECT buyer, currency, count(*)::bigint, sum(orders)::bigint, sum(revenue)::big
  GROUP BY buyer, currency
  ORDER BY currency, buyer DESC";
 
-/// Digits after the decimal point of a currency (ISO 4217 minor unit).
+/// Digits after the decimal point: the project's one ISO 4217 table.
 fn exponent(currency: &str) -> u32 {
-    match currency {
-        "JPY" | "KRW" | "VND" | "CLP" | "ISK" | "IDR" => 0,
-        _ => 2,
-    }
+    backorder_core::domain::currency::minor_unit_digits(currency)
 }
 
 /// `1,234.50 EUR`: minor units as a plain, locale-neutral amount.

@@ -42,11 +42,13 @@ const SCHEMA_FILES: &[SchemaFile] = schema_files! {
     "orders.v1/CartAbandoned.avsc" => true,
     "stock.v1/ProductUpserted.avsc" => true,
     "stock.v1/SupplierEtaChanged.avsc" => true,
+    "stock.v1/history/SupplierEtaChanged.1.avsc" => false,
     "stock.v1/StockArrival.avsc" => true,
     "shipments.v1/ShipmentDispatched.avsc" => true,
     "shipments.v1/ShipmentDelivered.avsc" => true,
     "offer-responses.v1/OfferResponse.avsc" => true,
     "backorder-delays.v1/BackorderDelayed.avsc" => true,
+    "backorder-delays.v1/history/BackorderDelayed.1.avsc" => false,
     "email-requests.v1/EmailRequested.avsc" => true,
     "backorder-decisions.v1/BackorderDecision.avsc" => true,
 };
@@ -406,6 +408,8 @@ mod tests {
                 eta_to: to,
                 reason: "port strike".into(),
                 remedy: "rerouted".into(),
+                reason_code: Some(crate::events::stock::DelayReasonCode::CustomsHold),
+                reason_locale: Some("en".into()),
             };
             let bytes = codec.encode("stock.v1", &eta).await.unwrap();
             let back: StockEvent = codec.decode(&bytes).await.unwrap();

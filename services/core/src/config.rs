@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    #[error("{name}: {reason}")]
+    Setting { name: &'static str, reason: String },
     #[error("could not read the local stack file {path}: {source}")]
     StackFile {
         path: PathBuf,
@@ -107,6 +109,14 @@ pub struct Settings {
     /// `BACKORDER_PUBLIC_BASE_URL`: where customers reach the sender's
     /// unsubscribe endpoint; defaults to `http://<BACKORDER_HTTP_ADDR>`.
     pub public_base_url: Option<String>,
+    /// `BACKORDER_OFFERS_BASE_URL`: where customers reach the offer and
+    /// cancel pages of the offers service. Defaults to
+    /// `BACKORDER_PUBLIC_BASE_URL` (one ingress in front of both); the local
+    /// stack, which has no ingress, points it at the offers service.
+    pub offers_base_url: Option<String>,
+    /// `BACKORDER_LINK_SECRET`: HMAC key of the one-click offer and cancel
+    /// links. Required unless the controlled clock is on (local stack, tests).
+    pub link_secret: Option<String>,
     /// `BACKORDER_SNS_CERT_URL_PREFIX`: when set, SNS signing certificates
     /// are fetched only from URLs starting with it (tests serve one
     /// locally); unset (production) they must be
@@ -123,16 +133,15 @@ pub struct Settings {
     pub sender_pause_probe_ms: u64,
     /// `BACKORDER_TIMER_POLL_MS`: how often a service looks for due timers.
     pub timer_poll_ms: u64,
-    /// `BACKORDER_DELAY_DEBOUNCE_MS`: how long stock-consumer waits after a
-    /// supplier ETA change of a SKU for further changes before it sends the
-    /// delay notices, so several changes in a row make one notice per order
-    /// (measured on the injectable clock).
-    pub delay_debounce_ms: u64,
 }
 
 /// The unsubscribe-link key used when `BACKORDER_UNSUBSCRIBE_SECRET` is not
 /// set: fine locally, logged as a warning by the sender.
 pub const DEFAULT_UNSUBSCRIBE_SECRET: &str = "local-only-unsubscribe-secret";
+
+/// The link key of the local stack and tests (controlled clock on); never
+/// used otherwise.
+pub const LOCAL_LINK_SECRET: &str = "local-only-link-secret";
 
 /// Log output shape.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -173,11 +182,12 @@ impl Default for Settings {
             ses_account_refresh_secs: 300,
             unsubscribe_secret: DEFAULT_UNSUBSCRIBE_SECRET.into(),
             public_base_url: None,
+            offers_base_url: None,
+            link_secret: None,
             sns_cert_url_prefix: None,
             sns_topic_arns: None,
             sender_pause_probe_ms: 60_000,
             timer_poll_ms: 500,
-            delay_debounce_ms: 300_000,
         }
     }
 }
@@ -204,10 +214,58 @@ impl Settings {
         figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
     }
 
+    /// The signer of one-click links, from `BACKORDER_LINK_SECRET` and
+    /// `BACKORDER_OFFERS_BASE_URL` (or `BACKORDER_PUBLIC_BASE_URL`). Without
+    /// a secret only the local stack (controlled clock) gets a built-in key;
+    /// outside loopback the base URL must be https.
+    pub fn link_signer(&self) -> Result<crate::links::LinkSigner, ConfigError> {
+        let secret = match (&self.link_secret, self.clock_controlled) {
+            (Some(secret), _) if !secret.is_empty() => secret.as_str(),
+            (_, true) => LOCAL_LINK_SECRET,
+            _ => {
+                return Err(ConfigError::Setting {
+                    name: "BACKORDER_LINK_SECRET",
+                    reason: "must be set (the signing key of offer and cancel links)".into(),
+                });
+            }
+        };
+        let base = self
+            .offers_base_url
+            .clone()
+            .or_else(|| self.public_base_url.clone())
+            .unwrap_or_else(|| format!("http://{}", self.http_addr));
+        check_public_url("BACKORDER_OFFERS_BASE_URL", &base)?;
+        crate::links::LinkSigner::new(secret, &base).map_err(|e| ConfigError::Setting {
+            name: "BACKORDER_LINK_SECRET",
+            reason: e.to_string(),
+        })
+    }
+
     /// The consumer group for `service`, unless overridden.
     pub fn group_id_for(&self, service: &str) -> String {
         self.group_id.clone().unwrap_or_else(|| service.to_string())
     }
+}
+
+/// A public link base must be https, except on loopback (local stack, tests).
+fn check_public_url(name: &'static str, raw: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(raw).map_err(|e| ConfigError::Setting {
+        name,
+        reason: format!("{raw:?} is not a URL: {e}"),
+    })?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
+        return Ok(());
+    }
+    Err(ConfigError::Setting {
+        name,
+        reason: format!("{raw:?} must be an https URL (http only on loopback)"),
+    })
 }
 
 /// Maps an environment variable name to the settings field it sets, if any.

@@ -7,11 +7,14 @@
 //!   durable timers.
 //! - [`config`], [`telemetry`], [`lifecycle`], [`http`], [`service`]: what
 //!   every binary needs to start, be observed and stop cleanly.
-//! - [`domain`]: newtypes that validate at the boundary.
+//! - [`domain`]: newtypes that validate at the boundary, currencies, geography.
+//! - [`policy`]: the business policy file; [`links`]: signed one-click links;
+//!   [`campaigns`]: ending campaigns when their lines close.
 //!
 //! Business decisions live in the service crates: `orders-consumer`
 //! decides lifecycle emails, `sender` renders and delivers them.
 
+pub mod campaigns;
 pub mod clock;
 pub mod codec;
 pub mod config;
@@ -22,6 +25,8 @@ pub mod events;
 pub mod http;
 pub mod kafka;
 pub mod lifecycle;
+pub mod links;
+pub mod policy;
 pub mod service;
 pub mod telemetry;
 pub mod timers;

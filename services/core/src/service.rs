@@ -31,6 +31,8 @@ pub enum ServiceError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
     Telemetry(#[from] TelemetryError),
     #[error(transparent)]
     Db(#[from] DbError),
@@ -85,6 +87,8 @@ where
 pub struct Service {
     pub name: &'static str,
     pub settings: Settings,
+    /// The business policy (`BACKORDER_POLICY_FILE`), validated at start.
+    pub policy: Arc<crate::policy::Policy>,
     pub lifecycle: Lifecycle,
     pub pool: Pool,
     pub codec: Codec,
@@ -102,6 +106,9 @@ impl Service {
     pub async fn init(name: &'static str) -> Result<Self, ServiceError> {
         let settings = Settings::load()?;
         telemetry::init_tracing(settings.log_format);
+        // Before anything connects: a bad policy file stops the start with
+        // a message naming the key.
+        let policy = Arc::new(crate::policy::Policy::load()?);
         let metrics = telemetry::init_metrics()?;
         let lifecycle = Lifecycle::new();
         lifecycle.listen_for_signals().map_err(ServiceError::Signals)?;
@@ -117,6 +124,7 @@ impl Service {
         Ok(Self {
             name,
             settings,
+            policy,
             lifecycle,
             pool,
             codec,

@@ -1,5 +1,6 @@
 //! Applies a batch of `orders.v1` events in one transaction.
 
+use backorder_core::campaigns::{self, EndReason};
 use backorder_core::clock::Clock;
 use backorder_core::codec::Codec;
 use backorder_core::deadpool_postgres::Pool;
@@ -51,6 +52,8 @@ impl Handler for OrdersHandler {
                     let tag = has_backorder.then_some(store::CUSTOMER_TAG_BACKORDER_BUYER);
                     store::upsert_customer(&tx, &order.customer, order.occurred_at, tag).await?;
                     let new = store::insert_order(&tx, order, has_backorder).await?;
+                    let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
+                    store::record_co_purchases(&tx, &order.customer.customer_id, &order.order_id, &skus).await?;
                     let promises = store::promise_backordered_lines(&tx, &order.order_id).await?;
                     tracing::info!(order_id = %order.order_id, new, has_backorder, "order recorded");
                     // Requested again on replay: the sender's ledger keeps
@@ -73,6 +76,10 @@ impl Handler for OrdersHandler {
                 }
                 OrderEvent::Cancelled(cancel) => {
                     let changed = store::cancel_lines(&tx, cancel).await?;
+                    // A cancelled line's campaign ends at once (the whole
+                    // order's when no line is named).
+                    let lines = (!cancel.line_ids.is_empty()).then_some(cancel.line_ids.as_slice());
+                    campaigns::end_for_lines(&*tx, &cancel.order_id, lines, EndReason::Cancelled, now).await?;
                     // Every pending email about the cancelled lines stops:
                     // the nurture cadence when no open backordered line is
                     // left, the follow-up of every shipment whose lines are

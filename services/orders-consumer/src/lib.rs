@@ -22,13 +22,11 @@ use backorder_core::service::{Service, ServiceError};
 pub enum StartError {
     #[error(transparent)]
     Service(#[from] ServiceError),
-    #[error(transparent)]
-    Nurture(#[from] nurture::NurtureError),
 }
 
 /// Starts the HTTP endpoints, the consumer loop and the nurture timers.
 pub async fn start(service: &Service) -> Result<(), StartError> {
-    let policy = nurture::NurturePolicy::from_env()?;
+    let policy = nurture::NurturePolicy::from_policy(&service.policy.nurture);
     service.serve_http(axum::Router::new()).await?;
     service.consume(topics::ORDERS, handler::OrdersHandler::new(service, policy));
     service.run_timers(nurture::NurtureTimers::new(service, policy));

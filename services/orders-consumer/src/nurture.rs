@@ -17,6 +17,7 @@
 //! Lines with an unknown ETA are not enrolled by it, but an enrolled line
 //! whose ETA becomes unknown keeps getting updates.
 
+use backorder_core::campaigns;
 use backorder_core::codec::Codec;
 use backorder_core::domain::DedupKey;
 use backorder_core::email_decisions;
@@ -31,17 +32,6 @@ use serde::{Deserialize, Serialize};
 use crate::keys;
 
 pub const TEMPLATE: &str = "nurture_update";
-
-/// The default cadence and the range DESIGN.md allows.
-const DEFAULT_INTERVAL_DAYS: i64 = 12;
-const INTERVAL_RANGE_DAYS: std::ops::RangeInclusive<i64> = 10..=14;
-
-/// Why the nurture settings are unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum NurtureError {
-    #[error("BACKORDER_NURTURE_INTERVAL_DAYS={0:?} is not a whole number of days between 10 and 14")]
-    BadInterval(String),
-}
 
 /// The nurture rules of the default campaign policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,23 +48,19 @@ pub struct NurturePolicy {
 
 impl Default for NurturePolicy {
     fn default() -> Self {
-        Self {
-            interval: Duration::days(DEFAULT_INTERVAL_DAYS),
-            enrol_beyond_days: 21,
-            stop_within_days: 7,
-            quiet: Duration::days(3),
-        }
+        Self::from_policy(&backorder_core::policy::NurturePolicy::default())
     }
 }
 
 impl NurturePolicy {
-    /// The default policy, with `BACKORDER_NURTURE_INTERVAL_DAYS` (10-14) if set.
-    pub fn from_env() -> Result<Self, NurtureError> {
-        let mut policy = Self::default();
-        if let Ok(raw) = std::env::var("BACKORDER_NURTURE_INTERVAL_DAYS") {
-            policy.interval = Duration::days(parse_interval(&raw)?);
+    /// The `[nurture]` section of the policy file (validated at start).
+    pub fn from_policy(policy: &backorder_core::policy::NurturePolicy) -> Self {
+        Self {
+            interval: Duration::days(policy.interval_days),
+            enrol_beyond_days: policy.enrol_beyond_days,
+            stop_within_days: policy.stop_within_days,
+            quiet: Duration::days(policy.quiet_days),
         }
-        Ok(policy)
     }
 
     /// Days from `today` to `eta_from`.
@@ -97,14 +83,6 @@ impl NurturePolicy {
     pub fn first_timer(&self, order_id: &str, now: DateTime<Utc>, enrolled: Vec<String>) -> Timer {
         step_timer(order_id, 1, now + self.interval, enrolled)
     }
-}
-
-fn parse_interval(raw: &str) -> Result<i64, NurtureError> {
-    raw.trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|d| INTERVAL_RANGE_DAYS.contains(d))
-        .ok_or_else(|| NurtureError::BadInterval(raw.to_string()))
 }
 
 /// What a nurture timer carries.
@@ -241,13 +219,16 @@ impl TimerHandler for NurtureTimers {
         let order_id = payload.order_id.as_str();
         let rows = tx
             .query(
-                "SELECT l.line_id, l.product_name, l.category, l.quantity, e.eta_from, e.eta_to
+                &format!(
+                    "SELECT l.line_id, l.product_name, l.category, l.quantity, e.eta_from, e.eta_to, {} AS in_campaign
                    FROM order_lines l
                    JOIN orders o ON o.order_id = l.order_id AND o.cancelled_at IS NULL
                    LEFT JOIN sku_eta e ON e.sku = l.sku
                   WHERE l.order_id = $1 AND l.availability = 'BACKORDERED' AND l.status = 'open'
                     AND l.cancel_requested_at IS NULL
                   ORDER BY l.line_id",
+                    campaigns::LINE_IN_ACTIVE_CAMPAIGN_SQL
+                ),
                 &[&order_id],
             )
             .await
@@ -267,7 +248,11 @@ impl TimerHandler for NurtureTimers {
             if !enrolled.contains(&line_id) && self.policy.enrols(today, eta_from) {
                 enrolled.push(line_id.clone());
             }
-            if enrolled.contains(&line_id) && !self.policy.arriving(today, eta_from) {
+            // A line in an open or decided campaign hears from the campaign
+            // (or has decided): no nurture email beside it, but the cadence
+            // goes on for when an unanswered campaign ends.
+            let in_campaign: bool = row.try_get(6).map_err(db)?;
+            if enrolled.contains(&line_id) && !self.policy.arriving(today, eta_from) && !in_campaign {
                 let category: Option<String> = row.get(2);
                 due.push(NurtureLine {
                     line_id,
@@ -370,14 +355,6 @@ mod tests {
         assert!(!p.arriving(day(0), None));
     }
 
-    #[test]
-    fn interval_is_limited_to_10_to_14_days() {
-        assert_eq!(parse_interval("10").ok(), Some(10));
-        assert_eq!(parse_interval(" 14 ").ok(), Some(14));
-        assert!(parse_interval("9").is_err());
-        assert!(parse_interval("15").is_err());
-        assert!(parse_interval("twelve").is_err());
-    }
 
     #[test]
     fn product_kinds_come_from_the_category() {

@@ -210,3 +210,38 @@ pub async fn upsert_cart_with_customer(tx: &Transaction<'_>, cart: &CartAbandone
     .await?;
     Ok(())
 }
+
+/// Counts, for ranking alternatives, that this customer bought each SKU of
+/// the order together with everything they bought before: only SKUs new to
+/// the customer add pairs (both directions), so a replayed order or a
+/// repeat purchase counts nothing twice. One statement, whatever the size.
+pub async fn record_co_purchases(
+    tx: &Transaction<'_>,
+    customer_id: &str,
+    order_id: &str,
+    skus: &[&str],
+) -> Result<(), Error> {
+    let mut distinct: Vec<&str> = skus.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    tx.execute(
+        "WITH new AS (
+             INSERT INTO customer_skus (customer_id, sku, order_id)
+             SELECT $1, s, $2 FROM unnest($3::text[]) AS s
+             ON CONFLICT DO NOTHING
+             RETURNING sku),
+         -- The statement's snapshot does not see `new`'s rows in
+         -- customer_skus: `old` is what the customer had bought before.
+         old AS (SELECT sku FROM customer_skus WHERE customer_id = $1),
+         pairs AS (
+             SELECT n.sku AS a, o.sku AS b FROM new n CROSS JOIN old o
+             UNION ALL SELECT o.sku, n.sku FROM new n CROSS JOIN old o
+             UNION ALL SELECT n1.sku, n2.sku FROM new n1 JOIN new n2 ON n1.sku <> n2.sku)
+         INSERT INTO co_purchases (sku, other_sku, customers)
+         SELECT a, b, count(*) FROM pairs GROUP BY a, b
+         ON CONFLICT (sku, other_sku) DO UPDATE SET customers = co_purchases.customers + EXCLUDED.customers",
+        &[&customer_id, &order_id, &distinct],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,19 +1,28 @@
-//! segmentation: consumes backorder-delays.v1 (significant delays, routed into campaigns).
+//! segmentation: routes customers with significantly delayed lines into
+//! time-limited campaigns (PLAYBOOK 6, DESIGN "Routing").
 //!
-//! It runs the shared consumer runtime already (decoding, validation,
-//! dead letters, offsets, health, metrics, graceful shutdown); the business
-//! handler arrives with its issue.
+//! - [`handler`]: `backorder-delays.v1` -> a campaign per order (or the
+//!   order's open campaign joined), and its first offer.
+//! - [`routing`]: which alternatives qualify and rank first; store credit.
+//! - [`offers`]: one offer of the series: signed links, the combined
+//!   apology-and-offer email, its expiry timer.
+//! - [`expiry`]: the next offer only after the previous one expired
+//!   unanswered, at most the policy's number, never after the lines closed.
 
-use backorder_core::events::internal::BackorderDelayEvent;
-use backorder_core::kafka::{AcknowledgeOnly, topics};
+pub mod error;
+pub mod expiry;
+pub mod handler;
+pub mod offers;
+pub mod routing;
+
+use backorder_core::kafka::topics;
 use backorder_core::service::{Service, ServiceError};
 
-/// Starts the HTTP endpoints and the consumer loop.
+/// Starts the HTTP endpoints, the offer-expiry timers and the consumer loop.
 pub async fn start(service: &Service) -> Result<(), ServiceError> {
+    let signer = service.settings.link_signer()?;
     service.serve_http(axum::Router::new()).await?;
-    service.consume(
-        topics::BACKORDER_DELAYS,
-        AcknowledgeOnly::<BackorderDelayEvent>::default(),
-    );
+    service.run_timers(expiry::OfferExpiryTimers::new(service, signer.clone()));
+    service.consume(topics::BACKORDER_DELAYS, handler::DelaysHandler::new(service, signer));
     Ok(())
 }

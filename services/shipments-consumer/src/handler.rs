@@ -1,5 +1,6 @@
 //! Applies a batch of `shipments.v1` events in one transaction.
 
+use backorder_core::campaigns::{self, EndReason};
 use backorder_core::clock::Clock;
 use backorder_core::codec::Codec;
 use backorder_core::deadpool_postgres::Pool;
@@ -14,17 +15,15 @@ use orders_consumer::keys;
 use crate::store::{self, DeliveryFacts};
 use crate::{emails, followups};
 
-/// The delivered follow-up goes out this long after the delivery.
-pub const FOLLOWUP_AFTER: Duration = Duration::days(3);
-/// The win-back email goes out this long after a backorder customer's
-/// first delivery.
-pub const WIN_BACK_AFTER: Duration = Duration::days(30);
-
 /// The shipments.v1 handler.
 pub struct ShipmentsHandler {
     pool: Pool,
     codec: Codec,
     clock: Clock,
+    /// The delivered follow-up goes out this long after the delivery (policy).
+    followup_after: Duration,
+    /// The win-back goes out this long after the qualifying delivery (policy).
+    win_back_after: Duration,
     email_requests_topic: String,
 }
 
@@ -34,6 +33,8 @@ impl ShipmentsHandler {
             pool: service.pool.clone(),
             codec: service.codec.clone(),
             clock: service.clock.clone(),
+            followup_after: Duration::days(service.policy.after_delivery.followup_after_days),
+            win_back_after: Duration::days(service.policy.after_delivery.win_back_after_days),
             email_requests_topic: service.topics.name(topics::EMAIL_REQUESTS),
         }
     }
@@ -61,6 +62,9 @@ impl Handler for ShipmentsHandler {
                         )));
                     };
                     store::record_dispatch(&tx, shipment).await?;
+                    // Shipped lines leave their campaign at once: no offer
+                    // or reminder after the item is on its way.
+                    campaigns::end_for_lines(&*tx, order_id, Some(&shipment.line_ids), EndReason::Shipped, now).await?;
                     if !store::has_open_backorder(&tx, order_id).await? {
                         // Nothing left waiting for stock: the nurture cadence ends.
                         timers::cancel_prefix(&*tx, &keys::nurture_prefix(order_id)).await?;
@@ -99,7 +103,7 @@ impl Handler for ShipmentsHandler {
                         &Timer {
                             key: keys::followup(&shipment.order_id, &delivered.shipment_id),
                             kind: keys::DELIVERED_FOLLOWUP.to_string(),
-                            due_at: now + FOLLOWUP_AFTER,
+                            due_at: now + self.followup_after,
                             payload: followups::payload(&shipment.order_id, Some(&delivered.shipment_id)),
                         },
                     )
@@ -110,7 +114,7 @@ impl Handler for ShipmentsHandler {
                             &Timer {
                                 key: keys::win_back(&contact.customer_id),
                                 kind: keys::WIN_BACK.to_string(),
-                                due_at: now + WIN_BACK_AFTER,
+                                due_at: now + self.win_back_after,
                                 payload: followups::payload(&shipment.order_id, None),
                             },
                         )

@@ -14,8 +14,9 @@
 use std::collections::BTreeMap;
 
 use backorder_core::codec::Codec;
+use backorder_core::domain::ReasonForCustomer;
 use backorder_core::email_decisions;
-use backorder_core::events::internal::BackorderDelayed;
+use backorder_core::events::internal::{BackorderDelayed, DelayedLine};
 use backorder_core::events::stock::SupplierEtaChanged;
 use backorder_core::kafka::{HandlerError, OutboundRecord, topics};
 use backorder_core::service::Service;
@@ -44,10 +45,13 @@ pub async fn apply_change(
     now: DateTime<Utc>,
     debounce: Duration,
 ) -> Result<Option<i64>, StockError> {
+    let reason_code = change.reason_code.map(|c| c.as_str());
+    let reason_locale = change.reason_locale.as_deref().unwrap_or("en");
     let inserted = tx
         .execute(
-            "INSERT INTO eta_changes (event_id, sku, eta_version, eta_from, eta_to, reason, remedy, occurred_at, applied_at)
-             VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO eta_changes (event_id, sku, eta_version, eta_from, eta_to, reason, remedy, occurred_at, applied_at,
+                                      reason_code, reason_locale)
+             VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (event_id) DO NOTHING",
             &[
                 &change.event_id,
@@ -58,6 +62,8 @@ pub async fn apply_change(
                 &change.remedy,
                 &change.occurred_at,
                 &now,
+                &reason_code,
+                &reason_locale,
             ],
         )
         .await?;
@@ -67,11 +73,12 @@ pub async fn apply_change(
     }
     let version: i64 = tx
         .query_one(
-            "INSERT INTO sku_eta (sku, eta_from, eta_to, reason, remedy, version, changed_at)
-             VALUES ($1, $2, $3, $4, $5, 1, $6)
+            "INSERT INTO sku_eta (sku, eta_from, eta_to, reason, remedy, version, changed_at, reason_code, reason_locale)
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8)
              ON CONFLICT (sku) DO UPDATE SET
                  eta_from = EXCLUDED.eta_from, eta_to = EXCLUDED.eta_to, reason = EXCLUDED.reason,
-                 remedy = EXCLUDED.remedy, version = sku_eta.version + 1, changed_at = EXCLUDED.changed_at
+                 remedy = EXCLUDED.remedy, version = sku_eta.version + 1, changed_at = EXCLUDED.changed_at,
+                 reason_code = EXCLUDED.reason_code, reason_locale = EXCLUDED.reason_locale
              RETURNING version",
             &[
                 &change.sku,
@@ -80,10 +87,12 @@ pub async fn apply_change(
                 &change.reason,
                 &change.remedy,
                 &change.occurred_at,
+                &reason_code,
+                &reason_locale,
             ],
         )
         .await?
-        .get(0);
+        .try_get(0)?;
     tx.execute(
         "UPDATE eta_changes SET eta_version = $2 WHERE event_id = $1",
         &[&change.event_id, &version],
@@ -132,6 +141,8 @@ pub fn debounced_due(now: DateTime<Utc>, since: DateTime<Utc>, window: Duration)
 /// open backordered line's promise.
 pub struct DelayTimers {
     codec: Codec,
+    /// A slip is significant past this many days (policy file).
+    significant_slip_days: i64,
     email_topic: String,
     delays_topic: String,
 }
@@ -140,6 +151,7 @@ impl DelayTimers {
     pub fn new(service: &Service) -> Self {
         Self {
             codec: service.codec.clone(),
+            significant_slip_days: service.policy.delays.significant_slip_days,
             email_topic: service.topics.name(topics::EMAIL_REQUESTS),
             delays_topic: service.topics.name(topics::BACKORDER_DELAYS),
         }
@@ -165,6 +177,7 @@ impl TimerHandler for DelayTimers {
 struct Line {
     order_id: String,
     line_id: String,
+    sku: String,
     product_name: String,
     quantity: i32,
     unit_price_minor: i64,
@@ -185,7 +198,8 @@ impl DelayTimers {
         };
         let Some(eta) = tx
             .query_opt(
-                "SELECT eta_from, eta_to, reason, remedy, version, changed_at FROM sku_eta WHERE sku = $1",
+                "SELECT eta_from, eta_to, reason, remedy, version, changed_at, reason_code, reason_locale
+                   FROM sku_eta WHERE sku = $1",
                 &[&sku],
             )
             .await?
@@ -193,13 +207,17 @@ impl DelayTimers {
             return Ok(Vec::new());
         };
         let new = Window {
-            from: eta.get(0),
-            to: eta.get(1),
+            from: eta.try_get(0)?,
+            to: eta.try_get(1)?,
         };
-        let reason: String = eta.get::<_, Option<String>>(2).unwrap_or_default();
-        let remedy: String = eta.get::<_, Option<String>>(3).unwrap_or_default();
-        let version: i64 = eta.get(4);
-        let changed_at: DateTime<Utc> = eta.get(5);
+        let reason = Reason {
+            code: eta.try_get(6)?,
+            text: eta.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+            remedy: eta.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
+            locale: eta.try_get::<_, Option<String>>(7)?.unwrap_or_else(|| "en".into()),
+        };
+        let version: i64 = eta.try_get(4)?;
+        let changed_at: DateTime<Utc> = eta.try_get(5)?;
 
         // A continuation of an older version stops: the newer change's own
         // debounce timer goes through every order again.
@@ -220,7 +238,7 @@ impl DelayTimers {
                         AND order_id > $2
                       ORDER BY order_id
                       LIMIT $3)
-                 SELECT l.order_id, l.line_id, l.product_name, l.quantity, l.unit_price_minor,
+                 SELECT l.order_id, l.line_id, l.sku, l.product_name, l.quantity, l.unit_price_minor,
                         l.promised_from, l.promised_to, o.currency,
                         c.customer_id, c.email, c.name, c.locale
                    FROM page p
@@ -236,7 +254,7 @@ impl DelayTimers {
         let mut orders_in_page: i64 = 0;
         let mut last_order: Option<String> = None;
         for row in &rows {
-            let order_id: &str = row.get(0);
+            let order_id: &str = row.try_get(0)?;
             if last_order.as_deref() != Some(order_id) {
                 orders_in_page += 1;
                 last_order = Some(order_id.to_string());
@@ -260,24 +278,25 @@ impl DelayTimers {
         let (mut moved_orders, mut moved_lines): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
         for row in rows {
             let line = Line {
-                order_id: row.get(0),
-                line_id: row.get(1),
-                product_name: row.get(2),
-                quantity: row.get(3),
-                unit_price_minor: row.get(4),
+                order_id: row.try_get(0)?,
+                line_id: row.try_get(1)?,
+                sku: row.try_get(2)?,
+                product_name: row.try_get(3)?,
+                quantity: row.try_get(4)?,
+                unit_price_minor: row.try_get(5)?,
                 told: Window {
-                    from: row.get(5),
-                    to: row.get(6),
+                    from: row.try_get(6)?,
+                    to: row.try_get(7)?,
                 },
-                currency: row.get(7),
+                currency: row.try_get(8)?,
                 customer: Customer {
-                    customer_id: row.get(8),
-                    email: row.get(9),
-                    name: row.get(10),
-                    locale: row.get(11),
+                    customer_id: row.try_get(9)?,
+                    email: row.try_get(10)?,
+                    name: row.try_get(11)?,
+                    locale: row.try_get(12)?,
                 },
             };
-            match classify(line.told, new) {
+            match classify(line.told, new, self.significant_slip_days) {
                 Change::Unchanged => continue,
                 Change::Improved => {}
                 Change::Slipped { significant } => {
@@ -304,10 +323,17 @@ impl DelayTimers {
         )
         .await?;
 
+        // A significant slip of any line of an order: one BackorderDelayed
+        // carrying all its slipped lines, and segmentation sends the one
+        // email that is both apology and offer. Otherwise: the delay notice.
         let mut decisions = Vec::with_capacity(slipped.len());
         let mut delays = Vec::new();
         for (order_id, lines) in &slipped {
-            let significant = lines.iter().any(|(_, s)| *s);
+            let Some((first, _)) = lines.first() else { continue };
+            if lines.iter().any(|(_, significant)| *significant) {
+                delays.push(delayed_event(sku, version, order_id, lines, new, &reason, changed_at));
+                continue;
+            }
             let items: Vec<DelayedItem> = lines
                 .iter()
                 .map(|(l, _)| DelayedItem {
@@ -322,17 +348,17 @@ impl DelayTimers {
                 items: &items,
                 window_from: emails::iso(new.from),
                 window_to: emails::iso(new.to),
-                reason: &reason,
-                remedy: &remedy,
-                significant,
+                reason: ReasonForCustomer::new(
+                    reason.code.as_deref(),
+                    &reason.text,
+                    &reason.remedy,
+                    &reason.locale,
+                    &first.customer.locale,
+                ),
             };
-            let Some((first, _)) = lines.first() else { continue };
             let request = emails::delay_notice(sku, version, &first.customer, &data, changed_at);
             let line_id = (lines.len() == 1).then(|| first.line_id.clone());
             decisions.push((request, line_id));
-            for (line, _) in lines.iter().filter(|(_, s)| *s) {
-                delays.push(delayed_event(sku, version, line, new, changed_at));
-            }
         }
         let decided: Vec<_> = decisions.iter().map(|(r, l)| (r, l.as_deref())).collect();
         email_decisions::record_all(tx, &decided, now).await?;
@@ -341,7 +367,7 @@ impl DelayTimers {
         for event in &delays {
             outputs.push(OutboundRecord::encode(&self.codec, &self.delays_topic, event).await?);
         }
-        let significant = delays.len();
+        let significant: usize = delays.iter().map(|d| d.lines.len()).sum();
         metrics::counter!("backorder_stock_emails_requested_total", "template" => emails::DELAY_NOTICE)
             .increment(decisions.len() as u64);
         metrics::counter!("backorder_stock_significant_delays_total").increment(significant as u64);
@@ -357,21 +383,62 @@ impl DelayTimers {
     }
 }
 
-fn delayed_event(sku: &str, version: i64, line: &Line, new: Window, at: DateTime<Utc>) -> BackorderDelayed {
-    let id = format!("backorder-delayed_{}_{}_{version}", line.order_id, line.line_id);
+/// Why the ETA moved, as the SKU's latest change said.
+struct Reason {
+    code: Option<String>,
+    text: String,
+    remedy: String,
+    locale: String,
+}
+
+/// The significant slip of `order_id`'s lines, for segmentation. Its event
+/// id derives from order, SKU and ETA version, so a replayed firing
+/// produces the same event (and segmentation ignores the repeat).
+fn delayed_event(
+    sku: &str,
+    version: i64,
+    order_id: &str,
+    lines: &[(Line, bool)],
+    new: Window,
+    reason: &Reason,
+    at: DateTime<Utc>,
+) -> BackorderDelayed {
+    let id = format!("backorder-delayed_{order_id}_{sku}_{version}");
+    let delayed_lines: Vec<DelayedLine> = lines
+        .iter()
+        .map(|(l, _)| DelayedLine {
+            line_id: l.line_id.clone(),
+            sku: l.sku.clone(),
+            product_name: l.product_name.clone(),
+            quantity: l.quantity,
+            unit_price_minor: l.unit_price_minor,
+            old_promise_from: l.told.from,
+            old_promise_to: l.told.to,
+        })
+        .collect();
+    let (customer_id, currency) = lines
+        .first()
+        .map(|(l, _)| (l.customer.customer_id.clone(), l.currency.clone()))
+        .unwrap_or_default();
     BackorderDelayed {
         event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes()).to_string(),
         occurred_at: at,
-        order_id: line.order_id.clone(),
-        line_id: line.line_id.clone(),
-        customer_id: line.customer.customer_id.clone(),
+        order_id: order_id.to_string(),
+        customer_id,
         sku: sku.to_string(),
-        old_promise_to: line.told.to,
         new_promise_from: new.from,
         new_promise_to: new.to,
-        delayed_value_minor: line.unit_price_minor.saturating_mul(i64::from(line.quantity)),
-        currency: line.currency.clone(),
+        delayed_value_minor: lines
+            .iter()
+            .map(|(l, _)| l.unit_price_minor.saturating_mul(i64::from(l.quantity)))
+            .sum(),
+        currency,
         eta_version: version,
+        reason_code: reason.code.clone(),
+        reason: reason.text.clone(),
+        remedy: reason.remedy.clone(),
+        reason_locale: reason.locale.clone(),
+        lines: delayed_lines,
     }
 }
 

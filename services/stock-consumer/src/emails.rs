@@ -2,7 +2,7 @@
 //! notices (5) and back in stock for carts (9), with deterministic dedup
 //! keys, and the multi-row record of each decision in `email_decisions`.
 
-use backorder_core::domain::DedupKey;
+use backorder_core::domain::{DedupKey, ReasonForCustomer};
 use backorder_core::events::internal::{EmailCategory, EmailRequested, Recipient};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
@@ -89,11 +89,8 @@ pub struct DelayData<'a> {
     /// The new window (`YYYY-MM-DD`); both absent: we do not know yet.
     pub window_from: Option<String>,
     pub window_to: Option<String>,
-    pub reason: &'a str,
-    pub remedy: &'a str,
-    /// Significant: a separate email with options (alternative, credit,
-    /// expedited shipping, cancel) follows.
-    pub significant: bool,
+    /// Why, as this customer should read it (coded and/or free text).
+    pub reason: ReasonForCustomer,
 }
 
 /// The apology for a slip of `sku` in `order_id`, one per order, SKU and

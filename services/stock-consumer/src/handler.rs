@@ -18,13 +18,12 @@ pub struct StockHandler {
     pool: Pool,
     clock: Clock,
     allocator: Allocator,
-    /// How long an ETA change waits for further changes of its SKU.
+    /// How long an ETA change waits for further changes of its SKU (policy).
     debounce: Duration,
 }
 
 impl StockHandler {
     pub fn new(service: &Service) -> Self {
-        let debounce_ms = i64::try_from(service.settings.delay_debounce_ms).unwrap_or(i64::MAX / 2);
         Self {
             pool: service.pool.clone(),
             clock: service.clock.clone(),
@@ -35,7 +34,7 @@ impl StockHandler {
                 email_topic: service.topics.name(topics::EMAIL_REQUESTS),
                 lifecycle: service.lifecycle.clone(),
             },
-            debounce: Duration::milliseconds(debounce_ms),
+            debounce: service.policy.delays.debounce(),
         }
     }
 

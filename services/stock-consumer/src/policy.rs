@@ -1,12 +1,7 @@
-//! The stock side of DESIGN.md's default campaign policy, and how a new
-//! supplier window compares with what a customer was last told.
+//! How a new supplier window compares with what a customer was last told,
+//! and the batch sizes of stock work. The thresholds are in the policy file.
 
 use chrono::NaiveDate;
-
-/// A slip is significant when the new `eta_to` is more than this many days
-/// past the promise (or the ETA becomes unknown): the line is reported on
-/// `backorder-delays.v1` and segmentation routes the customer into a campaign.
-pub const SIGNIFICANT_SLIP_DAYS: i64 = 7;
 
 /// Backordered lines allocated per transaction: a 100,000-line restock is
 /// many short transactions, never one that holds locks for minutes.
@@ -42,12 +37,14 @@ pub enum Change {
     /// Ends no later (or becomes known): the promise moves quietly and the
     /// next email that goes out anyway carries it; no email of its own.
     Improved,
-    /// Ends later than told, or becomes unknown: a delay notice, and when
-    /// significant also a `BackorderDelayed` event.
+    /// Ends later than told, or becomes unknown: a delay notice, or when
+    /// significant a `BackorderDelayed` event (segmentation's one email).
     Slipped { significant: bool },
 }
 
-pub fn classify(told: Window, new: Window) -> Change {
+/// A slip is significant when the new `eta_to` is more than
+/// `significant_days` past the promise, or the ETA becomes unknown.
+pub fn classify(told: Window, new: Window, significant_days: i64) -> Change {
     if told == new {
         return Change::Unchanged;
     }
@@ -55,7 +52,7 @@ pub fn classify(told: Window, new: Window) -> Change {
         (Some(_), None) => Change::Slipped { significant: true },
         (None, None) | (None, Some(_)) => Change::Improved,
         (Some(old), Some(new_to)) if new_to > old => Change::Slipped {
-            significant: (new_to - old).num_days() > SIGNIFICANT_SLIP_DAYS,
+            significant: (new_to - old).num_days() > significant_days,
         },
         (Some(_), Some(_)) => Change::Improved,
     }
@@ -80,18 +77,18 @@ mod tests {
 
     #[test]
     fn slips_are_significant_only_past_seven_days_or_when_unknown() {
-        assert_eq!(classify(w(1, 5), w(4, 8)), Change::Slipped { significant: false });
-        assert_eq!(classify(w(1, 5), w(6, 12)), Change::Slipped { significant: false });
-        assert_eq!(classify(w(1, 5), w(6, 13)), Change::Slipped { significant: true });
-        assert_eq!(classify(w(1, 5), UNKNOWN), Change::Slipped { significant: true });
+        assert_eq!(classify(w(1, 5), w(4, 8), 7), Change::Slipped { significant: false });
+        assert_eq!(classify(w(1, 5), w(6, 12), 7), Change::Slipped { significant: false });
+        assert_eq!(classify(w(1, 5), w(6, 13), 7), Change::Slipped { significant: true });
+        assert_eq!(classify(w(1, 5), UNKNOWN, 7), Change::Slipped { significant: true });
     }
 
     #[test]
     fn earlier_or_newly_known_windows_are_improvements_not_notices() {
-        assert_eq!(classify(w(10, 20), w(5, 12)), Change::Improved);
-        assert_eq!(classify(w(10, 20), w(15, 20)), Change::Improved);
-        assert_eq!(classify(UNKNOWN, w(5, 12)), Change::Improved);
-        assert_eq!(classify(UNKNOWN, UNKNOWN), Change::Unchanged);
-        assert_eq!(classify(w(1, 5), w(1, 5)), Change::Unchanged);
+        assert_eq!(classify(w(10, 20), w(5, 12), 7), Change::Improved);
+        assert_eq!(classify(w(10, 20), w(15, 20), 7), Change::Improved);
+        assert_eq!(classify(UNKNOWN, w(5, 12), 7), Change::Improved);
+        assert_eq!(classify(UNKNOWN, UNKNOWN, 7), Change::Unchanged);
+        assert_eq!(classify(w(1, 5), w(1, 5), 7), Change::Unchanged);
     }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use backorder_core::config::Settings;
+use backorder_core::domain::ReasonForCustomer;
 use backorder_core::events::internal::EmailRequested;
 use chrono::{NaiveDate, Utc};
 use sender::render::{Renderer, format};
@@ -35,7 +36,7 @@ fn date(day: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 12, day).unwrap()
 }
 
-fn delay(locale: &str, window: Option<(NaiveDate, NaiveDate)>, significant: bool) -> EmailRequested {
+fn delay(locale: &str, window: Option<(NaiveDate, NaiveDate)>, code: Option<&str>) -> EmailRequested {
     let items = [DelayedItem {
         product_name: PRODUCT.into(),
         quantity: 2,
@@ -47,9 +48,7 @@ fn delay(locale: &str, window: Option<(NaiveDate, NaiveDate)>, significant: bool
         items: &items,
         window_from: emails::iso(window.map(|w| w.0)),
         window_to: emails::iso(window.map(|w| w.1)),
-        reason: "A storm closed the port",
-        remedy: "We booked the first ship out",
-        significant,
+        reason: ReasonForCustomer::new(code, "A storm closed the port", "We booked the first ship out", "en", locale),
     };
     emails::delay_notice("LAMP", 3, &customer(locale), &data, Utc::now())
 }
@@ -106,7 +105,7 @@ fn arrival_delay_and_back_in_stock_render_in_every_language() {
         let r = render(&renderer, &arrival, None);
         assert!(r.subject.contains("o-1"), "{}", r.subject);
 
-        let known = delay(locale, Some((date(20), date(28))), true);
+        let known = delay(locale, Some((date(20), date(28))), None);
         let r = render(&renderer, &known, None);
         for part in [&r.html, &r.text] {
             assert!(
@@ -120,10 +119,25 @@ fn arrival_delay_and_back_in_stock_render_in_every_language() {
             assert!(part.contains("A storm closed the port") && part.contains("We booked the first ship out"));
             assert!(!part.contains(not_known));
         }
-        let unknown = delay(locale, None, false);
+        let unknown = delay(locale, None, None);
         let r = render(&renderer, &unknown, None);
         for part in [&r.html, &r.text] {
             assert!(part.contains(not_known), "honest unknown in {language}: {part}");
+        }
+
+        // A coded reason is stated in the customer's language; the
+        // supplier's English free text reaches English readers only.
+        let coded = delay(locale, Some((date(20), date(28))), Some("CUSTOMS_HOLD"));
+        let r = render(&renderer, &coded, None);
+        for part in [&r.html, &r.text] {
+            assert_eq!(
+                part.contains("A storm closed the port"),
+                language == "en",
+                "free text only for its language ({language}): {part}"
+            );
+        }
+        if language == "en" {
+            assert!(r.text.contains("held at customs"), "{}", r.text);
         }
 
         let cart = emails::back_in_stock(

@@ -1,11 +1,15 @@
 //! Domain newtypes that validate at the boundary, so the rest of the code
 //! can trust what it holds.
 
+pub mod currency;
 mod dedup_key;
+mod delay_reason;
 mod email_address;
+pub mod geo;
 mod locale;
 
 pub use dedup_key::DedupKey;
+pub use delay_reason::ReasonForCustomer;
 pub use email_address::{EmailAddress, mask_email, mask_emails_in_text};
 pub use locale::Locale;
 

@@ -119,7 +119,10 @@ topic_event! {
     }
 }
 
-/// A significant delay of one backordered line (key: order_id).
+/// A significant slip of an order's backordered lines (key: order_id):
+/// segmentation turns it into one email that is both the apology and a
+/// time-limited offer. One event per order and SKU slip, carrying every
+/// slipped line of the order, so several lines make one campaign.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackorderDelayed {
@@ -127,18 +130,56 @@ pub struct BackorderDelayed {
     #[serde(with = "wire_time::millis")]
     pub occurred_at: DateTime<Utc>,
     pub order_id: String,
-    pub line_id: String,
     pub customer_id: String,
+    /// The SKU whose ETA slipped.
     pub sku: String,
-    #[serde(with = "wire_time::opt_date", default)]
-    pub old_promise_to: Option<NaiveDate>,
+    /// The new window; both `None`: not known.
     #[serde(with = "wire_time::opt_date", default)]
     pub new_promise_from: Option<NaiveDate>,
     #[serde(with = "wire_time::opt_date", default)]
     pub new_promise_to: Option<NaiveDate>,
+    /// Value of the slipped lines in minor units of `currency`.
     pub delayed_value_minor: i64,
     pub currency: String,
+    /// The ETA change that caused it; part of dedup keys.
     pub eta_version: i64,
+    /// A `DelayReasonCode` symbol, or [`OVERDUE_REASON`]; `None`: only the
+    /// free text says why.
+    #[serde(default)]
+    pub reason_code: Option<String>,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub remedy: String,
+    /// BCP 47 language of `reason` and `remedy`.
+    #[serde(default = "default_reason_locale")]
+    pub reason_locale: String,
+    /// Every slipped line of the order (empty only in events written with
+    /// schema version 1, which named one line that segmentation looks up).
+    #[serde(default)]
+    pub lines: Vec<DelayedLine>,
+}
+
+/// The reason code of a promise whose window passed with no stock and no news.
+pub const OVERDUE_REASON: &str = "OVERDUE";
+
+fn default_reason_locale() -> String {
+    "en".to_string()
+}
+
+/// One slipped line, with what its customer had been told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelayedLine {
+    pub line_id: String,
+    pub sku: String,
+    pub product_name: String,
+    pub quantity: i32,
+    pub unit_price_minor: i64,
+    #[serde(with = "wire_time::opt_date", default)]
+    pub old_promise_from: Option<NaiveDate>,
+    #[serde(with = "wire_time::opt_date", default)]
+    pub old_promise_to: Option<NaiveDate>,
 }
 
 impl AvroRecord for BackorderDelayed {

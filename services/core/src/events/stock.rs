@@ -64,8 +64,59 @@ pub struct SupplierEtaChanged {
     pub eta_from: Option<NaiveDate>,
     #[serde(with = "wire_time::opt_date", default)]
     pub eta_to: Option<NaiveDate>,
+    /// What happened, free text in `reason_locale`'s language.
     pub reason: String,
+    /// What is being done about it, same language.
     pub remedy: String,
+    /// What happened, as a code every email can state in the customer's
+    /// language (schema version 2; absent in version 1 events).
+    #[serde(default)]
+    pub reason_code: Option<DelayReasonCode>,
+    /// BCP 47 language of `reason` and `remedy`; `None` means English.
+    #[serde(default)]
+    pub reason_locale: Option<String>,
+}
+
+/// Why a supplier's ETA moved, as `SupplierEtaChanged.reason_code` names it.
+/// Published in `schemas/stock.v1/SupplierEtaChanged.avsc` and
+/// `docs/producers.md`; each has a sentence in every email language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DelayReasonCode {
+    ProductionDelay,
+    SupplierShortage,
+    CustomsHold,
+    ShippingDelay,
+    QualityCheck,
+    DemandSurge,
+    Other,
+}
+
+impl DelayReasonCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DelayReasonCode::ProductionDelay => "PRODUCTION_DELAY",
+            DelayReasonCode::SupplierShortage => "SUPPLIER_SHORTAGE",
+            DelayReasonCode::CustomsHold => "CUSTOMS_HOLD",
+            DelayReasonCode::ShippingDelay => "SHIPPING_DELAY",
+            DelayReasonCode::QualityCheck => "QUALITY_CHECK",
+            DelayReasonCode::DemandSurge => "DEMAND_SURGE",
+            DelayReasonCode::Other => "OTHER",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "PRODUCTION_DELAY" => Self::ProductionDelay,
+            "SUPPLIER_SHORTAGE" => Self::SupplierShortage,
+            "CUSTOMS_HOLD" => Self::CustomsHold,
+            "SHIPPING_DELAY" => Self::ShippingDelay,
+            "QUALITY_CHECK" => Self::QualityCheck,
+            "DEMAND_SURGE" => Self::DemandSurge,
+            "OTHER" => Self::Other,
+            _ => return None,
+        })
+    }
 }
 
 impl AvroRecord for SupplierEtaChanged {
@@ -76,6 +127,9 @@ impl AvroRecord for SupplierEtaChanged {
     fn validate(&self) -> Result<(), ValidationError> {
         non_empty("event_id", &self.event_id)?;
         non_empty("sku", &self.sku)?;
+        if let Some(locale) = &self.reason_locale {
+            crate::domain::Locale::parse("reason_locale", locale)?;
+        }
         match (self.eta_from, self.eta_to) {
             (Some(from), Some(to)) if from > to => Err(ValidationError::new("eta_from", "must not be after eta_to")),
             (Some(_), None) | (None, Some(_)) => Err(ValidationError::new(

@@ -4,12 +4,9 @@
 
 use chrono::{Datelike, NaiveDate};
 
-/// Digits after the decimal point (ISO 4217 minor unit).
+/// Digits after the decimal point: the project's one ISO 4217 table.
 fn exponent(currency: &str) -> u32 {
-    match currency {
-        "JPY" | "KRW" | "VND" | "CLP" | "ISK" => 0,
-        _ => 2,
-    }
+    backorder_core::domain::currency::minor_unit_digits(currency)
 }
 
 fn symbol(currency: &str) -> Option<&'static str> {
@@ -113,6 +110,21 @@ pub fn long_date(language: &str, date: NaiveDate) -> String {
     }
 }
 
+/// An instant as people read it in `language`, in the recipient's time
+/// zone: `4 Dec 2026, 10:00 (Europe/Berlin)`, `4. Dezember 2026, 10:00 Uhr`,
+/// `2026년 12월 4일 10:00`, `4 Aralık 2026 10:00`, `4 Desember 2026 pukul 10.00`.
+pub fn long_datetime(language: &str, at: chrono::DateTime<chrono_tz::Tz>) -> String {
+    let date = long_date(language, at.date_naive());
+    let zone = at.timezone().name();
+    match language {
+        "de" => format!("{date}, {} Uhr ({zone})", at.format("%H:%M")),
+        "ko" => format!("{date} {} ({zone})", at.format("%H:%M")),
+        "tr" => format!("{date} {} ({zone})", at.format("%H:%M")),
+        "id" => format!("{date} pukul {} ({zone})", at.format("%H.%M")),
+        _ => format!("{date}, {} ({zone})", at.format("%H:%M")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +136,7 @@ mod tests {
         assert_eq!(money("ko", 12000, "KRW"), "₩12,000");
         assert_eq!(money("tr", 123450, "TRY"), "₺1.234,50");
         assert_eq!(money("id", 5, "IDR"), "Rp0,05");
+        assert_eq!(money("en", 1235, "JPY"), "¥1,235");
         assert_eq!(money("en", 999, "CHF"), "9.99\u{a0}CHF");
         assert_eq!(money("en", -500, "USD"), "-$5.00");
     }
@@ -136,5 +149,15 @@ mod tests {
         assert_eq!(long_date("ko", date), "2026년 12월 24일");
         assert_eq!(long_date("tr", date), "24 Aralık 2026");
         assert_eq!(long_date("id", date), "24 Desember 2026");
+    }
+
+    #[test]
+    fn instants_are_shown_in_the_recipients_zone() {
+        use chrono::TimeZone;
+        let at = chrono::Utc.with_ymd_and_hms(2026, 12, 4, 9, 0, 0).unwrap();
+        let berlin = at.with_timezone(&chrono_tz::Europe::Berlin);
+        assert_eq!(long_datetime("de", berlin), "4. Dezember 2026, 10:00 Uhr (Europe/Berlin)");
+        let seoul = at.with_timezone(&chrono_tz::Asia::Seoul);
+        assert_eq!(long_datetime("ko", seoul), "2026년 12월 4일 18:00 (Asia/Seoul)");
     }
 }

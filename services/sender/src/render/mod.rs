@@ -78,6 +78,7 @@ impl Renderer {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.add_filter("money", money_filter);
         env.add_filter("date", date_filter);
+        env.add_filter("datetime", datetime_filter);
         Ok(Self {
             env,
             support_email: settings.support_email.clone(),
@@ -156,6 +157,19 @@ fn date_filter(state: &State, value: String) -> Result<String, minijinja::Error>
         )
     })?;
     Ok(format::long_date(&current_language(state), date))
+}
+
+/// `{{ "2026-12-04T09:00:00Z" | datetime("Europe/Berlin") }}`: an instant
+/// in the recipient's time zone, formatted for the language.
+fn datetime_filter(state: &State, value: String, zone: String) -> Result<String, minijinja::Error> {
+    let at = chrono::DateTime::parse_from_rfc3339(&value).map_err(|_| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("{value:?} is not an RFC 3339 instant"),
+        )
+    })?;
+    let tz: chrono_tz::Tz = zone.parse().unwrap_or(chrono_tz::Tz::UTC);
+    Ok(format::long_datetime(&current_language(state), at.with_timezone(&tz)))
 }
 
 #[cfg(test)]
