@@ -6,7 +6,7 @@
 use backorder_core::events::orders::OrderCancelled;
 use backorder_core::events::stock::Season;
 use backorder_core::kafka::topics::{ORDERS, SHIPMENTS, STOCK};
-use backorder_tests::campaigns::{campaign, catalog, eta_window, offers, order, set_clock};
+use backorder_tests::campaigns::{campaign, catalog, eta_window, offers, order, set_clock, unescape};
 use backorder_tests::process::ServiceProcess;
 use backorder_tests::scenario::{PATIENCE, clock_now, day, dispatched, metric_sum, subjects, timer_loop_caught_up, wait_for_emails};
 use backorder_tests::stock::{count, ledger, wait_for_count, wait_for_sender_idle};
@@ -116,7 +116,7 @@ async fn in_december_a_significant_slip_offers_in_season_alternatives_ranked_by_
     let de_offer = offers(&app, "o-de").await;
     assert_eq!(de_offer.len(), 1);
     assert_eq!(de_offer[0].3, ["GOGGLES", "SUN-ALL"], "ranked by co-purchases, in season, in the band");
-    let body = &german[1].body;
+    let body = &unescape(&german[1].body);
     let (goggles, all) = (body.find("Item GOGGLES").unwrap(), body.find("Item SUN-ALL").unwrap());
     assert!(goggles < all, "best first in the email");
     assert!(!body.contains("Item SUN-SUMMER") && !body.contains("Item SUN-PRICEY"), "{body}");

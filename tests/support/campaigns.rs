@@ -137,3 +137,14 @@ pub async fn campaign(app: &TestApp, order_id: &str) -> Option<(String, String, 
         .expect("campaign")
         .map(|r| (r.get(0), r.get(1), r.get(2)))
 }
+
+/// The HTML of an email with the entities minijinja writes in attributes
+/// decoded (`&#x2f;` for `/`, `&amp;`), so links can be found and followed.
+pub fn unescape(html: &str) -> String {
+    html.replace("&#x2f;", "/")
+        .replace("&#x27;", "'")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}

@@ -47,6 +47,7 @@ const SCHEMA_FILES: &[SchemaFile] = schema_files! {
     "shipments.v1/ShipmentDispatched.avsc" => true,
     "shipments.v1/ShipmentDelivered.avsc" => true,
     "offer-responses.v1/OfferResponse.avsc" => true,
+    "offer-responses.v1/CancellationRequested.avsc" => true,
     "backorder-delays.v1/BackorderDelayed.avsc" => true,
     "backorder-delays.v1/history/BackorderDelayed.1.avsc" => false,
     "email-requests.v1/EmailRequested.avsc" => true,

@@ -5,6 +5,7 @@ pub mod currency;
 mod dedup_key;
 mod delay_reason;
 mod email_address;
+pub mod format;
 pub mod geo;
 mod locale;
 

@@ -48,9 +48,36 @@ impl AvroRecord for OfferResponse {
     }
 }
 
+/// A customer asked to cancel one backordered line (key: order_id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancellationRequested {
+    pub event_id: String,
+    #[serde(with = "wire_time::millis")]
+    pub occurred_at: DateTime<Utc>,
+    pub order_id: String,
+    pub line_id: String,
+    /// The cancel link's signature (`backorder_core::links`).
+    pub token: String,
+}
+
+impl AvroRecord for CancellationRequested {
+    const FULL_NAME: &'static str = "com.backorder.offers.CancellationRequested";
+    fn key(&self) -> &str {
+        &self.order_id
+    }
+    fn validate(&self) -> Result<(), ValidationError> {
+        non_empty("event_id", &self.event_id)?;
+        non_empty("order_id", &self.order_id)?;
+        non_empty("line_id", &self.line_id)?;
+        non_empty("token", &self.token)
+    }
+}
+
 topic_event! {
     /// Everything `offer-responses.v1` carries.
     OfferResponseEvent {
         Response(OfferResponse),
+        Cancellation(CancellationRequested),
     }
 }

@@ -6,7 +6,9 @@
 //! without the template falls back to English. HTML templates auto-escape
 //! every value, so a product named `<script>` arrives as text.
 
-pub mod format;
+/// Money and dates per language: the project's one implementation, in core,
+/// shared with the offer pages.
+pub use backorder_core::domain::format;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/templates.rs"));

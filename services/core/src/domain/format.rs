@@ -6,7 +6,7 @@ use chrono::{Datelike, NaiveDate};
 
 /// Digits after the decimal point: the project's one ISO 4217 table.
 fn exponent(currency: &str) -> u32 {
-    backorder_core::domain::currency::minor_unit_digits(currency)
+    super::currency::minor_unit_digits(currency)
 }
 
 fn symbol(currency: &str) -> Option<&'static str> {
