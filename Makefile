@@ -12,7 +12,7 @@ STACK := infra/local/stack.sh
 SERVICES := infra/local/services.sh
 CTL := target/debug/backorderctl
 
-.PHONY: demo test up down services stop-services build lint fmt status clean-stack
+.PHONY: demo test up down services stop-services build lint fmt status clean-stack browser
 
 up:
 	@bash $(STACK) up
@@ -39,7 +39,10 @@ stop-services:
 demo: services
 	@bash infra/local/demo.sh
 
-test: up
+browser:
+	@bash infra/local/browser.sh
+
+test: up browser
 	$(CARGO) build --workspace --bins --tests
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast --run-ignored all; \

@@ -15,7 +15,8 @@ use chrono::{TimeZone, Utc};
 
 const FAST: (&str, &str) = ("BACKORDER_TIMER_POLL_MS", "100");
 
-/// The services of a campaign: orders, stock (short debounce), segmentation, sender.
+/// The services of a campaign: orders, stock (short debounce), segmentation,
+/// shipments, sender.
 async fn start_pipeline(app: &TestApp) -> Vec<ServiceProcess> {
     let policy = app.write_policy("campaigns", "[delays]\ndebounce_seconds = 0.3\n");
     let with_policy = [FAST, ("BACKORDER_POLICY_FILE", policy.as_str())];
@@ -23,6 +24,7 @@ async fn start_pipeline(app: &TestApp) -> Vec<ServiceProcess> {
         app.start_service("orders-consumer").await,
         app.start_service_with("stock-consumer", &with_policy).await,
         app.start_service_with("segmentation", &with_policy).await,
+        app.start_service("shipments-consumer").await,
         app.start_service("sender").await,
     ]
 }

@@ -6,8 +6,11 @@
 #    infra/local/demo-scenario.jsonl (catalogue, a supplier ETA, three
 #    orders in three languages, an abandoned cart): confirmations;
 # 2. moves the clock a week and publishes demo-week-later.jsonl (the
-#    supplier slips, items ship, one order is delivered): delay notices,
-#    shipped emails; three days later on the clock, the follow-up;
+#    supplier slips three weeks, items ship, one order is delivered): one
+#    delay-and-offer email per delayed order (apology plus time-limited
+#    options), shipped emails; the German customer opens the offer page
+#    and switches to the in-stock lamp (decision confirmation); three days
+#    later on the clock, the follow-up;
 # 3. publishes demo-restock.jsonl (the lamps arrive): arrival notices and a
 #    back-in-stock email;
 # 4. prints the ledger (recipients masked) and saves each email, as it
@@ -74,16 +77,40 @@ wait_for_emails 3
 log "a week later: the lamp's supplier slips, the in-stock items ship, Ada's order is delivered"
 "$CTL" clock advance 7d
 "$CTL" publish "$SCRIPT_DIR/demo-week-later.jsonl"
-log "waiting for two delay notices (after the debounce window) and two shipped emails"
+log "waiting for two delay-and-offer emails (a 3-week slip is significant: one email with the apology and the options) and two shipped emails"
 wait_for_emails 7
+
+log "Bernd opens the switch link of his offer email and confirms (GET shows the page, only the POST decides)"
+link=$("${BACKORDER_PG_BIN:-/usr/bin}/psql" -X "$DATABASE_URL" -Atc \
+    "SELECT data->'alternatives'->0->>'url' FROM email_ledger WHERE template = 'delay_offer' AND locale LIKE 'de%' LIMIT 1")
+[[ -n $link ]] || { echo "demo: no offer with an alternative for the German customer" >&2; exit 1; }
+python3 - "$link" "$OUT" <<'PY'
+import html, re, sys, urllib.parse, urllib.request
+link, out = sys.argv[1], sys.argv[2]
+page = urllib.request.urlopen(link).read().decode()
+open(f"{out}/page-1-offer.html", "w", encoding="utf-8").write(page)
+title = html.unescape(re.search(r"<h1>(.*?)</h1>", page).group(1))
+fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', page))
+chosen = re.search(r'name="option" value="([^"]*)" checked', page).group(1)
+print(f"    offer page: {title!r}, pre-selected: {html.unescape(chosen)}")
+base = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(link))
+action = html.unescape(re.search(r'<form method="post" action="([^"]*)"', page).group(1))
+form = {k: html.unescape(v) for k, v in fields.items()} | {"option": html.unescape(chosen)}
+done = urllib.request.urlopen(base + action, data=urllib.parse.urlencode(form).encode()).read().decode()
+open(f"{out}/page-2-confirmed.html", "w", encoding="utf-8").write(done)
+print("    after confirm: " + html.unescape(re.search(r'role="status">(.*?)</p>', done).group(1)))
+print(f"    pages saved: {out}/page-1-offer.html, {out}/page-2-confirmed.html")
+PY
+log "waiting for the decision confirmation (the switch also went to backorder-decisions.v1 for the OMS)"
+wait_for_emails 8
 
 log "three days after the delivery: the follow-up"
 "$CTL" clock advance 3d
-wait_for_emails 8
+wait_for_emails 9
 
 log "the lamps arrive"
 "$CTL" publish "$SCRIPT_DIR/demo-restock.jsonl"
-log "waiting for two arrival notices and one back-in-stock email to the abandoned cart"
+log "waiting for the arrival notice of the backorder still waiting (Bernd switched) and back-in-stock emails for the units left"
 wait_for_emails 11
 
 log "the sender's ledger"

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use backorder_core::events::TopicEvent;
 use backorder_core::events::internal::{BackorderDelayEvent, BackorderDelayed};
 use backorder_core::events::orders::{CartAbandoned, Customer};
 use backorder_core::events::stock::{ProductUpserted, Season, StockArrival, SupplierEtaChanged};
@@ -145,47 +146,52 @@ pub async fn allocated_orders(app: &TestApp, sku: &str) -> Vec<String> {
 /// for `expected` records, then keeps reading for `settle` so that an
 /// unexpected extra record is seen too.
 pub async fn delays_on_topic(app: &TestApp, expected: usize, settle: Duration) -> Vec<BackorderDelayed> {
-    let topic = app.topics.name(topics::BACKORDER_DELAYS);
+    records_on_topic::<BackorderDelayEvent>(app, topics::BACKORDER_DELAYS, expected, settle)
+        .await
+        .into_iter()
+        .map(|BackorderDelayEvent::Delayed(d)| d)
+        .collect()
+}
+
+/// Every record on this test's `base_topic`, decoded: waits for
+/// `expected`, then reads on for `settle` to catch extras.
+pub async fn records_on_topic<E: TopicEvent>(app: &TestApp, base_topic: &str, expected: usize, settle: Duration) -> Vec<E> {
+    let topic = app.topics.name(base_topic);
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &app.settings.kafka_bootstrap_servers)
         .set(
             "group.id",
-            format!("{}delays-reader-{}", app.settings.topic_prefix, uuid::Uuid::new_v4()),
+            format!("{}reader-{}", app.settings.topic_prefix, uuid::Uuid::new_v4()),
         )
         .set("enable.auto.commit", "false")
         .create()
-        .expect("delays reader");
+        .expect("topic reader");
     let partitions = topics::TOPICS
         .iter()
-        .find(|(t, _)| *t == topics::BACKORDER_DELAYS)
+        .find(|(t, _)| *t == base_topic)
         .map(|(_, p)| *p)
-        .expect("backorder-delays.v1 is a topic");
+        .expect("a known topic");
     let mut list = TopicPartitionList::new();
     for p in 0..partitions {
         list.add_partition_offset(&topic, p, Offset::Beginning)
             .expect("partition");
     }
     consumer.assign(&list).expect("assign");
+    let decode = |payload: Vec<u8>| async move { app.codec.decode::<E>(&payload).await.expect("decodes") };
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while out.len() < expected {
         let message = tokio::time::timeout_at(deadline, consumer.recv())
             .await
             .unwrap_or_else(|_| panic!("only {} of {expected} records on {topic}", out.len()))
-            .expect("delay record");
-        out.push(decode(app, message.payload().unwrap_or_default()).await);
+            .expect("record");
+        out.push(decode(message.payload().unwrap_or_default().to_vec()).await);
     }
     let quiet_until = tokio::time::Instant::now() + settle;
     while let Ok(Ok(message)) = tokio::time::timeout_at(quiet_until, consumer.recv()).await {
-        out.push(decode(app, message.payload().unwrap_or_default()).await);
+        out.push(decode(message.payload().unwrap_or_default().to_vec()).await);
     }
     out
-}
-
-async fn decode(app: &TestApp, payload: &[u8]) -> BackorderDelayed {
-    match app.codec.decode::<BackorderDelayEvent>(payload).await.expect("decodes") {
-        BackorderDelayEvent::Delayed(d) => d,
-    }
 }
 
 /// Resident-memory high-water mark of a process, in KiB (Linux).

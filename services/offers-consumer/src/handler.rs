@@ -218,7 +218,9 @@ impl ResponsesHandler {
             &offer.order_id,
             Some((&offer.offer_id, &option)),
             &line_ids,
-            kind == DecisionKind::Cancel,
+            // A switch replaces the line: like a cancellation, it is no
+            // longer served from new stock nor emailed about.
+            matches!(kind, DecisionKind::Cancel | DecisionKind::Switch),
             now,
         )
         .await?;

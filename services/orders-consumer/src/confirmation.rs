@@ -5,6 +5,7 @@
 use backorder_core::domain::DedupKey;
 use backorder_core::events::internal::{EmailCategory, EmailRequested, Recipient};
 use backorder_core::events::orders::{Availability, OrderPlaced};
+use backorder_core::links::LinkSigner;
 use serde::Serialize;
 
 use crate::store::Promise;
@@ -31,11 +32,13 @@ struct LineData<'a> {
     /// `YYYY-MM-DD`; both absent on a backordered line: not known yet.
     window_from: Option<String>,
     window_to: Option<String>,
+    /// A backordered line's signed one-click cancel link.
+    cancel_url: Option<String>,
 }
 
 /// The email request for a newly placed order. `promises` holds the
 /// recorded promise of each backordered line, by line id.
-pub fn order_confirmation(order: &OrderPlaced, promises: &[(String, Promise)]) -> EmailRequested {
+pub fn order_confirmation(order: &OrderPlaced, promises: &[(String, Promise)], signer: &LinkSigner) -> EmailRequested {
     let lines = order
         .lines
         .iter()
@@ -53,6 +56,8 @@ pub fn order_confirmation(order: &OrderPlaced, promises: &[(String, Promise)]) -
                 backordered,
                 window_from: promise.and_then(|p| p.from).map(|d| d.to_string()),
                 window_to: promise.and_then(|p| p.to).map(|d| d.to_string()),
+                cancel_url: backordered
+                    .then(|| signer.cancel_url(&order.order_id, &line.line_id, &order.customer.customer_id)),
             }
         })
         .collect();

@@ -6,6 +6,7 @@ use backorder_core::codec::Codec;
 use backorder_core::deadpool_postgres::Pool;
 use backorder_core::email_decisions;
 use backorder_core::events::orders::{Availability, OrderEvent};
+use backorder_core::links::LinkSigner;
 use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, topics};
 use backorder_core::service::Service;
 use backorder_core::timers;
@@ -19,13 +20,16 @@ pub struct OrdersHandler {
     codec: Codec,
     clock: Clock,
     nurture: NurturePolicy,
+    /// Signs the one-click cancel links of backordered lines.
+    signer: LinkSigner,
     /// Full name of `email-requests.v1` (with the configured prefix).
     email_requests_topic: String,
 }
 
 impl OrdersHandler {
-    pub fn new(service: &Service, nurture: NurturePolicy) -> Self {
+    pub fn new(service: &Service, nurture: NurturePolicy, signer: LinkSigner) -> Self {
         Self {
+            signer,
             pool: service.pool.clone(),
             codec: service.codec.clone(),
             clock: service.clock.clone(),
@@ -59,7 +63,7 @@ impl Handler for OrdersHandler {
                     // Requested again on replay: the sender's ledger keeps
                     // one email per dedup key, so this is safe and means a
                     // crash after commit but before produce loses nothing.
-                    let email = confirmation::order_confirmation(order, &promises);
+                    let email = confirmation::order_confirmation(order, &promises, &self.signer);
                     email_decisions::record(&*tx, &email, None, now).await?;
                     emails.push(email);
                     if has_backorder {

@@ -27,8 +27,9 @@ pub enum StartError {
 /// Starts the HTTP endpoints, the consumer loop and the nurture timers.
 pub async fn start(service: &Service) -> Result<(), StartError> {
     let policy = nurture::NurturePolicy::from_policy(&service.policy.nurture);
+    let signer = service.settings.link_signer().map_err(ServiceError::from)?;
     service.serve_http(axum::Router::new()).await?;
-    service.consume(topics::ORDERS, handler::OrdersHandler::new(service, policy));
-    service.run_timers(nurture::NurtureTimers::new(service, policy));
+    service.consume(topics::ORDERS, handler::OrdersHandler::new(service, policy, signer.clone()));
+    service.run_timers(nurture::NurtureTimers::new(service, policy, signer));
     Ok(())
 }

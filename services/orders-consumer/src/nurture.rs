@@ -22,6 +22,7 @@ use backorder_core::codec::Codec;
 use backorder_core::domain::DedupKey;
 use backorder_core::email_decisions;
 use backorder_core::events::internal::{EmailCategory, EmailRequested, Recipient};
+use backorder_core::links::LinkSigner;
 use backorder_core::kafka::{HandlerError, OutboundRecord, topics};
 use backorder_core::service::Service;
 use backorder_core::timers::{self, Timer, TimerHandler};
@@ -160,6 +161,8 @@ struct NurtureLine {
     /// `YYYY-MM-DD`; both absent: the supplier has no date yet.
     window_from: Option<String>,
     window_to: Option<String>,
+    /// The line's signed one-click cancel link.
+    cancel_url: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -173,14 +176,17 @@ pub struct NurtureTimers {
     codec: Codec,
     email_requests_topic: String,
     policy: NurturePolicy,
+    /// Signs each line's one-click cancel link.
+    signer: LinkSigner,
 }
 
 impl NurtureTimers {
-    pub fn new(service: &Service, policy: NurturePolicy) -> Self {
+    pub fn new(service: &Service, policy: NurturePolicy, signer: LinkSigner) -> Self {
         Self {
             codec: service.codec.clone(),
             email_requests_topic: service.topics.name(topics::EMAIL_REQUESTS),
             policy,
+            signer,
         }
     }
 }
@@ -261,6 +267,7 @@ impl TimerHandler for NurtureTimers {
                     kind: product_kind(category.as_deref()),
                     window_from: eta_from.map(|d| d.to_string()),
                     window_to: eta_to.map(|d| d.to_string()),
+                    cancel_url: String::new(),
                 });
             }
         }
@@ -302,6 +309,9 @@ impl TimerHandler for NurtureTimers {
         };
         let (customer_id, email, name, locale): (String, String, String, String) =
             (customer.get(0), customer.get(1), customer.get(2), customer.get(3));
+        for line in &mut due {
+            line.cancel_url = self.signer.cancel_url(order_id, &line.line_id, &customer_id);
+        }
         let request = EmailRequested::compose(
             &DedupKey::new("nurture", &[order_id, &payload.step.to_string()]),
             TEMPLATE,

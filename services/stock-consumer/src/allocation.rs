@@ -86,6 +86,9 @@ WITH next AS (
       FROM order_lines l
       JOIN orders o ON o.order_id = l.order_id
      WHERE l.sku = $2 AND l.availability = 'BACKORDERED' AND l.status = 'open'
+       -- A line the customer cancelled or switched away from (one click,
+       -- awaiting the OMS) is not served.
+       AND l.cancel_requested_at IS NULL
      ORDER BY o.placed_at, l.order_id, l.line_id
      LIMIT $4
        FOR UPDATE OF l
@@ -385,7 +388,8 @@ async fn finalize(
     let waiting: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM order_lines
-                             WHERE sku = $1 AND availability = 'BACKORDERED' AND status = 'open')",
+                             WHERE sku = $1 AND availability = 'BACKORDERED' AND status = 'open'
+                               AND cancel_requested_at IS NULL)",
             &[&sku],
         )
         .await?

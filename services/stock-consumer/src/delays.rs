@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use backorder_core::codec::Codec;
 use backorder_core::domain::ReasonForCustomer;
 use backorder_core::email_decisions;
+use backorder_core::links::LinkSigner;
 use backorder_core::events::internal::{BackorderDelayed, DelayedLine};
 use backorder_core::events::stock::SupplierEtaChanged;
 use backorder_core::kafka::{HandlerError, OutboundRecord, topics};
@@ -141,6 +142,8 @@ pub fn debounced_due(now: DateTime<Utc>, since: DateTime<Utc>, window: Duration)
 /// open backordered line's promise.
 pub struct DelayTimers {
     codec: Codec,
+    /// Signs each delayed line's one-click cancel link.
+    signer: LinkSigner,
     /// A slip is significant past this many days (policy file).
     significant_slip_days: i64,
     email_topic: String,
@@ -148,9 +151,10 @@ pub struct DelayTimers {
 }
 
 impl DelayTimers {
-    pub fn new(service: &Service) -> Self {
+    pub fn new(service: &Service, signer: LinkSigner) -> Self {
         Self {
             codec: service.codec.clone(),
+            signer,
             significant_slip_days: service.policy.delays.significant_slip_days,
             email_topic: service.topics.name(topics::EMAIL_REQUESTS),
             delays_topic: service.topics.name(topics::BACKORDER_DELAYS),
@@ -235,7 +239,7 @@ impl DelayTimers {
                 "WITH page AS (
                      SELECT DISTINCT order_id FROM order_lines
                       WHERE sku = $1 AND availability = 'BACKORDERED' AND status = 'open' AND promise_told
-                        AND order_id > $2
+                        AND cancel_requested_at IS NULL AND order_id > $2
                       ORDER BY order_id
                       LIMIT $3)
                  SELECT l.order_id, l.line_id, l.sku, l.product_name, l.quantity, l.unit_price_minor,
@@ -246,6 +250,7 @@ impl DelayTimers {
                    JOIN orders o ON o.order_id = l.order_id
                    JOIN customers c ON c.customer_id = o.customer_id
                   WHERE l.sku = $1 AND l.availability = 'BACKORDERED' AND l.status = 'open' AND l.promise_told
+                    AND l.cancel_requested_at IS NULL
                   ORDER BY l.order_id, l.line_id
                     FOR UPDATE OF l",
                 &[&sku, &after, &DELAY_PAGE_ORDERS],
@@ -341,6 +346,7 @@ impl DelayTimers {
                     quantity: l.quantity,
                     previous_from: emails::iso(l.told.from),
                     previous_to: emails::iso(l.told.to),
+                    cancel_url: Some(self.signer.cancel_url(&l.order_id, &l.line_id, &l.customer.customer_id)),
                 })
                 .collect();
             let data = DelayData {

@@ -79,6 +79,8 @@ pub struct DelayedItem {
     /// What the customer was told before (`YYYY-MM-DD`; absent: unknown).
     pub previous_from: Option<String>,
     pub previous_to: Option<String>,
+    /// The line's signed one-click cancel link.
+    pub cancel_url: Option<String>,
 }
 
 /// What a delay notice says.

@@ -24,8 +24,9 @@ use backorder_core::service::{Service, ServiceError};
 
 /// Starts the HTTP endpoints, the debounce-timer loop and the consumer loop.
 pub async fn start(service: &Service) -> Result<(), ServiceError> {
+    let signer = service.settings.link_signer()?;
     service.serve_http(axum::Router::new()).await?;
-    service.run_timers(delays::DelayTimers::new(service));
+    service.run_timers(delays::DelayTimers::new(service, signer));
     service.consume(topics::STOCK, handler::StockHandler::new(service));
     Ok(())
 }

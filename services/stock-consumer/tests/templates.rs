@@ -42,6 +42,7 @@ fn delay(locale: &str, window: Option<(NaiveDate, NaiveDate)>, code: Option<&str
         quantity: 2,
         previous_from: emails::iso(Some(date(1))),
         previous_to: emails::iso(Some(date(5))),
+        cancel_url: Some("https://shop.example/cancel?order=o-1&line=l1&token=T".into()),
     }];
     let data = DelayData {
         order_id: "o-1",

@@ -229,3 +229,10 @@ impl AvroRecord for BackorderDecision {
         &self.order_id
     }
 }
+
+topic_event! {
+    /// Everything `backorder-decisions.v1` carries (what the OMS consumes).
+    BackorderDecisionEvent {
+        Decision(BackorderDecision),
+    }
+}

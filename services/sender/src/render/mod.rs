@@ -189,11 +189,13 @@ mod tests {
             "has_backorder": true,
             "lines": [
                 {"product_name": product, "quantity": 1, "unit_price_minor": 2599, "backordered": true,
-                 "window_from": "2026-12-15", "window_to": "2026-12-22"},
+                 "window_from": "2026-12-15", "window_to": "2026-12-22",
+                 "cancel_url": "https://shop.example/cancel?order=o-1&line=1&token=T"},
                 {"product_name": "Mug", "quantity": 2, "unit_price_minor": 1000, "backordered": false,
-                 "window_from": null, "window_to": null},
+                 "window_from": null, "window_to": null, "cancel_url": null},
                 {"product_name": "Chair", "quantity": 1, "unit_price_minor": 0, "backordered": true,
-                 "window_from": null, "window_to": null}
+                 "window_from": null, "window_to": null,
+                 "cancel_url": "https://shop.example/cancel?order=o-1&line=3&token=T"}
             ]
         })
     }
@@ -210,6 +212,7 @@ mod tests {
             assert!(part.contains("not known yet"), "{part}");
             assert!(part.contains("support@shop.example"), "{part}");
             assert!(part.contains("€45.99"), "{part}");
+            assert!(part.contains("line=3"), "a one-click cancel link per backordered line: {part}");
         }
     }
 
