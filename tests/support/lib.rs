@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod app;
+pub mod interop;
 pub mod moto;
 pub mod private_moto;
 pub mod private_pg;
