@@ -192,7 +192,7 @@ and print which writer schema it matched and the record.
 The message is given as hex on the command line (spaces, colons, 0x and \\x are
 ignored), or with --file as a file holding the raw bytes or their hex (`-`
 reads stdin). Confluent-framed messages need SCHEMA_REGISTRY_URL. The record is
-printed as JSON the way `backorderctl publish` reads it (\"type\" first, instants
+printed as JSON the way `backorderctl publish` reads it (with \"type\", instants
 RFC 3339, dates YYYY-MM-DD). A message that matches no schema fails with the
 same reason a dead-letter header carries: the fingerprint in both byte orders
 and the known schemas' fingerprints.
@@ -225,7 +225,7 @@ pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
         .chars()
         .filter(|c| !c.is_whitespace() && *c != ':' && *c != ',')
         .collect();
-    if cleaned.is_empty() || cleaned.len() % 2 != 0 || !cleaned.chars().all(|c| c.is_ascii_hexdigit()) {
+    if cleaned.is_empty() || !cleaned.len().is_multiple_of(2) || !cleaned.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     (0..cleaned.len())
@@ -286,7 +286,7 @@ pub fn avro_to_json(value: &apache_avro::types::Value) -> Json {
     }
 }
 
-/// The record as `publish` reads it: `"type"` (the short name) first.
+/// The record as `publish` reads it, with `"type"` (the short name).
 pub fn record_json(decoded: &DecodedMessage) -> Json {
     let short = decoded.full_name.rsplit('.').next().unwrap_or(&decoded.full_name);
     let mut object = Map::new();
