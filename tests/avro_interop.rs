@@ -473,3 +473,81 @@ async fn orders_from_java_and_fastavro_producers_are_confirmed_and_an_unknown_fi
     }
     assert!(app.emails_to(&stranger).await.is_empty());
 }
+
+/// The fenced code block of `language` in the producer's guide.
+fn guide_snippet(language: &str) -> String {
+    let guide = std::fs::read_to_string(backorder_tests::interop::repo().join("docs/producers.md")).unwrap();
+    let fence = format!("```{language}\n");
+    let start = guide.find(&fence).unwrap_or_else(|| panic!("a {language} snippet")) + fence.len();
+    let end = start + guide[start..].find("```").unwrap();
+    guide[start..end].to_string()
+}
+
+#[tokio::test]
+async fn the_producers_guide_snippets_write_orders_the_pipeline_decodes() {
+    use std::process::Command;
+    let scratch = backorder_tests::interop::repo()
+        .join("target/interop-java")
+        .join(format!("guide-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch).unwrap();
+
+    // Java: the snippet as the body of a main method, printing the hex.
+    let java = guide_snippet("java");
+    let (imports, body): (Vec<&str>, Vec<&str>) = java.lines().partition(|l| l.starts_with("import "));
+    let source = format!(
+        "{}\npublic class GuideSnippet {{ public static void main(String[] args) throws Exception {{\n{}\n\
+         byte[] out = new byte[value.remaining()]; value.get(out);\n\
+         StringBuilder hex = new StringBuilder(); for (byte b : out) hex.append(String.format(\"%02x\", b & 0xff));\n\
+         System.out.println(hex); }} }}\n",
+        imports.join("\n"),
+        body.join("\n")
+    );
+    std::fs::write(scratch.join("GuideSnippet.java"), source).unwrap();
+    let classpath = backorder_tests::interop::java_classpath();
+    let javac = Command::new("javac")
+        .arg("-d")
+        .arg(&scratch)
+        .args(["-cp", &classpath])
+        .arg(scratch.join("GuideSnippet.java"))
+        .output()
+        .unwrap();
+    assert!(javac.status.success(), "{}", String::from_utf8_lossy(&javac.stderr));
+    let java_out = Command::new("java")
+        .args(["-cp", &format!("{}:{classpath}", scratch.display()), "GuideSnippet"])
+        .current_dir(backorder_tests::interop::repo())
+        .output()
+        .unwrap();
+    assert!(
+        java_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&java_out.stderr)
+    );
+
+    // Python: the snippet, printing the hex.
+    let python = format!("{}\nprint(value.hex())\n", guide_snippet("python"));
+    let python_out = Command::new(backorder_tests::interop::fastavro_python())
+        .args(["-c", &python])
+        .current_dir(backorder_tests::interop::repo())
+        .output()
+        .unwrap();
+    assert!(
+        python_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python_out.stderr)
+    );
+    std::fs::remove_dir_all(&scratch).unwrap();
+
+    let codec = Codec::new(None).unwrap();
+    for (who, out) in [("Java", java_out.stdout), ("Python", python_out.stdout)] {
+        let bytes = unhex(String::from_utf8(out).unwrap().trim());
+        let order: backorder_core::events::orders::OrderEvent = codec
+            .decode(&bytes)
+            .await
+            .unwrap_or_else(|e| panic!("the guide's {who} snippet: {e}"));
+        let backorder_core::events::orders::OrderEvent::Placed(order) = order else {
+            panic!("{who}: {order:?}")
+        };
+        assert_eq!(order.lines[0].availability, Backordered, "{who}");
+        assert_eq!(order.total_minor, 8900, "{who}");
+    }
+}

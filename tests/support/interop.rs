@@ -209,7 +209,7 @@ const JAVA_JARS: &[&str] = &[
     "slf4j-nop.jar",
 ];
 
-fn java_classpath() -> String {
+pub fn java_classpath() -> String {
     let dir = Path::new("/usr/share/java");
     let jars: Vec<String> = JAVA_JARS
         .iter()
@@ -274,7 +274,7 @@ fn java_classes() -> PathBuf {
 }
 
 /// The project venv's Python, which has fastavro (infra/local/requirements.txt).
-fn fastavro_python() -> PathBuf {
+pub fn fastavro_python() -> PathBuf {
     let python = repo().join(".venv/bin/python");
     let ok = Command::new(&python)
         .args(["-c", "import fastavro"])
