@@ -2,7 +2,9 @@
 #
 #   make demo       the whole pipeline on the local stack, with a report
 #   make test       the whole test suite (starts what it needs)
-#   make up/down    start/stop PostgreSQL, Tansu (Kafka) and moto (SES)
+#   make up/down    start/stop PostgreSQL, Tansu (Kafka) and moto (SES); `up` also
+#                   installs what the Avro conformance tests run: Debian's
+#                   libavro-java and a JDK (apt, when missing) and fastavro (.venv)
 #   make services   start the six services in the background
 #   make lint       rustfmt and clippy, as CI runs them
 

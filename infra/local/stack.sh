@@ -10,7 +10,9 @@
 #
 # State lives in $REPO/.stack (override: BACKORDER_STACK_DIR); the Python venv
 # with Tansu and moto is $REPO/.venv, installed from infra/local/requirements.txt
-# with --require-hashes whenever that file's sha256 changes. Everything listens
+# with --require-hashes whenever that file's sha256 changes (it also holds
+# fastavro for the Avro conformance tests, which need Debian's libavro-java and
+# a JDK too: `up` installs them with apt-get when missing). Everything listens
 # on 127.0.0.1 only, on free ports picked at first start (kept across restarts
 # while still free). BACKORDER_SES_FROM (default orders@shop.example) is the
 # SES sender identity created in moto, together with its domain.
@@ -174,6 +176,28 @@ ensure_venv() {
     printf '%s\n' "$want" >"$stamp"
 }
 
+# The Avro conformance suite (tests/avro_interop.rs) runs the Java reference
+# implementation: Debian's libavro-java (Apache Avro 1.8.2 and its jars in
+# /usr/share/java) with the machine's JDK (javac compiles the helper in
+# tests/interop/). Installed with apt-get when missing, like PostgreSQL.
+ensure_java_avro() {
+    local pkgs=() sudo=()
+    [[ -f /usr/share/java/avro.jar && -f /usr/share/java/slf4j-nop.jar ]] || pkgs+=(libavro-java libslf4j-java)
+    command -v javac >/dev/null 2>&1 || pkgs+=(default-jdk-headless)
+    (( ${#pkgs[@]} )) || return 0
+    if [[ $(id -u) != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "${pkgs[*]} missing and we are not root (no sudo either)"
+        sudo=(sudo)
+    fi
+    log "installing Debian's ${pkgs[*]} (Avro conformance tests; apt-get)"
+    (
+        flock -w 900 8 || die "timed out waiting for the apt install lock"
+        export DEBIAN_FRONTEND=noninteractive
+        "${sudo[@]}" apt-get update -qq >&2
+        "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
+    ) 8>/tmp/backorder-java-install.lock
+}
+
 PG_PORT='' PG_BIN=''
 ensure_postgres() {
     local st
@@ -302,6 +326,7 @@ cmd_up() {
     lock
     mkdir -p "$STACK_DIR/services"
     ensure_venv
+    ensure_java_avro
     ensure_postgres
     ensure_tansu
     ensure_moto

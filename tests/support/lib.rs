@@ -7,6 +7,7 @@
 pub mod app;
 pub mod browser;
 pub mod campaigns;
+pub mod interop;
 pub mod moto;
 pub mod private_moto;
 pub mod private_pg;

@@ -10,12 +10,14 @@
 //! - [`clock`]: show or move the controlled clock.
 //! - [`emails`]: list the sender's ledger, recipients masked.
 //! - [`report`]: compare backorder buyers with the other customers.
+//! - [`schema`]: schema fingerprints, and decoding one raw message.
 
 pub mod clock;
 pub mod emails;
 pub mod migrate;
 pub mod publish;
 pub mod report;
+pub mod schema;
 pub mod topics;
 
 use std::io::{self, Write};
@@ -49,6 +51,7 @@ found in the working directory or a parent; BACKORDER_STACK_ENV names another fi
   KAFKA_BOOTSTRAP_SERVERS     brokers, host:port[,host:port]
   DATABASE_URL                PostgreSQL connection string
   SCHEMA_REGISTRY_URL         optional; Confluent framing when set
+  BACKORDER_AVRO_FINGERPRINT  specification (default) or apache-avro: the fingerprint written
   BACKORDER_TOPIC_PREFIX      prepended to every topic name
   BACKORDER_CLOCK_CONTROLLED  whether services read the controlled clock
   BACKORDER_KAFKA__<PROPERTY> any librdkafka property, e.g. BACKORDER_KAFKA__SECURITY_PROTOCOL
@@ -64,8 +67,8 @@ Kafka, schema registry, settings); 2 bad input (command line or input file).";
     about = "Operator tool for the backorder email pipeline",
     long_about = "Operator tool for the backorder email pipeline: applies database \
                   migrations, creates Kafka topics, publishes events from JSON lines, moves \
-                  the controlled clock that all services share, and shows the email ledger \
-                  (recipients masked).",
+                  the controlled clock that all services share, shows the email ledger \
+                  (recipients masked), prints schema fingerprints and decodes raw messages.",
     after_help = AFTER_HELP
 )]
 pub struct Cli {
@@ -101,6 +104,14 @@ pub enum Command {
         #[command(subcommand)]
         command: report::ReportCommand,
     },
+    /// Avro schemas (`schema fingerprints`: both fingerprint forms of each).
+    Schema {
+        #[command(subcommand)]
+        command: schema::SchemaCommand,
+    },
+    /// Decode one raw message (hex or a file) and name its writer schema.
+    #[command(long_about = schema::DECODE_ABOUT)]
+    Decode(schema::DecodeArgs),
 }
 
 /// Everything that can go wrong, worded for the person at the terminal.
@@ -124,6 +135,8 @@ pub enum CtlError {
     Topics(#[source] AdminError),
     #[error("could not load the Avro schemas: {}", with_causes(.0))]
     Codec(#[source] CodecError),
+    #[error("the message cannot be decoded: {}", with_causes(.0))]
+    Undecodable(#[source] CodecError),
     #[error("line {line} ({record_type}): could not encode: {}", with_causes(source))]
     Encode {
         line: usize,
@@ -159,7 +172,7 @@ impl CtlError {
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CtlError::ReadInput { .. } | CtlError::BadInput { .. } => EXIT_BAD_INPUT,
+            CtlError::ReadInput { .. } | CtlError::BadInput { .. } | CtlError::Undecodable(_) => EXIT_BAD_INPUT,
             _ => EXIT_FAILURE,
         }
     }
@@ -183,6 +196,8 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Clock { command } => clock::run(command, &Settings::load()?, &mut out).await,
         Command::Emails(args) => emails::run(args, &Settings::load()?, &mut out).await,
         Command::Report { command } => report::run(command, &Settings::load()?, &mut out).await,
+        Command::Schema { command } => schema::run(command, &mut out).await,
+        Command::Decode(args) => schema::run_decode(args, &mut out).await,
     }?;
     out.flush()?;
     Ok(())

@@ -512,7 +512,9 @@ pub async fn run(args: PublishArgs, out: &mut impl Write) -> Result<(), CtlError
     } else {
         settings.schema_registry_url.as_deref()
     };
-    let codec = Codec::new(registry).map_err(CtlError::Codec)?;
+    let codec = Codec::new(registry)
+        .map_err(CtlError::Codec)?
+        .with_fingerprint_form(settings.avro_fingerprint);
     let records = encode_all(&lines, &codec, &topics).await?;
     let generated = lines.iter().filter(|l| l.generated_event_id).count();
     if args.dry_run {

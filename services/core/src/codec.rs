@@ -4,16 +4,20 @@
 //! CRC-64-AVRO fingerprint, the datum) by default, or Confluent framing
 //! (`00`, a 4-byte schema id, the datum) when a schema registry is
 //! configured. Reads both. The writer schema is looked up by fingerprint
-//! (every version in `schemas/`, old ones included) or by id through the
-//! registry, and resolved against today's reader schema, so events written
-//! by older producers still decode.
+//! (every version in `schemas/`, old ones included, by both fingerprint
+//! forms: see [`FingerprintForm`]) or by id through the registry, and
+//! resolved against today's reader schema, so events written by older
+//! producers still decode.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
 use apache_avro::rabin::Rabin;
 use apache_avro::types::Value;
+use digest::Digest;
+use serde::{Deserialize, Serialize};
 
 use crate::events::{AvroRecord, DecodeError, TopicEvent};
 
@@ -57,6 +61,94 @@ const SCHEMA_FILES: &[SchemaFile] = schema_files! {
 const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 const CONFLUENT_MAGIC: u8 = 0x00;
 
+/// Which of the two CRC-64-AVRO fingerprints in circulation single-object
+/// encoding writes (`BACKORDER_AVRO_FINGERPRINT`). Both are always read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FingerprintForm {
+    /// The specification's parsing canonical form, as the Java reference
+    /// implementation and fastavro compute it: what JVM consumers expect.
+    #[default]
+    Specification,
+    /// The form apache-avro (Rust, 0.21) and Apache's Python `avro`
+    /// library compute, for consumers built on those.
+    ApacheAvro,
+}
+
+impl FingerprintForm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FingerprintForm::Specification => "specification",
+            FingerprintForm::ApacheAvro => "apache-avro",
+        }
+    }
+}
+
+impl std::fmt::Display for FingerprintForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A schema's single-object fingerprints: the 8 bytes that follow `C3 01`,
+/// in the order they are written (the CRC-64-AVRO value little-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprints {
+    pub specification: [u8; 8],
+    pub apache_avro: [u8; 8],
+}
+
+impl Fingerprints {
+    /// Both fingerprints of `schema`.
+    pub fn of(schema: &Schema) -> Self {
+        Self {
+            specification: crc64_avro(&specification_canonical_form(schema)),
+            apache_avro: crc64_avro(&schema.canonical_form()),
+        }
+    }
+
+    pub fn get(&self, form: FingerprintForm) -> [u8; 8] {
+        match form {
+            FingerprintForm::Specification => self.specification,
+            FingerprintForm::ApacheAvro => self.apache_avro,
+        }
+    }
+}
+
+/// The specification's Parsing Canonical Form of `schema`: the text whose
+/// CRC-64-AVRO is the single-object fingerprint.
+///
+/// This is the one place where the project departs from apache-avro, and
+/// why: the specification's [PRIMITIVES] step reduces a primitive written
+/// as an object to its name, and [STRIP] drops `logicalType`
+/// (<https://avro.apache.org/docs/1.11.1/specification/#parsing-canonical-form-for-schemas>).
+/// The Java reference implementation (`SchemaNormalization`) and fastavro
+/// therefore turn `{"type": "long", "logicalType": "timestamp-millis"}`
+/// into `"long"`. apache-avro 0.21 strips the logical type but leaves
+/// `{"type":"long"}`, so every schema with a timestamp or a date gets a
+/// different fingerprint there, and a JVM producer's events would match no
+/// schema (Apache's Python library agrees with the Rust crate, so the
+/// ecosystem is split). apache-avro's form is otherwise the specification's
+/// (full names, field order, stripped attributes, no whitespace), so the
+/// step it misses is applied to its output: in a canonical form every
+/// object `{"type":"<primitive>"}` is exactly such a left-over (names and
+/// symbols cannot contain braces or quotes). The decoder accepts both
+/// forms; the encoder writes the one [`FingerprintForm`] selects.
+pub fn specification_canonical_form(schema: &Schema) -> String {
+    const PRIMITIVES: [&str; 8] = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"];
+    let mut form = schema.canonical_form();
+    for primitive in PRIMITIVES {
+        form = form.replace(&format!(r#"{{"type":"{primitive}"}}"#), &format!(r#""{primitive}""#));
+    }
+    form
+}
+
+/// CRC-64-AVRO (Rabin) of `text`, little-endian as single-object encoding
+/// writes it.
+fn crc64_avro(text: &str) -> [u8; 8] {
+    Rabin::digest(text.as_bytes()).into()
+}
+
 /// Why bytes could not become an event, or an event bytes. The `Display`
 /// text is what lands in a dead-letter header, so it says what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +165,24 @@ pub enum CodecError {
     UnknownFraming(u8),
     #[error("message is shorter than its framing header")]
     Truncated,
-    #[error("no known schema has fingerprint {0}")]
-    UnknownFingerprint(String),
+    #[error(
+        "no known schema has fingerprint {as_written} (the 8 bytes after C3 01 as written, \
+         little-endian as the specification says; byte-swapped: {swapped}, which is also the \
+         64-bit value in hex as Java's SchemaNormalization.parsingFingerprint64 gives it){swapped_match}; \
+         known fingerprints (as written; specification form, as Java and fastavro write it / \
+         apache-avro form): {known}"
+    )]
+    UnknownFingerprint {
+        /// The 8 bytes as they are in the message, hex.
+        as_written: String,
+        /// The bytes reversed: the fingerprint as a big-endian number, and
+        /// what a producer that wrote the number big-endian by mistake meant.
+        swapped: String,
+        /// Says which schema the reversed bytes are, when they are one.
+        swapped_match: String,
+        /// Every schema the message could have been, with both fingerprints.
+        known: String,
+    },
     #[error("schema id {id} could not be fetched from the registry: {reason}")]
     Registry { id: u32, reason: String },
     #[error("schema registry rejected {subject}: {reason}")]
@@ -91,7 +199,7 @@ pub enum CodecError {
     Decode(#[from] DecodeError),
     #[error("could not encode {record}: {source}")]
     Encode {
-        record: &'static str,
+        record: String,
         #[source]
         source: Box<apache_avro::Error>,
     },
@@ -105,21 +213,30 @@ impl CodecError {
     }
 }
 
-/// All known schemas, indexed for both directions.
-struct SchemaSet {
-    /// Writer schemas by single-object fingerprint, old versions included.
-    by_fingerprint: HashMap<[u8; 8], Arc<Schema>>,
-    /// Today's schema per record full name (reader and writer).
-    current: HashMap<String, (Arc<Schema>, [u8; 8], &'static str)>,
+/// One schema of `schemas/` as the codec knows it.
+#[derive(Debug)]
+pub struct KnownSchema {
+    /// The file, relative to `schemas/` (`orders.v1/history/OrderPlaced.1.avsc`).
+    pub path: &'static str,
+    /// The record's full name (`com.backorder.orders.OrderPlaced`).
+    pub full_name: String,
+    /// Today's version of the record (reader and writer), or a historic one
+    /// (writer only).
+    pub current: bool,
+    pub fingerprints: Fingerprints,
+    pub schema: Schema,
+    json: &'static str,
 }
 
-fn fingerprint(schema: &Schema) -> [u8; 8] {
-    let bytes = schema.fingerprint::<Rabin>().bytes;
-    let mut out = [0u8; 8];
-    for (slot, byte) in out.iter_mut().zip(bytes) {
-        *slot = byte;
-    }
-    out
+/// All known schemas, indexed for both directions.
+struct SchemaSet {
+    /// Every schema file, in the order of [`SCHEMA_FILES`].
+    known: Vec<Arc<KnownSchema>>,
+    /// Writer schemas by either single-object fingerprint, old versions
+    /// included, with the form that fingerprint is.
+    by_fingerprint: HashMap<[u8; 8], (Arc<KnownSchema>, FingerprintForm)>,
+    /// Today's schema per record full name.
+    current: HashMap<String, Arc<KnownSchema>>,
 }
 
 fn full_name(schema: &Schema) -> String {
@@ -129,9 +246,17 @@ fn full_name(schema: &Schema) -> String {
         .unwrap_or_else(|| "<unnamed>".to_string())
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
 impl SchemaSet {
     fn load() -> Result<Self, CodecError> {
         let mut set = SchemaSet {
+            known: Vec::new(),
             by_fingerprint: HashMap::new(),
             current: HashMap::new(),
         };
@@ -140,14 +265,66 @@ impl SchemaSet {
                 path: file.path,
                 source: Box::new(source),
             })?;
-            let fp = fingerprint(&schema);
-            let schema = Arc::new(schema);
-            set.by_fingerprint.insert(fp, schema.clone());
-            if file.current {
-                set.current.insert(full_name(&schema), (schema, fp, file.json));
+            let known = Arc::new(KnownSchema {
+                path: file.path,
+                full_name: full_name(&schema),
+                current: file.current,
+                fingerprints: Fingerprints::of(&schema),
+                schema,
+                json: file.json,
+            });
+            // The apache-avro form first, so that a schema whose two forms
+            // are the same (no logical types) is recorded as the
+            // specification's.
+            for form in [FingerprintForm::ApacheAvro, FingerprintForm::Specification] {
+                set.by_fingerprint
+                    .insert(known.fingerprints.get(form), (known.clone(), form));
             }
+            if file.current {
+                set.current.insert(known.full_name.clone(), known.clone());
+            }
+            set.known.push(known);
         }
         Ok(set)
+    }
+
+    /// The error for a fingerprint that matches nothing, listing the
+    /// schemas of `records` (all when `None`).
+    fn unknown_fingerprint(&self, fp: [u8; 8], records: Option<&[&str]>) -> CodecError {
+        let mut swapped = fp;
+        swapped.reverse();
+        let swapped_match = self
+            .by_fingerprint
+            .get(&swapped)
+            .map(|(known, form)| {
+                format!(
+                    " (reversed, they are the {form} fingerprint of {} ({}): the producer wrote the \
+                     fingerprint big-endian, the specification says little-endian)",
+                    known.full_name, known.path
+                )
+            })
+            .unwrap_or_default();
+        let known = self
+            .known
+            .iter()
+            .filter(|k| records.is_none_or(|names| names.contains(&k.full_name.as_str())))
+            .map(|k| {
+                format!(
+                    "{} ({}) {} / {}",
+                    k.full_name,
+                    k.path,
+                    hex(&k.fingerprints.specification),
+                    hex(&k.fingerprints.apache_avro)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        CodecError::UnknownFingerprint {
+            as_written: hex(&fp),
+            swapped: hex(&swapped),
+            swapped_match,
+            known,
+        }
     }
 }
 
@@ -161,23 +338,64 @@ struct Registry {
     ids: RwLock<HashMap<String, u32>>,
 }
 
+/// How the writer schema of a decoded message was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterSchema {
+    /// A schema file of `schemas/`, by one of its fingerprints.
+    Known {
+        path: &'static str,
+        fingerprint: [u8; 8],
+        form: FingerprintForm,
+    },
+    /// Confluent framing: the registry's schema with this id.
+    Registry { id: u32 },
+}
+
+impl std::fmt::Display for WriterSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriterSchema::Known {
+                path,
+                fingerprint,
+                form,
+            } => write!(f, "schemas/{path}, by its {form} fingerprint {}", hex(fingerprint)),
+            WriterSchema::Registry { id } => write!(f, "schema id {id} of the schema registry"),
+        }
+    }
+}
+
+/// One message decoded without knowing its topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedMessage {
+    /// The record's full name.
+    pub full_name: String,
+    /// Where the writer schema came from.
+    pub writer: WriterSchema,
+    /// The datum, resolved against today's schema of the record.
+    pub value: Value,
+}
+
 /// Encodes and decodes every record type of the project.
 #[derive(Clone)]
 pub struct Codec {
     schemas: Arc<SchemaSet>,
     registry: Option<Arc<Registry>>,
+    /// The fingerprint single-object encoding writes.
+    form: FingerprintForm,
 }
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Codec")
             .field("registry", &self.registry.as_ref().map(|r| r.url.as_str()))
+            .field("form", &self.form)
             .finish()
     }
 }
 
 impl Codec {
-    /// `registry_url`: when set, encode with Confluent framing.
+    /// `registry_url`: when set, encode with Confluent framing. Single-object
+    /// encoding writes the specification's fingerprint.
     pub fn new(registry_url: Option<&str>) -> Result<Self, CodecError> {
         Ok(Self {
             schemas: Arc::new(SchemaSet::load()?),
@@ -189,33 +407,63 @@ impl Codec {
                     ids: RwLock::default(),
                 })
             }),
+            form: FingerprintForm::default(),
         })
+    }
+
+    /// The codec the settings describe: `SCHEMA_REGISTRY_URL` and
+    /// `BACKORDER_AVRO_FINGERPRINT`.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, CodecError> {
+        Ok(Self::new(settings.schema_registry_url.as_deref())?.with_fingerprint_form(settings.avro_fingerprint))
+    }
+
+    /// Writes `form`'s fingerprint in single-object encoding.
+    pub fn with_fingerprint_form(mut self, form: FingerprintForm) -> Self {
+        self.form = form;
+        self
+    }
+
+    /// The fingerprint form single-object encoding writes.
+    pub fn fingerprint_form(&self) -> FingerprintForm {
+        self.form
+    }
+
+    /// Every schema file the codec reads, today's and historic, in a fixed order.
+    pub fn known_schemas(&self) -> impl Iterator<Item = &KnownSchema> {
+        self.schemas.known.iter().map(|k| k.as_ref())
     }
 
     /// Encodes `record` for `topic`.
     pub async fn encode<T: AvroRecord>(&self, topic: &str, record: &T) -> Result<Vec<u8>, CodecError> {
-        let (schema, fp, json) = self
+        let value = apache_avro::to_value(record).map_err(|source| CodecError::Encode {
+            record: T::FULL_NAME.to_string(),
+            source: Box::new(source),
+        })?;
+        self.encode_value(topic, T::FULL_NAME, value).await
+    }
+
+    /// Encodes an Avro value of record `full_name` with today's schema.
+    pub async fn encode_value(&self, topic: &str, full_name: &str, value: Value) -> Result<Vec<u8>, CodecError> {
+        let known = self
             .schemas
             .current
-            .get(T::FULL_NAME)
-            .ok_or_else(|| CodecError::NoReaderSchema(T::FULL_NAME.to_string()))?;
+            .get(full_name)
+            .ok_or_else(|| CodecError::NoReaderSchema(full_name.to_string()))?;
         let encode_err = |source| CodecError::Encode {
-            record: T::FULL_NAME,
+            record: full_name.to_string(),
             source: Box::new(source),
         };
-        let value = apache_avro::to_value(record)
-            .and_then(|v| v.resolve(schema))
-            .map_err(encode_err)?;
-        let datum = apache_avro::to_avro_datum(schema, value).map_err(encode_err)?;
+        let value = value.resolve(&known.schema).map_err(encode_err)?;
+        let datum = apache_avro::to_avro_datum(&known.schema, value).map_err(encode_err)?;
         let mut out = Vec::with_capacity(datum.len() + 10);
         match &self.registry {
             None => {
                 out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-                out.extend_from_slice(fp);
+                out.extend_from_slice(&known.fingerprints.get(self.form));
             }
             Some(registry) => {
-                let subject = format!("{topic}-{}", T::FULL_NAME);
-                let id = registry.register(&subject, json).await?;
+                let subject = format!("{topic}-{full_name}");
+                let id = registry.register(&subject, known.json).await?;
                 out.push(CONFLUENT_MAGIC);
                 out.extend_from_slice(&id.to_be_bytes());
             }
@@ -226,36 +474,62 @@ impl Codec {
 
     /// Decodes one message of a topic into its event enum.
     pub async fn decode<E: TopicEvent>(&self, payload: &[u8]) -> Result<E, CodecError> {
-        let (writer, mut datum) = self.writer_schema(payload).await?;
-        let name = full_name(&writer);
-        let (reader, _, _) = self
+        let decoded = self.decode_message(payload, Some(E::RECORDS)).await?;
+        Ok(E::from_avro(&decoded.full_name, &decoded.value)?)
+    }
+
+    /// Decodes any message of any known record, saying which writer schema
+    /// it matched (`backorderctl decode`, conformance tests).
+    pub async fn decode_value(&self, payload: &[u8]) -> Result<DecodedMessage, CodecError> {
+        self.decode_message(payload, None).await
+    }
+
+    /// `records`: the records the message may be, for the error message.
+    async fn decode_message(&self, payload: &[u8], records: Option<&[&str]>) -> Result<DecodedMessage, CodecError> {
+        let (schema, writer, mut datum) = self.writer_schema(payload, records).await?;
+        let name = full_name(&schema);
+        let reader = self
             .schemas
             .current
             .get(&name)
             .ok_or_else(|| CodecError::NoReaderSchema(name.clone()))?;
-        let value: Value =
-            apache_avro::from_avro_datum(&writer, &mut datum, Some(reader)).map_err(|source| CodecError::Datum {
+        let value = apache_avro::from_avro_datum(&schema, &mut datum, Some(&reader.schema)).map_err(|source| {
+            CodecError::Datum {
                 record: name.clone(),
                 source: Box::new(source),
-            })?;
-        Ok(E::from_avro(&name, &value)?)
+            }
+        })?;
+        Ok(DecodedMessage {
+            full_name: name,
+            writer,
+            value,
+        })
     }
 
-    /// Finds the writer schema from the framing; returns it and the datum.
-    async fn writer_schema<'a>(&self, payload: &'a [u8]) -> Result<(Arc<Schema>, &'a [u8]), CodecError> {
+    /// Finds the writer schema from the framing; returns it, how it was
+    /// found, and the datum.
+    async fn writer_schema<'a>(
+        &self,
+        payload: &'a [u8],
+        records: Option<&[&str]>,
+    ) -> Result<(WriterSchemaRef, WriterSchema, &'a [u8]), CodecError> {
         let first = *payload.first().ok_or(CodecError::Empty)?;
         if payload.starts_with(&SINGLE_OBJECT_MAGIC) {
             let fp: [u8; 8] = payload
                 .get(2..10)
                 .and_then(|s| s.try_into().ok())
                 .ok_or(CodecError::Truncated)?;
-            let schema = self
+            let (known, form) = self
                 .schemas
                 .by_fingerprint
                 .get(&fp)
-                .cloned()
-                .ok_or_else(|| CodecError::UnknownFingerprint(hex(&fp)))?;
-            return Ok((schema, &payload[10..]));
+                .ok_or_else(|| self.schemas.unknown_fingerprint(fp, records))?;
+            let writer = WriterSchema::Known {
+                path: known.path,
+                fingerprint: fp,
+                form: *form,
+            };
+            return Ok((WriterSchemaRef::Known(known.clone()), writer, &payload[10..]));
         }
         if first == CONFLUENT_MAGIC {
             let id_bytes: [u8; 4] = payload
@@ -270,9 +544,29 @@ impl Codec {
                 });
             };
             let schema = registry.schema_by_id(id).await?;
-            return Ok((schema, &payload[5..]));
+            return Ok((
+                WriterSchemaRef::Registry(schema),
+                WriterSchema::Registry { id },
+                &payload[5..],
+            ));
         }
         Err(CodecError::UnknownFraming(first))
+    }
+}
+
+/// A writer schema without copying it: a known file or a registry entry.
+enum WriterSchemaRef {
+    Known(Arc<KnownSchema>),
+    Registry(Arc<Schema>),
+}
+
+impl std::ops::Deref for WriterSchemaRef {
+    type Target = Schema;
+    fn deref(&self) -> &Schema {
+        match self {
+            WriterSchemaRef::Known(known) => &known.schema,
+            WriterSchemaRef::Registry(schema) => schema,
+        }
     }
 }
 
@@ -337,10 +631,6 @@ impl Registry {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,8 +680,109 @@ mod tests {
         let value = apache_avro::to_value(order()).unwrap().resolve(&schema).unwrap();
         let mut theirs = Vec::new();
         writer.write_value(value, &mut theirs).unwrap();
-        let ours = Codec::new(None).unwrap().encode("orders.v1", &order()).await.unwrap();
+        let ours = Codec::new(None)
+            .unwrap()
+            .with_fingerprint_form(FingerprintForm::ApacheAvro)
+            .encode("orders.v1", &order())
+            .await
+            .unwrap();
         assert_eq!(ours, theirs);
+        // Both forms are read whatever the encoder writes.
+        let decoded: OrderEvent = Codec::new(None).unwrap().decode(&ours).await.unwrap();
+        assert_eq!(decoded, OrderEvent::Placed(order()));
+    }
+
+    #[test]
+    fn the_canonical_form_reduces_logical_types_to_their_primitive_as_the_specification_says() {
+        let schema = Schema::parse_str(
+            r#"{"type": "record", "name": "Eta", "namespace": "x.y", "doc": "d", "fields": [
+                {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+                {"name": "on", "type": ["null", {"type": "int", "logicalType": "date"}], "default": null},
+                {"name": "id", "type": {"type": "string", "logicalType": "uuid"}},
+                {"name": "kind", "type": {"type": "enum", "name": "Kind", "symbols": ["A", "B"]}},
+                {"name": "plain", "type": {"type": "long"}}
+            ]}"#,
+        )
+        .unwrap();
+        // What Java's SchemaNormalization.toParsingForm and fastavro's
+        // to_parsing_canonical_form give for this schema.
+        assert_eq!(
+            specification_canonical_form(&schema),
+            r#"{"name":"x.y.Eta","type":"record","fields":[{"name":"at","type":"long"},{"name":"on","type":["null","int"]},{"name":"id","type":"string"},{"name":"kind","type":{"name":"x.y.Kind","type":"enum","symbols":["A","B"]}},{"name":"plain","type":"long"}]}"#
+        );
+        assert!(
+            schema.canonical_form().contains(r#"{"type":"long"}"#),
+            "apache-avro's own form differs"
+        );
+    }
+
+    #[test]
+    fn order_placed_has_the_fingerprints_java_and_fastavro_compute() {
+        // Measured with Apache Avro for Java 1.8.2 and fastavro 1.13
+        // (tests/avro_interop.rs checks every schema against both).
+        let codec = Codec::new(None).unwrap();
+        let find = |path: &str| codec.known_schemas().find(|k| k.path == path).unwrap().fingerprints;
+        let today = find("orders.v1/OrderPlaced.avsc");
+        assert_eq!(hex(&today.specification), "24615bee6fc204ed");
+        assert_eq!(hex(&today.apache_avro), "b179a5944f43e33e");
+        assert_eq!(
+            hex(&find("orders.v1/history/OrderPlaced.1.avsc").specification),
+            "22ad8e07119f0d2d"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_encoder_writes_the_specification_fingerprint_unless_configured_otherwise() {
+        let codec = Codec::new(None).unwrap();
+        let fps = codec
+            .known_schemas()
+            .find(|k| k.current && k.full_name.ends_with(".OrderPlaced"))
+            .unwrap()
+            .fingerprints;
+        let spec = codec.encode("orders.v1", &order()).await.unwrap();
+        assert_eq!(spec[2..10], fps.specification);
+        let rust = codec
+            .clone()
+            .with_fingerprint_form(FingerprintForm::ApacheAvro)
+            .encode("orders.v1", &order())
+            .await
+            .unwrap();
+        assert_eq!(rust[2..10], fps.apache_avro);
+        assert_eq!(spec[10..], rust[10..], "only the fingerprint differs");
+        for bytes in [&spec, &rust] {
+            let decoded = codec.decode_value(bytes).await.unwrap();
+            assert_eq!(decoded.full_name, "com.backorder.orders.OrderPlaced");
+            let WriterSchema::Known { path, form, .. } = decoded.writer else {
+                panic!("{:?}", decoded.writer)
+            };
+            assert_eq!(path, "orders.v1/OrderPlaced.avsc");
+            assert_eq!(form == FingerprintForm::Specification, bytes == &spec);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_fingerprint_is_named_in_both_byte_orders_with_the_known_ones() {
+        let codec = Codec::new(None).unwrap();
+        let unknown = [0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0];
+        let err = codec.decode::<OrderEvent>(&unknown).await.err().unwrap().to_string();
+        assert!(err.contains("0102030405060708"), "{err}");
+        assert!(err.contains("0807060504030201"), "{err}");
+        for known in codec.known_schemas().filter(|k| k.path.starts_with("orders.v1/")) {
+            assert!(err.contains(&hex(&known.fingerprints.specification)), "{err}");
+            assert!(err.contains(&hex(&known.fingerprints.apache_avro)), "{err}");
+            assert!(err.contains(known.path), "{err}");
+        }
+        assert!(
+            !err.contains("StockArrival"),
+            "only the topic's records are listed: {err}"
+        );
+
+        // A producer that wrote the fingerprint big-endian is told so.
+        let mut reversed = codec.encode("orders.v1", &order()).await.unwrap();
+        reversed[2..10].reverse();
+        let err = codec.decode::<OrderEvent>(&reversed).await.err().unwrap().to_string();
+        assert!(err.contains("big-endian"), "{err}");
+        assert!(err.contains("orders.v1/OrderPlaced.avsc"), "{err}");
     }
 
     #[tokio::test]
@@ -428,7 +819,7 @@ mod tests {
             .await
             .err()
             .unwrap();
-        assert!(matches!(err, CodecError::UnknownFingerprint(_)), "{err}");
+        assert!(matches!(err, CodecError::UnknownFingerprint { .. }), "{err}");
     }
 
     #[tokio::test]
@@ -458,7 +849,7 @@ mod tests {
         }
         let value = value.resolve(&old_schema).unwrap();
         let mut bytes = SINGLE_OBJECT_MAGIC.to_vec();
-        bytes.extend_from_slice(&fingerprint(&old_schema));
+        bytes.extend_from_slice(&Fingerprints::of(&old_schema).specification);
         bytes.extend_from_slice(&apache_avro::to_avro_datum(&old_schema, value).unwrap());
 
         let decoded: OrderEvent = Codec::new(None).unwrap().decode(&bytes).await.unwrap();

@@ -14,6 +14,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::codec::FingerprintForm;
+
 /// Where configuration could not be assembled, with the setting at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -41,6 +43,13 @@ pub struct Settings {
     /// framing and ids resolved through the registry; otherwise Avro
     /// single-object encoding. Decoders always accept both.
     pub schema_registry_url: Option<String>,
+    /// `BACKORDER_AVRO_FINGERPRINT`: the schema fingerprint single-object
+    /// encoding writes. `specification` (default): the specification's, as
+    /// the Java reference implementation and fastavro compute it, so JVM
+    /// consumers decode our records; `apache-avro`: the form apache-avro
+    /// (Rust) and Apache's Python `avro` compute, for consumers built on
+    /// those. Decoders accept both (docs/producers.md).
+    pub avro_fingerprint: FingerprintForm,
     /// `BACKORDER_TOPIC_PREFIX`: prepended to every topic name, so several
     /// environments (or tests) can share one cluster.
     pub topic_prefix: String,
@@ -157,6 +166,7 @@ impl Default for Settings {
             kafka_bootstrap_servers: "127.0.0.1:9092".into(),
             database_url: "postgres://postgres@127.0.0.1:5432/backorder".into(),
             schema_registry_url: None,
+            avro_fingerprint: FingerprintForm::Specification,
             topic_prefix: String::new(),
             group_id: None,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),

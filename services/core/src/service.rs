@@ -117,7 +117,7 @@ impl Service {
             let applied = db::migrate(&pool).await?;
             tracing::info!(applied, "migrations applied");
         }
-        let codec = Codec::new(settings.schema_registry_url.as_deref())?;
+        let codec = Codec::from_settings(&settings)?;
         let producer = Producer::new(&settings)?;
         let topics = Topics::new(&settings.topic_prefix);
         let clock = Clock::from_settings(settings.clock_controlled, &pool);
