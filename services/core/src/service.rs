@@ -143,6 +143,14 @@ impl Service {
         let topic = self.topics.name(base_topic);
         let config = kafka::consumer_config(&self.settings, &self.settings.group_id_for(self.name));
         let options = RuntimeOptions::from_settings(&self.settings);
+        // Not tracked: a lag sample blocked on an unreachable broker must
+        // not hold up the drain; the sampler ends with the process.
+        tokio::spawn(kafka::lag::run_lag_sampler(
+            config.clone(),
+            topic.clone(),
+            kafka::lag::LAG_SAMPLE_INTERVAL,
+            self.lifecycle.clone(),
+        ));
         let (codec, producer, lifecycle) = (self.codec.clone(), self.producer.clone(), self.lifecycle.clone());
         self.spawn("consumer", async move {
             kafka::run_consumer(config, &topic, handler, codec, producer, options, lifecycle)
@@ -160,6 +168,15 @@ impl Service {
             self.lifecycle.clone(),
         );
         let poll = Duration::from_millis(self.settings.timer_poll_ms.max(10));
+        // Not tracked, like the lag sampler: a sample waiting on the
+        // database must not hold up the drain.
+        tokio::spawn(crate::backlog::run_backlog_sampler(
+            self.pool.clone(),
+            self.clock.clone(),
+            handler.kinds().iter().map(|kind| (*kind).to_string()).collect(),
+            crate::backlog::BACKLOG_SAMPLE_INTERVAL,
+            self.lifecycle.clone(),
+        ));
         self.spawn("timers", async move {
             crate::timers::run_timer_loop(pool, clock, handler, producer, lifecycle, poll)
                 .await
