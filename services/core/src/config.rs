@@ -216,15 +216,13 @@ impl Settings {
         let mut names: Vec<String> = fields
             .iter()
             .map(|field| {
-                ECOSYSTEM_NAMES
-                    .iter()
-                    .find(|(_, f)| f == field)
-                    .map_or_else(|| format!("BACKORDER_{}", field.to_ascii_uppercase()), |(env, _)| (*env).to_string())
+                ECOSYSTEM_NAMES.iter().find(|(_, f)| f == field).map_or_else(
+                    || format!("BACKORDER_{}", field.to_ascii_uppercase()),
+                    |(env, _)| (*env).to_string(),
+                )
             })
             .collect();
-        names.extend(
-            ["BACKORDER_SES_MAX_SEND_RATE", "BACKORDER_CONFIG", "BACKORDER_STACK_ENV"].map(String::from),
-        );
+        names.extend(["BACKORDER_SES_MAX_SEND_RATE", "BACKORDER_CONFIG", "BACKORDER_STACK_ENV"].map(String::from));
         names
     }
 
