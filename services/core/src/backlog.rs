@@ -64,8 +64,8 @@ pub async fn run_backlog_sampler(
 async fn sample(pool: &Pool, clock: &Clock, kinds: &[String]) -> Result<(Vec<TimerBacklog>, i64), DbError> {
     let now = clock.now().await?;
     let client = pool.get().await?;
-    let timers = timer_backlog(&**client, kinds, now).await?;
-    let promises = overdue_promises(&**client, now).await?;
+    let timers = timer_backlog(&client, kinds, now).await?;
+    let promises = overdue_promises(&client, now).await?;
     Ok((timers, promises))
 }
 
