@@ -67,7 +67,7 @@ where
 {
     crate::config::load_stack_env_into_process()?;
     let runtime = tokio::runtime::Runtime::new().map_err(ServiceError::Runtime)?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let service = Service::init(name).await?;
         if let Err(error) = start(service.clone()).await {
             service.lifecycle.begin_shutdown();
@@ -77,8 +77,16 @@ where
             });
         }
         service.run_until_shutdown().await
-    })
+    });
+    // Dropping the runtime would wait for every blocking task; a lag sample
+    // blocked on an unreachable broker must not hold up the exit once the
+    // tracked work has drained.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }
+
+/// How long the exit waits for untracked background work (samplers).
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// A started service: everything its loops share.
 #[derive(Clone)]
