@@ -623,6 +623,38 @@ fn metric_names_used() -> BTreeSet<String> {
     names
 }
 
+#[test]
+fn the_dashboard_uses_its_datasource_variable_and_declares_units() {
+    let dashboard: Value = serde_json::from_str(&read("infra/grafana/backorder.json")).unwrap();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables
+            .iter()
+            .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"),
+        "a Prometheus datasource variable"
+    );
+    let mut rows = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert!(ids.insert(panel["id"].as_i64().unwrap()), "panel ids are unique");
+        let title = str_of(&panel["title"]);
+        if panel["type"] == "row" {
+            rows.insert(title.to_string());
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        assert!(panel["fieldConfig"]["defaults"]["unit"].is_string(), "{title}: no unit");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+        }
+    }
+    for row in ["Pipeline", "Emails", "Fulfilment"] {
+        assert!(rows.contains(row), "no {row} row");
+    }
+}
+
 /// A Prometheus server (Debian's) in a temporary directory, killed on drop.
 struct PrometheusServer {
     child: Child,
