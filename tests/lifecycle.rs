@@ -140,12 +140,12 @@ async fn a_german_order_is_confirmed_shipped_in_part_followed_up_after_three_day
     // Delivery metrics: the order-to-delivery histogram and the on-time counter.
     let metrics = shipments.metrics().await;
     assert!(
-        metric_sum(&metrics, "backorder_order_to_delivery_days_count", "") >= 1.0,
+        metric_sum(&metrics, "backorder_order_to_delivery_seconds_count", "") >= 1.0,
         "{metrics}"
     );
     assert!(
-        metrics.contains("backorder_order_to_delivery_days_bucket"),
-        "a histogram of days"
+        metrics.contains("backorder_order_to_delivery_seconds_bucket"),
+        "a histogram in seconds"
     );
     assert_eq!(
         metric_sum(&metrics, "backorder_deliveries_total", "promise=\"none\""),

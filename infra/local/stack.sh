@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# stack.sh — the local stack for backorder: PostgreSQL, Tansu (Kafka), moto (SES v2).
+# stack.sh — the local stack for backorder: PostgreSQL, Tansu (Kafka), moto (SES v2);
+# `up` also installs Prometheus's binaries when missing (the ops tests use them).
 #
 #   stack.sh up       start whatever is not running (idempotent; fast when all is up)
 #   stack.sh down     stop services (.stack/services/*.pid, .stack/*.pid), moto,
@@ -198,6 +199,28 @@ ensure_java_avro() {
     ) 8>/tmp/backorder-java-install.lock
 }
 
+# promtool (checks and unit-tests the alert rules) and a Prometheus server
+# (tests/ops.rs scrapes the running services with it) come from Debian's
+# `prometheus` package. Only the binaries are used: the package's own
+# service is not started by the tests.
+ensure_prometheus() {
+    command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && return 0
+    local sudo=()
+    if [[ $(id -u) != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "Prometheus is not installed and we are not root (no sudo either)"
+        sudo=(sudo)
+    fi
+    log "prometheus/promtool not found: installing Debian's prometheus (apt-get)"
+    (
+        flock -w 900 9 || die "timed out waiting for the install lock"
+        command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && exit 0
+        export DEBIAN_FRONTEND=noninteractive
+        "${sudo[@]}" apt-get update -qq >&2
+        "${sudo[@]}" apt-get install -y -qq --no-install-recommends prometheus >&2
+    ) 9>/tmp/backorder-prometheus-install.lock
+    command -v promtool >/dev/null 2>&1 || die "installed prometheus but found no promtool"
+}
+
 PG_PORT='' PG_BIN=''
 ensure_postgres() {
     local st
@@ -327,6 +350,7 @@ cmd_up() {
     mkdir -p "$STACK_DIR/services"
     ensure_venv
     ensure_java_avro
+    ensure_prometheus
     ensure_postgres
     ensure_tansu
     ensure_moto

@@ -251,6 +251,28 @@ impl Settings {
         })
     }
 
+    /// Every environment variable [`Settings::load`] reads: one per
+    /// setting (the ecosystem name or `BACKORDER_<FIELD>`), the aliases,
+    /// and the two that locate files. Deployments are checked against it,
+    /// because an unknown `BACKORDER_*` name is otherwise silently ignored.
+    pub fn env_names() -> Vec<String> {
+        let fields = match serde_json::to_value(Settings::default()) {
+            Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let mut names: Vec<String> = fields
+            .iter()
+            .map(|field| {
+                ECOSYSTEM_NAMES.iter().find(|(_, f)| f == field).map_or_else(
+                    || format!("BACKORDER_{}", field.to_ascii_uppercase()),
+                    |(env, _)| (*env).to_string(),
+                )
+            })
+            .collect();
+        names.extend(["BACKORDER_SES_MAX_SEND_RATE", "BACKORDER_CONFIG", "BACKORDER_STACK_ENV"].map(String::from));
+        names
+    }
+
     /// The consumer group for `service`, unless overridden.
     pub fn group_id_for(&self, service: &str) -> String {
         self.group_id.clone().unwrap_or_else(|| service.to_string())

@@ -4,7 +4,7 @@
 //! - [`events`] and `schemas/`: the event contracts; [`codec`]: Avro on the wire.
 //! - [`kafka`]: topics, producer, dead letters and the consumer runtime.
 //! - [`db`], [`clock`], [`timers`]: PostgreSQL, the injectable clock and
-//!   durable timers.
+//!   durable timers; [`backlog`]: gauges of due timers and overdue promises.
 //! - [`config`], [`telemetry`], [`lifecycle`], [`http`], [`service`]: what
 //!   every binary needs to start, be observed and stop cleanly.
 //! - [`domain`]: newtypes that validate at the boundary, currencies, geography.
@@ -15,6 +15,7 @@
 //! decides lifecycle emails, `sender` renders and delivers them.
 
 pub mod campaigns;
+pub mod backlog;
 pub mod clock;
 pub mod codec;
 pub mod config;

@@ -27,12 +27,20 @@ pub struct Readiness {
 impl Readiness {
     pub fn mark_started(&self) {
         self.started.store(true, Ordering::SeqCst);
+        self.publish();
     }
     pub fn mark_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.publish();
     }
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::SeqCst);
+        self.publish();
+    }
+    /// Mirrors `/readyz` as the `backorder_ready` gauge, so an alert can
+    /// tell a pod that is up but not ready from one that is down.
+    fn publish(&self) {
+        metrics::gauge!("backorder_ready").set(if self.is_ready() { 1.0 } else { 0.0 });
     }
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)

@@ -69,7 +69,7 @@ where
 {
     crate::config::load_stack_env_into_process()?;
     let runtime = tokio::runtime::Runtime::new().map_err(ServiceError::Runtime)?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let service = Service::init(name).await?;
         if let Err(error) = start(service.clone()).await {
             service.lifecycle.begin_shutdown();
@@ -79,8 +79,16 @@ where
             });
         }
         service.run_until_shutdown().await
-    })
+    });
+    // Dropping the runtime would wait for every blocking task; a lag sample
+    // blocked on an unreachable broker must not hold up the exit once the
+    // tracked work has drained.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }
+
+/// How long the exit waits for untracked background work (samplers).
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// A started service: everything its loops share.
 #[derive(Clone)]
@@ -151,6 +159,14 @@ impl Service {
         let topic = self.topics.name(base_topic);
         let config = kafka::consumer_config(&self.settings, &self.settings.group_id_for(self.name));
         let options = RuntimeOptions::from_settings(&self.settings);
+        // Not tracked: a lag sample blocked on an unreachable broker must
+        // not hold up the drain; the sampler ends with the process.
+        tokio::spawn(kafka::lag::run_lag_sampler(
+            config.clone(),
+            topic.clone(),
+            kafka::lag::LAG_SAMPLE_INTERVAL,
+            self.lifecycle.clone(),
+        ));
         let (codec, producer, lifecycle) = (self.codec.clone(), self.producer.clone(), self.lifecycle.clone());
         self.spawn("consumer", async move {
             kafka::run_consumer(config, &topic, handler, codec, producer, options, lifecycle)
@@ -168,6 +184,15 @@ impl Service {
             self.lifecycle.clone(),
         );
         let poll = Duration::from_millis(self.settings.timer_poll_ms.max(10));
+        // Not tracked, like the lag sampler: a sample waiting on the
+        // database must not hold up the drain.
+        tokio::spawn(crate::backlog::run_backlog_sampler(
+            self.pool.clone(),
+            self.clock.clone(),
+            handler.kinds().iter().map(|kind| (*kind).to_string()).collect(),
+            crate::backlog::BACKLOG_SAMPLE_INTERVAL,
+            self.lifecycle.clone(),
+        ));
         self.spawn("timers", async move {
             crate::timers::run_timer_loop(pool, clock, handler, producer, lifecycle, poll)
                 .await

@@ -34,20 +34,25 @@ pub fn init_tracing(format: LogFormat) {
     drop(result);
 }
 
+/// Seconds in a day, for the order-to-delivery buckets.
+const DAY: f64 = 86_400.0;
+
 /// Installs the global metrics recorder and returns the handle that renders
 /// `/metrics`. Latency histograms get buckets suited to email delivery
-/// (milliseconds to a minute) and order-to-delivery days.
+/// (milliseconds to a minute); order-to-delivery, also in seconds (base
+/// units), gets buckets of days to months. A full-name matcher wins over a
+/// suffix matcher, whatever the order they are set in.
 pub fn init_metrics() -> Result<PrometheusHandle, TelemetryError> {
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("backorder_order_to_delivery_seconds".into()),
+            &[1.0, 2.0, 3.0, 5.0, 7.0, 14.0, 21.0, 30.0, 45.0, 60.0, 90.0, 180.0].map(|days| days * DAY),
+        )?
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
             &[
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ],
-        )?
-        .set_buckets_for_metric(
-            Matcher::Suffix("_days".into()),
-            &[1.0, 2.0, 3.0, 5.0, 7.0, 14.0, 21.0, 30.0, 45.0, 60.0, 90.0, 180.0],
         )?
         .install_recorder()?;
     Ok(handle)

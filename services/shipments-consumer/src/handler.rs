@@ -127,7 +127,7 @@ impl Handler for ShipmentsHandler {
         tx.commit().await?;
         // Counted once per delivery, after it is durable.
         for facts in deliveries {
-            metrics::histogram!("backorder_order_to_delivery_days").record(facts.order_to_delivery_days);
+            metrics::histogram!("backorder_order_to_delivery_seconds").record(facts.order_to_delivery_seconds);
             let promise = match facts.promise_kept {
                 Some(true) => "kept",
                 Some(false) => "broken",

@@ -166,7 +166,7 @@ pub async fn shipment(tx: &Transaction<'_>, shipment_id: &str) -> Result<Option<
 /// its promise was kept. `None` when the delivery was already recorded.
 #[derive(Debug, Clone, Copy)]
 pub struct DeliveryFacts {
-    pub order_to_delivery_days: f64,
+    pub order_to_delivery_seconds: f64,
     /// Every backordered line of the shipment left by the end of its first
     /// promised window; `None` when none carried a promise.
     pub promise_kept: Option<bool>,
@@ -191,7 +191,7 @@ pub async fn record_delivery(tx: &Transaction<'_>, d: &ShipmentDelivered) -> Res
         let placed_at: DateTime<Utc> = r.get(1);
         let seconds = (d.occurred_at - placed_at).num_seconds().max(0);
         DeliveryFacts {
-            order_to_delivery_days: seconds as f64 / 86_400.0,
+            order_to_delivery_seconds: seconds as f64,
             promise_kept: r.get(0),
         }
     }))

@@ -1,0 +1,114 @@
+//! Backlog gauges read from PostgreSQL: durable timers that are due but not
+//! fired, how late the oldest of them is, and backordered lines whose
+//! promised ship window has passed. Counters cannot show these: they are
+//! work that has *not* happened yet.
+//!
+//! Every service that runs timers samples its own timer kinds; the overdue
+//! promise count is global, so each of those services reports the same
+//! value and alerts aggregate with `max`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+
+use crate::clock::Clock;
+use crate::db::DbError;
+use crate::lifecycle::Lifecycle;
+
+/// How often the backlog is sampled: two cheap aggregate queries.
+pub const BACKLOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Days of grace after a promised window's end before the line counts as
+/// overdue (the policy's overdue-promise rule: window end plus one day).
+const PROMISE_GRACE_DAYS: i32 = 1;
+
+/// One timer kind's backlog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimerBacklog {
+    pub kind: String,
+    /// Pending timers whose due time has passed.
+    pub due: i64,
+    /// How long ago the oldest of them was due, in seconds (0 when none).
+    pub oldest_overdue_seconds: f64,
+}
+
+/// Samples `kinds` and the overdue promises every `interval` until
+/// shutdown. Failures are logged and retried on the next sample.
+pub async fn run_backlog_sampler(
+    pool: Pool,
+    clock: Clock,
+    kinds: Vec<String>,
+    interval: Duration,
+    lifecycle: Lifecycle,
+) {
+    loop {
+        match sample(&pool, &clock, &kinds).await {
+            Ok((timers, overdue_promises)) => {
+                for backlog in timers {
+                    metrics::gauge!("backorder_timers_due", "kind" => backlog.kind.clone()).set(backlog.due as f64);
+                    metrics::gauge!("backorder_timers_overdue_seconds", "kind" => backlog.kind)
+                        .set(backlog.oldest_overdue_seconds);
+                }
+                metrics::gauge!("backorder_promises_overdue").set(overdue_promises as f64);
+            }
+            Err(error) => tracing::warn!(%error, "backlog sample failed"),
+        }
+        tokio::select! {
+            () = lifecycle.shutdown.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn sample(pool: &Pool, clock: &Clock, kinds: &[String]) -> Result<(Vec<TimerBacklog>, i64), DbError> {
+    let now = clock.now().await?;
+    let client = pool.get().await?;
+    let timers = timer_backlog(&client, kinds, now).await?;
+    let promises = overdue_promises(&client, now).await?;
+    Ok((timers, promises))
+}
+
+/// The backlog of every kind in `kinds`, zero for kinds with nothing due
+/// (so each kind has a series from the first sample on).
+pub async fn timer_backlog(
+    client: &tokio_postgres::Client,
+    kinds: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<TimerBacklog>, DbError> {
+    let rows = client
+        .query(
+            "SELECT kind, count(*), EXTRACT(EPOCH FROM ($2 - min(due_at)))::float8
+               FROM timers
+              WHERE state = 'pending' AND kind = ANY($1) AND due_at <= $2
+              GROUP BY kind",
+            &[&kinds, &now],
+        )
+        .await?;
+    Ok(kinds
+        .iter()
+        .map(|kind| {
+            let row = rows.iter().find(|row| row.get::<_, &str>(0) == kind.as_str());
+            TimerBacklog {
+                kind: kind.clone(),
+                due: row.map_or(0, |row| row.get(1)),
+                oldest_overdue_seconds: row.map_or(0.0, |row| row.get::<_, f64>(2).max(0.0)),
+            }
+        })
+        .collect())
+}
+
+/// Backordered lines still waiting for stock whose promised window ended
+/// more than the grace period ago (measured on the injectable clock).
+pub async fn overdue_promises(client: &tokio_postgres::Client, now: DateTime<Utc>) -> Result<i64, DbError> {
+    let today = now.date_naive();
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM order_lines
+              WHERE availability = 'BACKORDERED' AND status = 'open'
+                AND promised_to IS NOT NULL AND promised_to + $2::int < $1",
+            &[&today, &PROMISE_GRACE_DAYS],
+        )
+        .await?;
+    Ok(row.get(0))
+}
