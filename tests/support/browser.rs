@@ -47,6 +47,9 @@ impl Browser {
                 ]
             }),
         );
+        // reqwest and fantoccini enable both of rustls' crypto providers,
+        // so the process picks one (a second install is a harmless error).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = ClientBuilder::rustls()
             .expect("TLS roots")
             .capabilities(caps)
