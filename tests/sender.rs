@@ -506,6 +506,108 @@ async fn sns_bounces_with_valid_signatures_suppress_and_forged_ones_change_nothi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_messages_from_unlisted_topics_or_with_no_topic_configured_change_nothing() {
+    let app = TestApp::spawn().await;
+    let sns = SnsDouble::start().await;
+    let cert_prefix = ("BACKORDER_SNS_CERT_URL_PREFIX", sns.base_url.as_str());
+    let listed = app
+        .start_service_with("sender", &[cert_prefix, ("BACKORDER_SNS_TOPIC_ARNS", sns_signer::TOPIC)])
+        .await;
+    // No BACKORDER_SNS_TOPIC_ARNS at all: nothing is accepted.
+    let unconfigured = app.start_service_with("sender", &[cert_prefix]).await;
+    let victim = app.recipient("victim");
+    let foreign = "arn:aws:sns:us-east-1:999999999999:attacker";
+
+    // Validly signed (SNS signs every account's topics), from a topic that
+    // is not ours: the subscription is not confirmed, the bounce ignored.
+    assert_eq!(post_sns(&listed, &sns.subscription_confirmation_from(foreign)).await, 403);
+    let bounce = sns.notification_from(foreign, &ses_bounce(&victim, "Permanent"), "2");
+    assert_eq!(post_sns(&listed, &bounce).await, 403);
+    // Our own topic, but the sender was told no topic: refused as well.
+    assert_eq!(post_sns(&unconfigured, &sns.subscription_confirmation()).await, 403);
+    let bounce = sns.notification(&ses_bounce(&victim, "Permanent"), "2");
+    assert_eq!(post_sns(&unconfigured, &bounce).await, 403);
+
+    assert_eq!(sns.confirmations(), 0, "no SubscribeURL was visited");
+    assert!(suppressions(&app).await.is_empty());
+    let refused = |m: &str, outcome: &str| {
+        metric(
+            m,
+            "backorder_sender_sns_messages_total",
+            &format!("outcome=\"{outcome}\""),
+        )
+    };
+    assert_eq!(refused(&listed.metrics().await, "topic"), 2.0);
+    assert_eq!(refused(&unconfigured.metrics().await, "no_topics"), 2.0);
+    // The listed sender still takes its own topic's messages.
+    assert_eq!(post_sns(&listed, &sns.subscription_confirmation()).await, 200);
+    assert_eq!(sns.confirmations(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_unsubscribe_token_is_escaped_on_the_confirmation_page() {
+    let app = TestApp::spawn().await;
+    let secret = "a-test-secret-of-enough-length";
+    let sender = app
+        .start_service_with("sender", &[("BACKORDER_UNSUBSCRIBE_SECRET", secret)])
+        .await;
+    // A validly signed token (the attacker knows the key here: the worst
+    // case) whose dedup key is markup.
+    let hostile_key = "x\"><script>alert(1)</script><b a=\"";
+    let token = sender::suppression::UnsubscribeLinks::new(secret, "")
+        .token(hostile_key)
+        .unwrap();
+    let url = reqwest::Url::parse_with_params(
+        &format!("http://127.0.0.1:{}/unsubscribe", sender.http_port),
+        &[("token", token.as_str())],
+    )
+    .unwrap();
+    let page = reqwest::get(url).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(!html.contains("<b a="), "{html}");
+    assert_eq!(html.matches("<form").count(), 1);
+    assert!(suppressions(&app).await.is_empty(), "GET changes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_the_local_stack_the_sender_refuses_to_start_without_a_secret_or_with_plain_http_links() {
+    let app = TestApp::spawn().await;
+    let production = |extra: &[(&str, &str)]| {
+        let mut env = app.service_env("sender");
+        env.insert("BACKORDER_CLOCK_CONTROLLED".into(), "false".into());
+        for (k, v) in extra {
+            env.insert((*k).into(), (*v).into());
+        }
+        env
+    };
+    let secret = ("BACKORDER_UNSUBSCRIBE_SECRET", "a-production-secret-long-enough");
+    for (what, env) in [
+        ("no secret", production(&[])),
+        (
+            "http links to a public host",
+            production(&[secret, ("BACKORDER_PUBLIC_BASE_URL", "http://shop.example")]),
+        ),
+    ] {
+        let mut process = ServiceProcess::start("sender", &env, &app.log_dir);
+        let status = process.wait_exit(Duration::from_secs(30)).await;
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{what}: the sender must refuse to start ({status:?}); log: {}",
+            process.log_tail()
+        );
+        assert!(process.log_tail().contains("unsafe configuration"), "{what}");
+    }
+    let mut ok = ServiceProcess::start(
+        "sender",
+        &production(&[secret, ("BACKORDER_PUBLIC_BASE_URL", "https://shop.example/mail")]),
+        &app.log_dir,
+    );
+    ok.wait_ready().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_click_unsubscribe_stops_marketing_email_but_not_the_next_transactional_one() {
     let app = TestApp::spawn().await;
     let sender = app.start_service("sender").await;

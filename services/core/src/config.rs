@@ -102,10 +102,13 @@ pub struct Settings {
     /// `GetAccount` (send rate and daily quota).
     pub ses_account_refresh_secs: u64,
     /// `BACKORDER_UNSUBSCRIBE_SECRET`: HMAC key of one-click unsubscribe
-    /// links. The default is for local use only; set it in production.
-    pub unsubscribe_secret: String,
+    /// links (at least 16 bytes). Required: the sender refuses to start
+    /// without it unless `BACKORDER_CLOCK_CONTROLLED` is on (local stack,
+    /// tests), where a fixed local key is used.
+    pub unsubscribe_secret: Option<String>,
     /// `BACKORDER_PUBLIC_BASE_URL`: where customers reach the sender's
     /// unsubscribe endpoint; defaults to `http://<BACKORDER_HTTP_ADDR>`.
+    /// Must be `https` unless its host is a loopback address.
     pub public_base_url: Option<String>,
     /// `BACKORDER_SNS_CERT_URL_PREFIX`: when set, SNS signing certificates
     /// are fetched only from URLs starting with it (tests serve one
@@ -115,7 +118,7 @@ pub struct Settings {
     /// `BACKORDER_SNS_TOPIC_ARNS`: comma-separated topics whose SNS
     /// messages the sender accepts (SNS signs every topic's messages, so
     /// without it anyone's topic could feed the suppression list). Unset:
-    /// any topic (a warning at start).
+    /// every SNS message is refused (a warning at start).
     pub sns_topic_arns: Option<String>,
     /// `BACKORDER_SENDER_PAUSE_PROBE_MS`: after SES paused the account
     /// (SendingPaused, AccountSuspended), how long before sending is tried
@@ -129,10 +132,6 @@ pub struct Settings {
     /// (measured on the injectable clock).
     pub delay_debounce_ms: u64,
 }
-
-/// The unsubscribe-link key used when `BACKORDER_UNSUBSCRIBE_SECRET` is not
-/// set: fine locally, logged as a warning by the sender.
-pub const DEFAULT_UNSUBSCRIBE_SECRET: &str = "local-only-unsubscribe-secret";
 
 /// Log output shape.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -171,7 +170,7 @@ impl Default for Settings {
             ses_send_rate_override: None,
             ses_daily_quota: None,
             ses_account_refresh_secs: 300,
-            unsubscribe_secret: DEFAULT_UNSUBSCRIBE_SECRET.into(),
+            unsubscribe_secret: None,
             public_base_url: None,
             sns_cert_url_prefix: None,
             sns_topic_arns: None,
