@@ -286,6 +286,103 @@ async fn ses_throttling_backs_off_and_still_delivers_every_email_once() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_minute_throttling_storm_compressed_a_hundredfold_delivers_every_email_once_and_fails_none() {
+    let app = TestApp::spawn().await;
+    let ses = PrivateMoto::start(&app.log_dir).await;
+    let proxy = SesProxy::start(&ses.url).await;
+    // 20 minutes of 429s and the production backoff (1 s doubling up to
+    // 5 minutes), both compressed a hundredfold.
+    let storm = Duration::from_secs(12);
+    proxy.set_fault(Fault::ThrottleFor(storm));
+    let n = 100;
+    publish_all(&app, &many(&app, n)).await;
+    let _sender = app
+        .start_service_with(
+            "sender",
+            &[
+                ("AWS_ENDPOINT_URL_SESV2", proxy.url.as_str()),
+                ("BACKORDER_SES_MAX_SEND_RATE", "50"),
+                ("BACKORDER_SENDER_RETRY_BASE_MS", "10"),
+                ("BACKORDER_SENDER_RETRY_MAX_MS", "3000"),
+            ],
+        )
+        .await;
+    wait_all_sent(&app, n as i64, Duration::from_secs(120)).await;
+
+    let counts = counts_at(&app, &ses.url).await;
+    assert_eq!(counts.len(), n, "every email delivered");
+    assert!(counts.values().all(|c| *c == 1), "none twice: {counts:?}");
+    let sends = proxy.sends();
+    let throttled: Vec<Instant> = sends.iter().filter(|s| s.status == 429).map(|s| s.at).collect();
+    let storm_seen = *throttled.last().unwrap() - sends[0].at;
+    assert!(
+        storm_seen >= storm - Duration::from_secs(1),
+        "the sender kept trying through the storm: {storm_seen:?}"
+    );
+    let client = app.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT min(attempts), max(attempts), sum(throttles)::bigint FROM email_ledger",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (least, most, throttles): (i32, i32, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((least, most), (1, 1), "throttled sends are not attempts");
+    assert_eq!(throttles, throttled.len() as i64, "every 429 recorded as a throttle");
+    println!("{} throttled sends over {storm_seen:?}", throttled.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_email_is_retried_past_any_count_and_given_up_by_age_on_the_controlled_clock() {
+    let app = TestApp::spawn().await;
+    let ses = PrivateMoto::start(&app.log_dir).await;
+    let proxy = SesProxy::start(&ses.url).await;
+    proxy.set_fault(Fault::Error {
+        status: 500,
+        error_type: "InternalFailure",
+    });
+    let _sender = app
+        .start_service_with(
+            "sender",
+            &[
+                ("AWS_ENDPOINT_URL_SESV2", proxy.url.as_str()),
+                ("BACKORDER_SENDER_RETRY_BASE_MS", "5"),
+                ("BACKORDER_SENDER_RETRY_MAX_MS", "20"),
+            ],
+        )
+        .await;
+    publish_all(&app, &many(&app, 1)).await;
+    let key = DedupKey::new("t", &["k0"]);
+    let attempts_and_state = || async {
+        let client = app.pool.get().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT attempts, state, last_error FROM email_ledger WHERE dedup_key = $1",
+                &[&key.as_str()],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i32>(0), row.get::<_, String>(1), row.get::<_, Option<String>>(2))
+    };
+    // Far more attempts than the old limit of 12, and still not failed.
+    wait_until("20 attempts", PATIENCE, || async {
+        let (attempts, state, _) = attempts_and_state().await;
+        assert_ne!(state, "failed", "gave up by count");
+        (attempts >= 20).then_some(())
+    })
+    .await;
+    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(73))
+        .await
+        .unwrap();
+    wait_state(&app, "k0", "failed").await;
+    let (_, _, error) = attempts_and_state().await;
+    let error = error.unwrap();
+    assert!(error.starts_with("gave up after 72 h"), "{error}");
+    assert!(error.contains("InternalFailure"), "the last error is kept: {error}");
+}
+
 // ---------------------------------------------------------------- rate
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,9 +84,16 @@ pub struct Settings {
     /// live sender never loses a row mid-call; a dead one's rows come back
     /// after it.
     pub sender_lease_ms: u64,
-    /// `BACKORDER_SENDER_MAX_ATTEMPTS`: retryable failures before an email
-    /// is recorded as failed (with its last error).
-    pub sender_max_attempts: i32,
+    /// `BACKORDER_SENDER_GIVE_UP_AFTER_SECS`: how old (since it was
+    /// requested, on the injectable clock) an email may get while its
+    /// sends keep failing retryably before it is recorded as failed with
+    /// its last error. Retries are not counted against a limit: throttling
+    /// and pauses can last long and are not the email's fault.
+    pub sender_give_up_after_secs: u64,
+    /// `BACKORDER_SENDER_RETRY_BASE_MS`, `BACKORDER_SENDER_RETRY_MAX_MS`: the
+    /// first retry's delay and the cap of the jittered exponential backoff.
+    pub sender_retry_base_ms: u64,
+    pub sender_retry_max_ms: u64,
     /// `BACKORDER_SENDER_POLL_MS`: how often idle workers look for due rows
     /// (new rows from this replica's intake wake them at once).
     pub sender_poll_ms: u64,
@@ -164,7 +171,9 @@ impl Default for Settings {
             ses_fallback_send_rate: 14.0,
             sender_workers: 4,
             sender_lease_ms: 30_000,
-            sender_max_attempts: 12,
+            sender_give_up_after_secs: 72 * 3600,
+            sender_retry_base_ms: 1_000,
+            sender_retry_max_ms: 300_000,
             sender_poll_ms: 250,
             ses_timeout_ms: 10_000,
             ses_send_rate_override: None,

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backorder_core::clock::Clock;
 use backorder_core::db::DbError;
 use backorder_core::deadpool_postgres::Pool;
 use backorder_core::domain::mask_email;
@@ -18,7 +19,7 @@ use backorder_core::service::Service;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::ledger::{self, ClaimedEmail};
+use crate::ledger::{self, ClaimedEmail, Retry};
 use crate::pace::Pacer;
 use crate::render::Renderer;
 use crate::ses::{Outgoing, SendFailure, SendQuota, SesClient};
@@ -85,7 +86,12 @@ struct Inner {
     /// The number of concurrent SES calls (see `run`).
     concurrency: AtomicUsize,
     lease: Duration,
-    max_attempts: i32,
+    /// Emails older than this whose sends keep failing are given up.
+    give_up_after: chrono::Duration,
+    retry_base: Duration,
+    retry_max: Duration,
+    /// Ages are measured on the injectable clock (DESIGN invariant 5).
+    clock: Clock,
     poll: Duration,
     fallback_rate: f64,
     rate_override: Option<f64>,
@@ -123,7 +129,12 @@ impl Delivery {
                 workers: settings.sender_workers.max(1),
                 concurrency: AtomicUsize::new(settings.sender_workers.max(1)),
                 lease: Duration::from_millis(settings.sender_lease_ms),
-                max_attempts: settings.sender_max_attempts.max(1),
+                give_up_after: chrono::Duration::seconds(
+                    i64::try_from(settings.sender_give_up_after_secs).unwrap_or(i64::MAX / 1000),
+                ),
+                retry_base: Duration::from_millis(settings.sender_retry_base_ms.max(1)),
+                retry_max: Duration::from_millis(settings.sender_retry_max_ms.max(1)),
+                clock: service.clock.clone(),
                 poll: Duration::from_millis(settings.sender_poll_ms),
                 fallback_rate: settings.ses_fallback_send_rate,
                 rate_override: settings.ses_send_rate_override,
@@ -458,30 +469,15 @@ impl Delivery {
                 tracing::info!(dedup_key = key, template, "sent");
                 self.record(email, recorded)
             }
-            Err(ref failure @ (SendFailure::Retryable(ref reason) | SendFailure::Unknown(ref reason)))
-                if email.attempts < this.max_attempts =>
-            {
-                let unknown = matches!(failure, SendFailure::Unknown(_));
-                if is_throttle(reason) && this.pacer.throttled() {
-                    metrics::counter!("backorder_sender_rate_backoffs_total").increment(1);
-                    tracing::warn!(rate = this.pacer.rate(), "SES throttled: send rate lowered");
-                }
-                let delay = retry_delay(email.attempts);
-                metrics::counter!("backorder_sender_retries_total", "kind" => if unknown { "unknown_outcome" } else { "retryable" }).increment(1);
-                tracing::warn!(dedup_key = key, attempts = email.attempts, retry_in_ms = delay.as_millis() as u64, outcome_unknown = unknown, %reason, "send failed; will retry");
-                self.record(
-                    email,
-                    ledger::schedule_retry(&this.pool, email, delay, reason, unknown).await,
-                )
+            Err(SendFailure::Retryable(reason)) => {
+                let why = if is_throttle(&reason) {
+                    Retry::Throttled
+                } else {
+                    Retry::Failed
+                };
+                self.retry_later(email, &reason, why).await
             }
-            Err(SendFailure::Retryable(reason) | SendFailure::Unknown(reason)) => {
-                count_outcome(template, "failed");
-                metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "retries_exhausted")
-                    .increment(1);
-                tracing::error!(dedup_key = key, attempts = email.attempts, %reason, "giving up after the last attempt");
-                let reason = format!("gave up after {} attempts: {reason}", email.attempts);
-                self.record(email, ledger::mark_failed(&this.pool, email, &reason).await)
-            }
+            Err(SendFailure::Unknown(reason)) => self.retry_later(email, &reason, Retry::OutcomeUnknown).await,
             Err(SendFailure::Permanent { kind, reason }) => {
                 count_outcome(template, "failed");
                 metrics::counter!("backorder_sender_permanent_failures_total", "reason" => kind).increment(1);
@@ -495,6 +491,53 @@ impl Delivery {
                 // SES refused it: nothing was sent, so the attempt is given
                 // back (it is not the email's fault).
                 self.record(email, ledger::release(&this.pool, email, this.pause_probe).await)
+            }
+        }
+    }
+
+    /// A retryable failure: queued again with backoff, unless the email is
+    /// too old to keep trying.
+    async fn retry_later(&self, email: &ClaimedEmail, reason: &str, why: Retry) -> Result<(), DbError> {
+        let this = &self.inner;
+        let key = email.dedup_key.as_str();
+        if self.past_give_up(email).await {
+            count_outcome(&email.template, "failed");
+            metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "gave_up").increment(1);
+            let hours = this.give_up_after.num_hours();
+            tracing::error!(dedup_key = key, attempts = email.attempts, %reason, "giving up: still failing {hours} h after the request");
+            let reason = format!("gave up after {hours} h ({} attempts): {reason}", email.attempts);
+            return self.record(email, ledger::mark_failed(&this.pool, email, &reason).await);
+        }
+        if why == Retry::Throttled && this.pacer.throttled() {
+            metrics::counter!("backorder_sender_rate_backoffs_total").increment(1);
+            tracing::warn!(rate = this.pacer.rate(), "SES throttled: send rate lowered");
+        }
+        // Throttles do not count as attempts but do lengthen the backoff:
+        // a long throttling storm spreads the retries out.
+        let tries = email.attempts + email.throttles + i32::from(why == Retry::Throttled);
+        let delay = retry_delay(tries, this.retry_base, this.retry_max);
+        let kind = match why {
+            Retry::OutcomeUnknown => "unknown_outcome",
+            Retry::Throttled => "throttled",
+            Retry::Failed => "retryable",
+        };
+        metrics::counter!("backorder_sender_retries_total", "kind" => kind).increment(1);
+        tracing::warn!(dedup_key = key, attempts = email.attempts, retry_in_ms = delay.as_millis() as u64, kind, %reason, "send failed; will retry");
+        self.record(
+            email,
+            ledger::schedule_retry(&this.pool, email, delay, reason, why).await,
+        )
+    }
+
+    /// Whether `email` is older than BACKORDER_SENDER_GIVE_UP_AFTER_SECS on
+    /// the injectable clock. When the clock cannot be read, it is not: the
+    /// retry is safe, giving up is not.
+    async fn past_give_up(&self, email: &ClaimedEmail) -> bool {
+        match self.inner.clock.now().await {
+            Ok(now) => now - email.requested_at >= self.inner.give_up_after,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the clock; retrying instead of giving up");
+                false
             }
         }
     }
@@ -533,11 +576,15 @@ fn is_throttle(reason: &str) -> bool {
         .any(|needle| reason.contains(needle))
 }
 
-/// Jittered exponential backoff for attempt `n` (1-based): about 1 s, 2 s,
-/// 4 s, ... capped at 5 minutes ("equal jitter": between half and all).
-fn retry_delay(attempt: i32) -> Duration {
-    let exp = attempt.clamp(1, 20) as u32 - 1;
-    let ceiling_ms = 1000u64.saturating_mul(1 << exp.min(9)).min(300_000);
+/// Jittered exponential backoff for try `n` (1-based): `base`, twice
+/// that, four times, ... capped at `max` ("equal jitter": between half and
+/// all of it).
+fn retry_delay(tries: i32, base: Duration, max: Duration) -> Duration {
+    let exp = tries.clamp(1, 31) as u32 - 1;
+    let base_ms = base.as_millis().max(1) as u64;
+    let ceiling_ms = base_ms
+        .saturating_mul(1u64 << exp.min(30))
+        .min(max.as_millis().max(1) as u64);
     Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms))
 }
 
@@ -547,11 +594,14 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
-        for attempt in 1..30 {
-            let d = retry_delay(attempt).as_millis() as u64;
-            let ceiling = (1000u64 << (attempt.clamp(1, 20) as u32 - 1).min(9)).min(300_000);
-            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d}");
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(300));
+        for tries in 1..200 {
+            let d = retry_delay(tries, base, max).as_millis() as u64;
+            let ceiling = (1000u64 << (tries.clamp(1, 31) as u32 - 1).min(30)).min(300_000);
+            assert!(d >= ceiling / 2 && d <= ceiling, "try {tries}: {d}");
         }
+        let compressed = retry_delay(3, Duration::from_millis(10), Duration::from_millis(25));
+        assert!(compressed >= Duration::from_millis(12) && compressed <= Duration::from_millis(25));
     }
 
     #[test]

@@ -81,8 +81,12 @@ pub struct ClaimedEmail {
     pub campaign: Option<String>,
     pub data: serde_json::Value,
     pub event_occurred_at: DateTime<Utc>,
+    /// When the request reached the ledger: emails are given up by age.
+    pub requested_at: DateTime<Utc>,
     /// Including this attempt.
     pub attempts: i32,
+    /// Sends SES throttled (not counted as attempts).
+    pub throttles: i32,
     /// An earlier attempt reached SES and its answer was never recorded (a
     /// sender died mid-call, or the call timed out): this may be a resend.
     pub ambiguous: bool,
@@ -126,7 +130,7 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
                FROM due
               WHERE l.dedup_key = due.dedup_key
           RETURNING l.dedup_key, l.template, l.locale, l.recipient, l.recipient_name, l.category,
-                    l.campaign, l.data, l.event_occurred_at, l.attempts, due.ambiguous,
+                    l.campaign, l.data, l.event_occurred_at, l.attempts, due.ambiguous, l.requested_at, l.throttles,
                     ARRAY(SELECT s.reason FROM email_suppression s
                            WHERE s.address = lower(btrim(l.recipient)) ORDER BY s.reason)",
             &[&limit, &lease_ms, &token],
@@ -146,7 +150,9 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
             event_occurred_at: r.get(8),
             attempts: r.get(9),
             ambiguous: r.get(10),
-            suppressions: r.get(11),
+            requested_at: r.get(11),
+            throttles: r.get(12),
+            suppressions: r.get(13),
             claim_token: token,
         })
         .collect())
@@ -187,23 +193,36 @@ pub async fn mark_sent(pool: &Pool, email: &ClaimedEmail, message_id: &str, subj
     Ok(updated == 1)
 }
 
-/// A retryable failure: queue again after `delay`, keeping the error. With
-/// `outcome_unknown` (a timeout: SES may have accepted it) the in-flight
-/// mark stays, so the next attempt is counted as an ambiguous resend.
+/// Why a send is retried, which decides what the ledger keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// SES answered and did not accept it (5xx): the attempt counts.
+    Failed,
+    /// A timeout: SES may have accepted it. The attempt counts and the
+    /// in-flight mark stays, so the next send is an ambiguous resend.
+    OutcomeUnknown,
+    /// SES throttled it: not the email's fault, not an attempt.
+    Throttled,
+}
+
+/// A retryable failure: queue again after `delay`, keeping the error.
 pub async fn schedule_retry(
     pool: &Pool,
     email: &ClaimedEmail,
     delay: Duration,
     error: &str,
-    outcome_unknown: bool,
+    why: Retry,
 ) -> Result<bool, DbError> {
     let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    let outcome_unknown = why == Retry::OutcomeUnknown;
+    let throttled = why == Retry::Throttled;
     let client = pool.get().await?;
     let updated = client
         .execute(
             "UPDATE email_ledger
                 SET state = 'queued', next_attempt_at = now() + $3::bigint * interval '1 millisecond',
                     in_flight_since = CASE WHEN $5 THEN in_flight_since END,
+                    attempts = attempts - $6::bool::int, throttles = throttles + $6::bool::int,
                     lease_until = NULL, last_error = $4, updated_at = now()
               WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
             &[
@@ -212,6 +231,7 @@ pub async fn schedule_retry(
                 &delay_ms,
                 &error,
                 &outcome_unknown,
+                &throttled,
             ],
         )
         .await?;
