@@ -864,12 +864,21 @@ async fn the_request_carries_both_parts_tags_reply_to_configuration_set_and_unsu
 
 // ---------------------------------------------------------------- SES refusals
 
+/// The HTTP status of `GET path` on `sender`.
+async fn status_of(sender: &ServiceProcess, path: &str) -> u16 {
+    reqwest::get(format!("http://127.0.0.1:{}{path}", sender.http_port))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sending_paused_stops_all_sending_flips_readiness_and_resumes_without_losing_anything() {
+async fn sending_paused_holds_until_a_probe_succeeds_keeps_the_public_endpoints_served_and_loses_nothing() {
     let app = TestApp::spawn().await;
     // Test double: SES answering SendingPausedException (moto never does).
     let ses = PrivateMoto::start(&app.log_dir).await;
     let proxy = SesProxy::start(&ses.url).await;
+    let probe = Duration::from_millis(1500);
     let sender = app
         .start_service_with(
             "sender",
@@ -885,30 +894,92 @@ async fn sending_paused_stops_all_sending_flips_readiness_and_resumes_without_lo
     });
     let n = 20;
     publish_all(&app, &many(&app, n)).await;
-    let readyz = format!("http://127.0.0.1:{}/readyz", sender.http_port);
-    wait_until("readiness to flip to 503", PATIENCE, || async {
-        let status = reqwest::get(&readyz).await.ok()?.status();
-        (status == 503).then_some(())
+    wait_until("sending to pause", PATIENCE, || async {
+        (status_of(&sender, "/readyz/sending").await == 503).then_some(())
     })
     .await;
     assert_eq!(metric(&sender.metrics().await, "backorder_sender_paused", ""), 1.0);
+    let paused_at = Instant::now();
+    let before = proxy.sends().len();
+    // For three probe intervals: the pause holds (no flapping back to
+    // sending before a probe succeeded), at most one probe per interval
+    // reaches SES, and the pod stays ready for its public endpoints.
+    while paused_at.elapsed() < probe * 3 {
+        assert_eq!(status_of(&sender, "/readyz/sending").await, 503, "the pause flapped");
+        assert_eq!(status_of(&sender, "/readyz").await, 200, "public endpoints unrouted");
+        assert_eq!(status_of(&sender, "/unsubscribe?token=x.y").await, 400, "/unsubscribe served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = proxy.sends().len() - before;
+    assert!(during <= 4, "{during} sends in three probe intervals while paused");
     let states = app.ledger_states().await;
     assert_eq!(states.get("sent"), None);
     assert_eq!(states.get("failed"), None, "a pause fails nothing: {states:?}");
-    // While paused, sends stop: at most one probe batch per probe interval.
-    let refused = proxy.sends().len();
-    assert!(refused < n, "{refused} sends attempted while paused");
 
     proxy.set_fault(Fault::None);
     wait_all_sent(&app, n as i64, PATIENCE).await;
     let counts = counts_at(&app, &ses.url).await;
     assert_eq!(counts.len(), n);
     assert!(counts.values().all(|c| *c == 1));
-    wait_until("readiness back", PATIENCE, || async {
-        let status = reqwest::get(&readyz).await.ok()?.status();
-        status.is_success().then_some(())
+    assert_eq!(status_of(&sender, "/readyz/sending").await, 200);
+    let metrics = sender.metrics().await;
+    assert_eq!(metric(&metrics, "backorder_sender_paused", ""), 0.0);
+    assert_eq!(
+        metric(&metrics, "backorder_sender_pauses_total", "reason=\"account_paused\""),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_client_error_pauses_sending_instead_of_failing_the_queue() {
+    let app = TestApp::spawn().await;
+    // Test double: SES refusing the credentials (AccessDenied), which the
+    // SES v2 model does not name for SendEmail.
+    let ses = PrivateMoto::start(&app.log_dir).await;
+    let proxy = SesProxy::start(&ses.url).await;
+    proxy.set_fault(Fault::Error {
+        status: 403,
+        error_type: "AccessDeniedException",
+    });
+    let sender = app
+        .start_service_with(
+            "sender",
+            &[
+                ("AWS_ENDPOINT_URL_SESV2", proxy.url.as_str()),
+                ("BACKORDER_SENDER_PAUSE_PROBE_MS", "500"),
+            ],
+        )
+        .await;
+    let n = 10;
+    publish_all(&app, &many(&app, n)).await;
+    wait_until("the pause alert", PATIENCE, || async {
+        let m = sender.metrics().await;
+        (metric(&m, "backorder_sender_pauses_total", "reason=\"unknown_client_error\"") == 1.0).then_some(())
     })
     .await;
+    assert_eq!(status_of(&sender, "/readyz/sending").await, 503);
+    assert_eq!(status_of(&sender, "/readyz").await, 200);
+    // Several probes are refused meanwhile; nothing fails for it.
+    wait_until("three refused sends", PATIENCE, || async {
+        (proxy.sends().len() >= 3).then_some(())
+    })
+    .await;
+    let states = app.ledger_states().await;
+    assert_eq!(states.get("failed"), None, "{states:?}");
+
+    proxy.set_fault(Fault::None);
+    wait_all_sent(&app, n as i64, PATIENCE).await;
+    let counts = counts_at(&app, &ses.url).await;
+    assert_eq!(counts.len(), n);
+    assert!(counts.values().all(|c| *c == 1));
+    assert_eq!(status_of(&sender, "/readyz/sending").await, 200);
+    let client = app.pool.get().await.unwrap();
+    let most: i32 = client
+        .query_one("SELECT max(attempts) FROM email_ledger", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(most, 1, "refused sends during the pause are not attempts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

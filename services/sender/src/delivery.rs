@@ -16,6 +16,8 @@ use backorder_core::deadpool_postgres::Pool;
 use backorder_core::domain::mask_email;
 use backorder_core::lifecycle::Lifecycle;
 use backorder_core::service::Service;
+use axum::extract::State;
+use axum::http::StatusCode;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
@@ -63,6 +65,44 @@ impl DailyQuota {
     }
 }
 
+/// Whether SES lets this replica send. Kept apart from the process's
+/// readiness: while sending is paused, `/sns` (SES reporting the bounces
+/// that may have caused the pause) and `/unsubscribe` must stay served.
+#[derive(Debug, Default)]
+pub struct SendingState {
+    /// Why sending is paused (a metric label), if it is.
+    paused: Mutex<Option<&'static str>>,
+}
+
+impl SendingState {
+    pub fn paused(&self) -> Option<&'static str> {
+        self.paused.lock().map(|p| *p).unwrap_or(None)
+    }
+
+    /// Returns whether this paused a running sender.
+    fn pause(&self, kind: &'static str) -> bool {
+        self.paused
+            .lock()
+            .map(|mut p| p.replace(kind).is_none())
+            .unwrap_or(false)
+    }
+
+    /// Returns whether this resumed a paused sender.
+    fn resume(&self) -> bool {
+        self.paused.lock().map(|mut p| p.take().is_some()).unwrap_or(false)
+    }
+}
+
+/// `GET /readyz/sending`: 200 while this replica may send, 503 (with the
+/// reason) while SES paused it. For dashboards and alerts; not a
+/// Kubernetes readiness probe, which must keep the public endpoints routed.
+pub async fn sending_readyz(State(state): State<Arc<SendingState>>) -> (StatusCode, String) {
+    match state.paused() {
+        Some(kind) => (StatusCode::SERVICE_UNAVAILABLE, format!("paused: {kind}")),
+        None => (StatusCode::OK, "sending".to_string()),
+    }
+}
+
 #[derive(Clone)]
 pub struct Delivery {
     inner: Arc<Inner>,
@@ -97,9 +137,10 @@ struct Inner {
     rate_override: Option<f64>,
     configured_quota: Option<u64>,
     account_refresh: Duration,
-    /// How long sending stays paused after SES said the account may not
-    /// send, before sending is tried again.
+    /// How often, while sending is paused, one email is sent as a probe.
     pause_probe: Duration,
+    /// Paused or not, shared with `/readyz/sending`.
+    sending: Arc<SendingState>,
 }
 
 impl Delivery {
@@ -109,6 +150,7 @@ impl Delivery {
         ses: SesClient,
         links: UnsubscribeLinks,
         wake: Arc<Notify>,
+        sending: Arc<SendingState>,
     ) -> Self {
         let settings = &service.settings;
         let initial = settings
@@ -141,6 +183,7 @@ impl Delivery {
                 configured_quota: settings.ses_daily_quota,
                 account_refresh: Duration::from_secs(settings.ses_account_refresh_secs.max(1)),
                 pause_probe: Duration::from_millis(settings.sender_pause_probe_ms.max(100)),
+                sending,
             }),
         };
         delivery.refresh_account().await;
@@ -167,8 +210,7 @@ impl Delivery {
             metrics::gauge!("backorder_sender_daily_quota").set(limit as f64);
         }
         if account.is_some_and(|q| !q.sending_enabled) {
-            tracing::error!("SES reports sending disabled for the account; pausing");
-            self.set_paused(true);
+            self.pause("account_paused", "GetAccount reports sending disabled");
         }
         tracing::info!(rate, daily_quota = ?limit, "SES sending limits");
     }
@@ -227,11 +269,17 @@ impl Delivery {
         let shutdown = this.lifecycle.shutdown.clone();
         let mut db_errors = 0u32;
         while !shutdown.is_cancelled() {
-            if this.lifecycle.readiness.is_paused() {
-                self.sleep(this.pause_probe).await;
-                tracing::info!("probing SES after a pause");
-                self.set_paused(false);
-                continue;
+            // While paused, one email at a time is sent as a probe, once
+            // per BACKORDER_SENDER_PAUSE_PROBE_MS; only its success ends
+            // the pause (the pause never lapses by itself).
+            let probing = this.sending.paused().is_some();
+            if probing {
+                if !self.sleep(this.pause_probe).await {
+                    return None;
+                }
+                if this.sending.paused().is_none() {
+                    continue;
+                }
             }
             let budget = match self.quota_budget().await {
                 Ok(budget) => budget,
@@ -242,12 +290,19 @@ impl Delivery {
                 }
             };
             let limit = budget.min((this.concurrency.load(Ordering::SeqCst).max(1) * 2) as i64);
+            let limit = if probing { limit.min(1) } else { limit };
             if limit <= 0 {
                 self.sleep(this.poll.max(Duration::from_secs(1))).await;
                 continue;
             }
             match ledger::claim_due(&this.pool, limit, this.lease).await {
-                Ok(claimed) if !claimed.is_empty() => {
+                Ok(mut claimed) if !claimed.is_empty() => {
+                    if probing {
+                        tracing::info!("probing SES with one email while sending is paused");
+                        for email in &mut claimed {
+                            email.probe = true;
+                        }
+                    }
                     // Counted against the daily quota from the claim on (a
                     // row given back unsent is corrected at the next recount).
                     this.started_sends.fetch_add(claimed.len() as i64, Ordering::SeqCst);
@@ -342,9 +397,22 @@ impl Delivery {
         }
     }
 
-    fn set_paused(&self, paused: bool) {
-        self.inner.lifecycle.readiness.set_paused(paused);
-        metrics::gauge!("backorder_sender_paused").set(if paused { 1.0 } else { 0.0 });
+    /// Pauses every worker of this replica (SES refused the account, not
+    /// an email): the gauge and the counter alert, `/readyz/sending`
+    /// answers 503. The public endpoints keep being served.
+    fn pause(&self, kind: &'static str, reason: &str) {
+        if self.inner.sending.pause(kind) {
+            metrics::counter!("backorder_sender_pauses_total", "reason" => kind).increment(1);
+            tracing::error!(kind, %reason, "SES refuses the account's sends: sending paused until a probe succeeds");
+        }
+        metrics::gauge!("backorder_sender_paused").set(1.0);
+    }
+
+    fn resume(&self) {
+        if self.inner.sending.resume() {
+            tracing::info!("a probe send succeeded: sending resumed");
+        }
+        metrics::gauge!("backorder_sender_paused").set(0.0);
     }
 
     /// Delivers one claimed row and records what happened. Database errors
@@ -398,7 +466,7 @@ impl Delivery {
         // the lease and marks the row in flight: from here on a crash makes
         // the next claim count an ambiguous resend. The pacer comes last,
         // so SES sees its spacing without the database's latency.
-        if this.lifecycle.readiness.is_paused() {
+        if this.sending.paused().is_some() && !email.probe {
             return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
         }
         let fenced_at = Instant::now();
@@ -419,7 +487,7 @@ impl Delivery {
         // Paused meanwhile, or waited so long (SES throttled, the rate
         // fell) that less than half the lease is left for the call: give
         // the row back unsent; the turn is passed on unused.
-        if this.lifecycle.readiness.is_paused() || fenced_at.elapsed() > this.lease / 2 {
+        if (this.sending.paused().is_some() && !email.probe) || fenced_at.elapsed() > this.lease / 2 {
             drop(permit);
             return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
         }
@@ -460,6 +528,7 @@ impl Delivery {
         match result {
             Ok(message_id) => {
                 this.pacer.succeeded();
+                self.resume();
                 let recorded = ledger::mark_sent(&this.pool, email, &message_id, &rendered.subject).await;
                 count_outcome(template, "sent");
                 let since_event = chrono::Utc::now() - email.event_occurred_at;
@@ -485,9 +554,8 @@ impl Delivery {
                 let reason = format!("{kind}: {reason}");
                 self.record(email, ledger::mark_failed(&this.pool, email, &reason).await)
             }
-            Err(SendFailure::Paused(reason)) => {
-                tracing::error!(%reason, "SES paused sending for the account; pausing all workers");
-                self.set_paused(true);
+            Err(SendFailure::Paused { kind, reason }) => {
+                self.pause(kind, &reason);
                 // SES refused it: nothing was sent, so the attempt is given
                 // back (it is not the email's fault).
                 self.record(email, ledger::release(&this.pool, email, this.pause_probe).await)

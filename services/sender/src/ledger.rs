@@ -94,6 +94,9 @@ pub struct ClaimedEmail {
     pub suppressions: Vec<String>,
     /// Fences this claim: see [`start_send`].
     pub claim_token: i64,
+    /// Sent while sending is paused, to find out whether SES accepts
+    /// sends again.
+    pub probe: bool,
 }
 
 impl ClaimedEmail {
@@ -154,6 +157,7 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
             throttles: r.get(12),
             suppressions: r.get(13),
             claim_token: token,
+            probe: false,
         })
         .collect())
 }

@@ -14,7 +14,9 @@
 //!
 //! HTTP routes besides `/healthz`, `/readyz`, `/metrics`:
 //! `POST /sns` (SNS notifications), `GET /unsubscribe?token=…` (a page
-//! with a button) and `POST /unsubscribe?token=…` (RFC 8058 one-click).
+//! with a button), `POST /unsubscribe?token=…` (RFC 8058 one-click) and
+//! `GET /readyz/sending` (503 while SES has sending paused; `/readyz`
+//! stays up then, so the public endpoints keep receiving traffic).
 
 pub mod delivery;
 pub mod intake;
@@ -52,7 +54,11 @@ pub enum SenderError {
 }
 
 /// The sender's own HTTP routes.
-pub fn routes(unsubscribe: suppression::UnsubscribeState, sns: sns::SnsState) -> axum::Router {
+pub fn routes(
+    unsubscribe: suppression::UnsubscribeState,
+    sns: sns::SnsState,
+    sending: Arc<delivery::SendingState>,
+) -> axum::Router {
     let unsubscribe = axum::Router::new()
         .route(
             "/unsubscribe",
@@ -60,7 +66,10 @@ pub fn routes(unsubscribe: suppression::UnsubscribeState, sns: sns::SnsState) ->
         )
         .with_state(unsubscribe);
     let sns = axum::Router::new().route("/sns", post(sns::receive)).with_state(sns);
-    unsubscribe.merge(sns)
+    let sending = axum::Router::new()
+        .route("/readyz/sending", get(delivery::sending_readyz))
+        .with_state(sending);
+    unsubscribe.merge(sns).merge(sending)
 }
 
 /// The unsubscribe-link key: the configured secret, or the local key when
@@ -138,7 +147,10 @@ pub async fn start(service: &Service) -> Result<(), SenderError> {
         settings.sns_cert_url_prefix.clone(),
         sns_topics(settings),
     );
-    let bound = service.serve_http(routes(unsubscribe, sns)).await?;
+    let sending = Arc::new(delivery::SendingState::default());
+    let bound = service
+        .serve_http(routes(unsubscribe, sns, sending.clone()))
+        .await?;
     let base = settings
         .public_base_url
         .clone()
@@ -153,7 +165,7 @@ pub async fn start(service: &Service) -> Result<(), SenderError> {
     );
     let renderer = render::Renderer::new(settings)?;
     let ses = ses::SesClient::from_env(settings).await;
-    let workers = delivery::Delivery::new(service, renderer, ses, links_for(&base), wake).await;
+    let workers = delivery::Delivery::new(service, renderer, ses, links_for(&base), wake, sending).await;
     let refresh = workers.clone();
     service.spawn("ses-account", async move {
         refresh.run_account_refresh().await.map_err(|e| e.to_string())
