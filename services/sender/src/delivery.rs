@@ -1,14 +1,19 @@
 //! The send workers: claim due rows from the ledger, check the suppression
-//! list, render, wait for the pacer, call SES, record the outcome.
+//! list, render, reserve a send slot shared by every replica (rate and
+//! daily quota, see [`crate::pace`]), mark the row in flight, call SES,
+//! record the outcome.
 //!
 //! Around them: the SES account (send rate, daily quota, paused or not) is
 //! read from `GetAccount` at start and every
 //! `BACKORDER_SES_ACCOUNT_REFRESH_SECS`, and the queue's depth and age are
 //! published as metrics.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
 
 use backorder_core::clock::Clock;
 use backorder_core::db::DbError;
@@ -16,20 +21,21 @@ use backorder_core::deadpool_postgres::Pool;
 use backorder_core::domain::mask_email;
 use backorder_core::lifecycle::Lifecycle;
 use backorder_core::service::Service;
-use axum::extract::State;
-use axum::http::StatusCode;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::ledger::{self, ClaimedEmail, Retry};
-use crate::pace::Pacer;
+use crate::ledger::{self, ClaimedEmail, Retry, Started};
+use crate::pace::{self, LATE_TOLERANCE, Pacer, Quota, Reservation};
 use crate::render::Renderer;
 use crate::ses::{Outgoing, SendFailure, SendQuota, SesClient};
 use crate::suppression::{self, UnsubscribeLinks};
 
-/// How often the daily-quota usage is re-read from the ledger (in between,
-/// this replica counts its own sends).
-const QUOTA_RECOUNT: Duration = Duration::from_secs(2);
+/// How often an exhausted daily quota is looked at again.
+const QUOTA_RECHECK: Duration = Duration::from_secs(1);
+/// The most a send may start after its slot, after repeated late starts
+/// (a database that answers slowly for a while must slow sending, not
+/// stop it).
+const MAX_LATE_TOLERANCE: Duration = Duration::from_millis(500);
 /// What one SES call is assumed to take when sizing the worker pool.
 const EXPECTED_CALL_SECONDS: f64 = 0.25;
 /// The most concurrent SES calls per replica.
@@ -43,26 +49,6 @@ const QUEUE_METRICS_INTERVAL: Duration = Duration::from_secs(2);
 pub enum DeliveryError {
     #[error("ledger unavailable: {0}")]
     Ledger(#[from] DbError),
-}
-
-/// The daily sending quota and how much of it is used.
-#[derive(Debug, Default)]
-struct DailyQuota {
-    /// Emails per 24 hours; `None`: unknown, not enforced.
-    limit: Option<i64>,
-    /// What SES said was sent in the last 24 hours at the last `GetAccount`.
-    account_used: i64,
-    /// What the ledger says every replica sent in the last 24 hours.
-    ledger_used: i64,
-    /// Sends this replica started since the ledger was last counted.
-    local_since_count: i64,
-    counted_at: Option<Instant>,
-}
-
-impl DailyQuota {
-    fn used(&self) -> i64 {
-        self.ledger_used.max(self.account_used) + self.local_since_count
-    }
 }
 
 /// Whether SES lets this replica send. Kept apart from the process's
@@ -116,10 +102,9 @@ struct Inner {
     /// Intake wakes idle workers when it queued rows.
     wake: Arc<Notify>,
     pacer: Pacer,
-    quota: Mutex<DailyQuota>,
+    /// The daily quota, from `GetAccount` or configuration.
+    quota: Mutex<Quota>,
     quota_exhausted: AtomicBool,
-    /// Sends started since the last quota recount.
-    started_sends: AtomicI64,
     lifecycle: Lifecycle,
     /// BACKORDER_SENDER_WORKERS: the least number of concurrent SES calls.
     workers: usize,
@@ -164,9 +149,8 @@ impl Delivery {
                 links,
                 wake,
                 pacer: Pacer::new(initial),
-                quota: Mutex::new(DailyQuota::default()),
+                quota: Mutex::new(Quota::default()),
                 quota_exhausted: AtomicBool::new(false),
-                started_sends: AtomicI64::new(0),
                 lifecycle: service.lifecycle.clone(),
                 workers: settings.sender_workers.max(1),
                 concurrency: AtomicUsize::new(settings.sender_workers.max(1)),
@@ -203,8 +187,10 @@ impl Delivery {
             _ => this.configured_quota.map(|q| i64::try_from(q).unwrap_or(i64::MAX)),
         };
         if let Ok(mut quota) = this.quota.lock() {
-            quota.limit = limit;
-            quota.account_used = account.map_or(0, |q| q.sent_last_24_hours as i64);
+            *quota = Quota {
+                limit,
+                account_used: account.map_or(0, |q| q.sent_last_24_hours as i64),
+            };
         }
         if let Some(limit) = limit {
             metrics::gauge!("backorder_sender_daily_quota").set(limit as f64);
@@ -292,7 +278,7 @@ impl Delivery {
             let limit = budget.min((this.concurrency.load(Ordering::SeqCst).max(1) * 2) as i64);
             let limit = if probing { limit.min(1) } else { limit };
             if limit <= 0 {
-                self.sleep(this.poll.max(Duration::from_secs(1))).await;
+                self.sleep(this.poll.max(QUOTA_RECHECK)).await;
                 continue;
             }
             match ledger::claim_due(&this.pool, limit, this.lease).await {
@@ -303,9 +289,6 @@ impl Delivery {
                             email.probe = true;
                         }
                     }
-                    // Counted against the daily quota from the claim on (a
-                    // row given back unsent is corrected at the next recount).
-                    this.started_sends.fetch_add(claimed.len() as i64, Ordering::SeqCst);
                     return Some(claimed);
                 }
                 Ok(_) => {
@@ -328,49 +311,25 @@ impl Delivery {
     }
 
     /// How many sends the daily quota still allows (`i64::MAX`: no quota
-    /// known). Flips the exhausted gauge and logs an error once when the
-    /// quota is reached: sending stops before exceeding it, rows stay queued.
+    /// known), from the count every replica shares, to size claims.
+    /// Flips the exhausted gauge and logs an error once when the quota is
+    /// reached: sending stops before exceeding it, rows stay queued. (The
+    /// quota is enforced exactly when a send slot is reserved.)
     async fn quota_budget(&self) -> Result<i64, DbError> {
-        let this = &self.inner;
-        let recount = this
-            .quota
-            .lock()
-            .map(|q| q.limit.is_some() && q.counted_at.is_none_or(|at| at.elapsed() >= QUOTA_RECOUNT))
-            .unwrap_or(false);
-        if recount {
-            // Reset the local count first: sends started from now on are
-            // either in this count (as 'sending'/'sent') or counted locally.
-            let before = this.started_sends.swap(0, Ordering::SeqCst);
-            let counted = ledger::sent_last_24_hours(&this.pool).await;
-            let counted = match counted {
-                Ok(counted) => counted,
-                Err(error) => {
-                    this.started_sends.fetch_add(before, Ordering::SeqCst);
-                    return Err(error);
-                }
-            };
-            if let Ok(mut quota) = this.quota.lock() {
-                quota.ledger_used = counted;
-                quota.local_since_count = 0;
-                quota.counted_at = Some(Instant::now());
-            }
-        }
-        let local = this.started_sends.load(Ordering::SeqCst);
-        let (limit, used) = match this.quota.lock() {
-            Ok(mut quota) => {
-                quota.local_since_count = local;
-                (quota.limit, quota.used())
-            }
-            Err(_) => (None, 0),
-        };
-        let Some(limit) = limit else {
+        let quota = self.quota();
+        let Some(limit) = quota.limit else {
             self.set_quota_exhausted(false, 0, 0);
             return Ok(i64::MAX);
         };
+        let used = pace::day_used(&self.inner.pool).await?.max(quota.account_used);
         metrics::gauge!("backorder_sender_daily_quota_used").set(used as f64);
         let budget = limit - used;
         self.set_quota_exhausted(budget <= 0, used, limit);
         Ok(budget.max(0))
+    }
+
+    fn quota(&self) -> Quota {
+        self.inner.quota.lock().map(|q| *q).unwrap_or_default()
     }
 
     fn set_quota_exhausted(&self, exhausted: bool, used: i64, limit: i64) {
@@ -461,37 +420,9 @@ impl Delivery {
                 return self.record(email, ledger::mark_failed(&this.pool, email, &reason).await);
             }
         };
-        // Fence, pace, send. The fence checks the claim still owns the row
-        // (its lease may have run out, and another claim taken it), renews
-        // the lease and marks the row in flight: from here on a crash makes
-        // the next claim count an ambiguous resend. The pacer comes last,
-        // so SES sees its spacing without the database's latency.
-        if this.sending.paused().is_some() && !email.probe {
-            return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
-        }
-        let fenced_at = Instant::now();
-        if !ledger::start_send(&this.pool, email, this.lease).await? {
-            metrics::counter!("backorder_sender_lease_lost_total").increment(1);
-            tracing::warn!(
-                dedup_key = key,
-                "claim taken over by another sender before sending; skipped"
-            );
+        if !self.wait_for_slot(email).await? {
             return Ok(());
         }
-        let permit = tokio::select! {
-            () = this.lifecycle.shutdown.cancelled() => {
-                return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
-            }
-            permit = this.pacer.acquire() => permit,
-        };
-        // Paused meanwhile, or waited so long (SES throttled, the rate
-        // fell) that less than half the lease is left for the call: give
-        // the row back unsent; the turn is passed on unused.
-        if (this.sending.paused().is_some() && !email.probe) || fenced_at.elapsed() > this.lease / 2 {
-            drop(permit);
-            return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
-        }
-        permit.commit(1);
         if email.ambiguous {
             // An earlier attempt reached SES and no answer was recorded:
             // SES may have accepted it. The ledger counted this durably.
@@ -518,7 +449,7 @@ impl Delivery {
             tokio::select! {
                 result = &mut call => break result,
                 () = tokio::time::sleep(this.lease / 3) => {
-                    if let Err(error) = ledger::start_send(&this.pool, email, this.lease).await {
+                    if let Err(error) = ledger::renew_lease(&this.pool, email, this.lease).await {
                         tracing::warn!(dedup_key = key, %error, "could not renew the lease during a slow SES call");
                     }
                 }
@@ -561,6 +492,75 @@ impl Delivery {
                 self.record(email, ledger::release(&this.pool, email, this.pause_probe).await)
             }
         }
+    }
+
+    /// Reserves a send slot (shared by every replica: the account's rate
+    /// and daily quota), waits for it, and marks the row in flight right
+    /// when it comes, fenced: the claim must still own the row (its lease
+    /// may have run out while it waited, and another claim taken it). From
+    /// the mark on, a crash makes the next claim count an ambiguous resend.
+    /// Returns `true` when SES is to be called now; otherwise the row was
+    /// dealt with (released, or lost to another claim).
+    async fn wait_for_slot(&self, email: &ClaimedEmail) -> Result<bool, DbError> {
+        let this = &self.inner;
+        let key = email.dedup_key.as_str();
+        let shutdown = &this.lifecycle.shutdown;
+        let horizon = pace::horizon(this.lease);
+        let mut tolerance = LATE_TOLERANCE;
+        loop {
+            if this.sending.paused().is_some() && !email.probe {
+                self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await)?;
+                return Ok(false);
+            }
+            let slot = match this.pacer.reserve(&this.pool, self.quota(), horizon, shutdown).await? {
+                Reservation::Slot { at, wait } => {
+                    if !self.sleep(wait).await {
+                        self.give_back(email, at, Duration::ZERO).await?;
+                        return Ok(false);
+                    }
+                    at
+                }
+                Reservation::QuotaExhausted { used, limit } => {
+                    self.set_quota_exhausted(true, used, limit);
+                    self.record(email, ledger::release(&this.pool, email, this.poll).await)?;
+                    return Ok(false);
+                }
+                Reservation::Shutdown => {
+                    self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await)?;
+                    return Ok(false);
+                }
+            };
+            if this.sending.paused().is_some() && !email.probe {
+                self.give_back(email, slot, Duration::ZERO).await?;
+                return Ok(false);
+            }
+            let deadline = slot + chrono::Duration::from_std(tolerance).unwrap_or_default();
+            match ledger::start_send(&this.pool, email, this.lease, deadline).await? {
+                Started::Sending => return Ok(true),
+                Started::Late => {
+                    // Sending now could crowd the next second at SES: take
+                    // a new slot (the quota of this one is given back).
+                    metrics::counter!("backorder_sender_late_slots_total").increment(1);
+                    pace::unreserve(&this.pool, slot).await?;
+                    tolerance = (tolerance * 2).min(MAX_LATE_TOLERANCE);
+                }
+                Started::Lost => {
+                    pace::unreserve(&this.pool, slot).await?;
+                    metrics::counter!("backorder_sender_lease_lost_total").increment(1);
+                    tracing::warn!(
+                        dedup_key = key,
+                        "claim taken over by another sender before sending; skipped"
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// A reserved slot not used: its quota and the row go back.
+    async fn give_back(&self, email: &ClaimedEmail, slot: chrono::DateTime<chrono::Utc>, delay: Duration) -> Result<(), DbError> {
+        pace::unreserve(&self.inner.pool, slot).await?;
+        self.record(email, ledger::release(&self.inner.pool, email, delay).await)
     }
 
     /// A retryable failure: queued again with backoff, unless the email is

@@ -162,17 +162,61 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
         .collect())
 }
 
-/// Right before the SES call: checks that this claim still owns the row,
-/// renews its lease and marks the call as in flight. `false` means another
-/// replica took the row over (this claim's lease expired while it waited):
-/// it must not be sent.
-pub async fn start_send(pool: &Pool, email: &ClaimedEmail, lease: Duration) -> Result<bool, DbError> {
+/// What [`start_send`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Marked in flight: call SES now.
+    Sending,
+    /// Past the slot's deadline: not marked; take a new slot.
+    Late,
+    /// Another claim took the row over (this claim's lease expired while
+    /// it waited): it must not be sent.
+    Lost,
+}
+
+/// Right before the SES call: checks that this claim still owns the row
+/// and that the send slot's `deadline` (database time) has not passed,
+/// then renews the lease and marks the call as in flight.
+pub async fn start_send(
+    pool: &Pool,
+    email: &ClaimedEmail,
+    lease: Duration,
+    deadline: DateTime<Utc>,
+) -> Result<Started, DbError> {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "WITH owned AS (
+                 SELECT dedup_key, clock_timestamp() <= $4 AS on_time
+                   FROM email_ledger
+                  WHERE dedup_key = $1 AND state = 'sending' AND claim_token = $2
+                  FOR UPDATE),
+             marked AS (
+                 UPDATE email_ledger l
+                    SET in_flight_since = now(), lease_until = now() + $3::bigint * interval '1 millisecond'
+                   FROM owned
+                  WHERE l.dedup_key = owned.dedup_key AND owned.on_time
+                 RETURNING 1)
+             SELECT (SELECT count(*) FROM marked) > 0 FROM owned",
+            &[&email.dedup_key, &email.claim_token, &lease_ms, &deadline],
+        )
+        .await?;
+    Ok(match row {
+        None => Started::Lost,
+        Some(row) if row.try_get::<_, bool>(0)? => Started::Sending,
+        Some(_) => Started::Late,
+    })
+}
+
+/// Keeps a claim during a slow SES call (a live sender never loses its
+/// row mid-call; a dead sender's lease runs out).
+pub async fn renew_lease(pool: &Pool, email: &ClaimedEmail, lease: Duration) -> Result<bool, DbError> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let client = pool.get().await?;
     let updated = client
         .execute(
-            "UPDATE email_ledger
-                SET in_flight_since = now(), lease_until = now() + $3::bigint * interval '1 millisecond'
+            "UPDATE email_ledger SET lease_until = now() + $3::bigint * interval '1 millisecond'
               WHERE dedup_key = $1 AND state = 'sending' AND claim_token = $2",
             &[&email.dedup_key, &email.claim_token, &lease_ms],
         )
@@ -288,19 +332,6 @@ pub async fn mark_suppressed(pool: &Pool, email: &ClaimedEmail, reason: &str) ->
         )
         .await?;
     Ok(updated == 1)
-}
-
-/// Emails SES accepted in the last 24 hours, by every replica.
-pub async fn sent_last_24_hours(pool: &Pool) -> Result<i64, DbError> {
-    let client = pool.get().await?;
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM email_ledger
-              WHERE (state = 'sent' AND sent_at > now() - interval '24 hours') OR state = 'sending'",
-            &[],
-        )
-        .await?;
-    Ok(row.get(0))
 }
 
 /// The recipient of a ledger row (for an unsubscribe link, which names the

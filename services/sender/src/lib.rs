@@ -6,7 +6,8 @@
 //!   `FOR UPDATE SKIP LOCKED` so replicas never take the same row.
 //! - [`render`] and `templates/`: subject, HTML and text per locale.
 //! - [`ses`]: the SES v2 client and how its answers are classified.
-//! - [`pace`]: the send rate (SES's MaxSendRate, backing off on throttling).
+//! - [`pace`]: the account's send rate and daily quota, shared by every
+//!   replica through PostgreSQL (backing off on throttling).
 //! - [`delivery`]: the send workers: claim, check suppression, render,
 //!   pace, send, record; the SES account's limits and the queue metrics.
 //! - [`suppression`]: who must not get what, and one-click unsubscribe.
