@@ -237,6 +237,114 @@ async fn two_thousand_emails_through_three_sigkills_reach_ses_once_except_counte
     assert_eq!(app.committed_total("sender", EMAIL_REQUESTS).await, n as i64);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resends_after_timeouts_are_counted_exactly_and_the_metric_agrees_with_the_ledger() {
+    let app = TestApp::spawn().await;
+    // Test double: an SES that answers after the sender's timeout, and
+    // still accepts what it was sent: every timed-out send reaches moto.
+    let ses = PrivateMoto::start(&app.log_dir).await;
+    let proxy = SesProxy::start(&ses.url).await;
+    proxy.set_fault(Fault::Delay(Duration::from_millis(1500)));
+    let sender = app
+        .start_service_with(
+            "sender",
+            &[
+                ("AWS_ENDPOINT_URL_SESV2", proxy.url.as_str()),
+                ("BACKORDER_SES_TIMEOUT_MS", "300"),
+                ("BACKORDER_SENDER_RETRY_BASE_MS", "100"),
+                ("BACKORDER_SENDER_RETRY_MAX_MS", "200"),
+            ],
+        )
+        .await;
+    let n = 5;
+    publish_all(&app, &many(&app, n)).await;
+    wait_until("every email timed out at least twice", PATIENCE, || async {
+        let client = app.pool.get().await.unwrap();
+        let least: Option<i32> = client
+            .query_one("SELECT min(attempts) FROM email_ledger", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (least.unwrap_or(0) >= 2).then_some(())
+    })
+    .await;
+    proxy.set_fault(Fault::None);
+    wait_all_sent(&app, n as i64, PATIENCE).await;
+
+    let client = app.pool.get().await.unwrap();
+    let rows: Vec<(String, i32, i32)> = client
+        .query("SELECT recipient, attempts, ambiguous_resends FROM email_ledger", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    // Every send after a timed-out one is an ambiguous resend: one per
+    // attempt but the first, no more, no fewer.
+    for (recipient, attempts, resends) in &rows {
+        assert_eq!(*resends, attempts - 1, "{recipient}: {attempts} attempts");
+    }
+    let column: i32 = rows.iter().map(|r| r.2).sum();
+    let metric_total = metric(&sender.metrics().await, "backorder_sender_ambiguous_resends_total", "");
+    assert_eq!(metric_total, f64::from(column), "the metric and the ledger agree");
+    // And they are what happened at SES: the duplicates are exactly the
+    // counted resends (the delayed sends land in moto too).
+    wait_until("the delayed sends to land", PATIENCE, || async {
+        let counts = counts_at(&app, &ses.url).await;
+        rows.iter()
+            .all(|(recipient, _, resends)| counts.get(recipient).copied() == Some(1 + *resends as usize))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_suppressed_while_its_claimed_email_waits_for_a_send_slot_is_not_sent() {
+    let app = TestApp::spawn().await;
+    // One send a second: the second and third claimed emails wait for
+    // their slots, in `sending`, not yet in flight.
+    let sender = app
+        .start_service_with("sender", &[("BACKORDER_SES_MAX_SEND_RATE", "1")])
+        .await;
+    publish_all(&app, &many(&app, 3)).await;
+    let waiting: (String, String) = wait_until("a claimed email waiting for its slot", PATIENCE, || async {
+        let client = app.pool.get().await.unwrap();
+        client
+            .query_opt(
+                "SELECT dedup_key, recipient FROM email_ledger
+                  WHERE state = 'sending' AND in_flight_since IS NULL
+                    AND EXISTS (SELECT 1 FROM email_ledger WHERE state = 'sent')
+                  ORDER BY dedup_key DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+    })
+    .await;
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO email_suppression (address, reason, source) VALUES (lower($1), 'hard_bounce', 'ses')",
+            &[&waiting.1],
+        )
+        .await
+        .unwrap();
+    let outcome = wait_until("the waiting email's outcome", PATIENCE, || async {
+        let row = client
+            .query_one("SELECT state, suppressed_reason FROM email_ledger WHERE dedup_key = $1", &[&waiting.0])
+            .await
+            .unwrap();
+        (row.get::<_, String>(0) != "sending").then(|| (row.get::<_, String>(0), row.get::<_, Option<String>>(1)))
+    })
+    .await;
+    assert_eq!(outcome, ("suppressed".to_string(), Some("hard_bounce".to_string())));
+    wait_all_sent(&app, 2, PATIENCE).await;
+    assert_eq!(moto_counts(&app).await.get(&waiting.1), None, "not sent");
+    let log = std::fs::read_to_string(&sender.log).unwrap();
+    assert!(log.contains("suppressed since the claim"), "found when its slot came");
+}
+
 // ---------------------------------------------------------------- throttling
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -420,12 +420,13 @@ impl Delivery {
                 return self.record(email, ledger::mark_failed(&this.pool, email, &reason).await);
             }
         };
-        if !self.wait_for_slot(email).await? {
+        let Some(ambiguous) = self.wait_for_slot(email).await? else {
             return Ok(());
-        }
-        if email.ambiguous {
+        };
+        if ambiguous {
             // An earlier attempt reached SES and no answer was recorded:
-            // SES may have accepted it. The ledger counted this durably.
+            // SES may have accepted it. The ledger counted this resend in
+            // the statement that marked it in flight.
             metrics::counter!("backorder_sender_ambiguous_resends_total").increment(1);
             tracing::warn!(
                 dedup_key = key,
@@ -460,7 +461,7 @@ impl Delivery {
             Ok(message_id) => {
                 this.pacer.succeeded();
                 self.resume();
-                let recorded = ledger::mark_sent(&this.pool, email, &message_id, &rendered.subject).await;
+                let recorded = self.record_sent(email, &message_id, &rendered.subject).await;
                 count_outcome(template, "sent");
                 let since_event = chrono::Utc::now() - email.event_occurred_at;
                 if let Ok(latency) = since_event.to_std() {
@@ -487,9 +488,12 @@ impl Delivery {
             }
             Err(SendFailure::Paused { kind, reason }) => {
                 self.pause(kind, &reason);
-                // SES refused it: nothing was sent, so the attempt is given
-                // back (it is not the email's fault).
-                self.record(email, ledger::release(&this.pool, email, this.pause_probe).await)
+                // SES refused it: nothing was sent, and it is not the
+                // email's fault: not an attempt.
+                self.record(
+                    email,
+                    ledger::schedule_retry(&this.pool, email, this.pause_probe, &reason, Retry::Paused).await,
+                )
             }
         }
     }
@@ -498,10 +502,11 @@ impl Delivery {
     /// and daily quota), waits for it, and marks the row in flight right
     /// when it comes, fenced: the claim must still own the row (its lease
     /// may have run out while it waited, and another claim taken it). From
-    /// the mark on, a crash makes the next claim count an ambiguous resend.
-    /// Returns `true` when SES is to be called now; otherwise the row was
-    /// dealt with (released, or lost to another claim).
-    async fn wait_for_slot(&self, email: &ClaimedEmail) -> Result<bool, DbError> {
+    /// the mark on, a crash makes the next send of the row an ambiguous resend.
+    /// Returns `Some(ambiguous)` when SES is to be called now (`ambiguous`:
+    /// a counted resend); `None` when the row was dealt with (released,
+    /// suppressed meanwhile, or lost to another claim).
+    async fn wait_for_slot(&self, email: &ClaimedEmail) -> Result<Option<bool>, DbError> {
         let this = &self.inner;
         let key = email.dedup_key.as_str();
         let shutdown = &this.lifecycle.shutdown;
@@ -510,20 +515,20 @@ impl Delivery {
         loop {
             if this.sending.paused().is_some() && !email.probe {
                 self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await)?;
-                return Ok(false);
+                return Ok(None);
             }
             let slot = match this.pacer.reserve(&this.pool, self.quota(), horizon, shutdown).await? {
                 Reservation::Slot { at, wait } => {
                     if !self.sleep(wait).await {
                         self.give_back(email, at, Duration::ZERO).await?;
-                        return Ok(false);
+                        return Ok(None);
                     }
                     at
                 }
                 Reservation::QuotaExhausted { used, limit } => {
                     self.set_quota_exhausted(true, used, limit);
                     self.record(email, ledger::release(&this.pool, email, this.poll).await)?;
-                    return Ok(false);
+                    return Ok(None);
                 }
                 Reservation::Shutdown => {
                     self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await)?;
@@ -532,11 +537,19 @@ impl Delivery {
             };
             if this.sending.paused().is_some() && !email.probe {
                 self.give_back(email, slot, Duration::ZERO).await?;
-                return Ok(false);
+                return Ok(None);
             }
             let deadline = slot + chrono::Duration::from_std(tolerance).unwrap_or_default();
             match ledger::start_send(&this.pool, email, this.lease, deadline).await? {
-                Started::Sending => return Ok(true),
+                Started::Sending { ambiguous } => return Ok(Some(ambiguous)),
+                Started::Suppressed(reason) => {
+                    pace::unreserve(&this.pool, slot).await?;
+                    count_outcome(&email.template, "suppressed");
+                    metrics::counter!("backorder_sender_suppressed_total", "reason" => reason.clone()).increment(1);
+                    tracing::info!(dedup_key = key, recipient = %mask_email(&email.recipient), reason, "address suppressed since the claim; recorded, not sent");
+                    self.record(email, ledger::mark_suppressed(&this.pool, email, &reason).await)?;
+                    return Ok(None);
+                }
                 Started::Late => {
                     // Sending now could crowd the next second at SES: take
                     // a new slot (the quota of this one is given back).
@@ -551,8 +564,30 @@ impl Delivery {
                         dedup_key = key,
                         "claim taken over by another sender before sending; skipped"
                     );
-                    return Ok(false);
+                    return Ok(None);
                 }
+            }
+        }
+    }
+
+    /// Records SES's acceptance, retrying the write while the claim's lease
+    /// holds: a database blip must not leave an accepted email to be sent
+    /// again (after the lease, another claim would resend it, counted as
+    /// ambiguous).
+    async fn record_sent(&self, email: &ClaimedEmail, message_id: &str, subject: &str) -> Result<bool, DbError> {
+        let this = &self.inner;
+        let deadline = Instant::now() + this.lease / 2;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match ledger::mark_sent(&this.pool, email, message_id, subject).await {
+                Ok(recorded) => return Ok(recorded),
+                Err(error) if Instant::now() + delay < deadline => {
+                    metrics::counter!("backorder_sender_record_retries_total").increment(1);
+                    tracing::warn!(dedup_key = %email.dedup_key, %error, "could not record a sent email; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => return Err(error),
             }
         }
     }
@@ -572,8 +607,9 @@ impl Delivery {
             count_outcome(&email.template, "failed");
             metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "gave_up").increment(1);
             let hours = this.give_up_after.num_hours();
-            tracing::error!(dedup_key = key, attempts = email.attempts, %reason, "giving up: still failing {hours} h after the request");
-            let reason = format!("gave up after {hours} h ({} attempts): {reason}", email.attempts);
+            let attempts = email.attempts + 1;
+            tracing::error!(dedup_key = key, attempts, %reason, "giving up: still failing {hours} h after the request");
+            let reason = format!("gave up after {hours} h ({attempts} attempts): {reason}");
             return self.record(email, ledger::mark_failed(&this.pool, email, &reason).await);
         }
         if why == Retry::Throttled && this.pacer.throttled() {
@@ -582,15 +618,15 @@ impl Delivery {
         }
         // Throttles do not count as attempts but do lengthen the backoff:
         // a long throttling storm spreads the retries out.
-        let tries = email.attempts + email.throttles + i32::from(why == Retry::Throttled);
+        let tries = email.attempts + email.throttles + 1;
         let delay = retry_delay(tries, this.retry_base, this.retry_max);
         let kind = match why {
             Retry::OutcomeUnknown => "unknown_outcome",
             Retry::Throttled => "throttled",
-            Retry::Failed => "retryable",
+            Retry::Failed | Retry::Paused => "retryable",
         };
         metrics::counter!("backorder_sender_retries_total", "kind" => kind).increment(1);
-        tracing::warn!(dedup_key = key, attempts = email.attempts, retry_in_ms = delay.as_millis() as u64, kind, %reason, "send failed; will retry");
+        tracing::warn!(dedup_key = key, attempts = email.attempts + 1, retry_in_ms = delay.as_millis() as u64, kind, %reason, "send failed; will retry");
         self.record(
             email,
             ledger::schedule_retry(&this.pool, email, delay, reason, why).await,
