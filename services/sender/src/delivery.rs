@@ -442,20 +442,7 @@ impl Delivery {
             unsubscribe_url: unsubscribe_url.as_deref(),
         };
         let started = Instant::now();
-        // A live sender never loses its row mid-call: while SES takes
-        // long, the lease is renewed (a dead sender's lease runs out).
-        let call = this.ses.send(&outgoing);
-        tokio::pin!(call);
-        let result = loop {
-            tokio::select! {
-                result = &mut call => break result,
-                () = tokio::time::sleep(this.lease / 3) => {
-                    if let Err(error) = ledger::renew_lease(&this.pool, email, this.lease).await {
-                        tracing::warn!(dedup_key = key, %error, "could not renew the lease during a slow SES call");
-                    }
-                }
-            }
-        };
+        let result = self.holding_lease(email, this.ses.send(&outgoing)).await;
         metrics::histogram!("backorder_sender_send_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
             Ok(message_id) => {
@@ -517,9 +504,10 @@ impl Delivery {
                 self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await)?;
                 return Ok(None);
             }
-            let slot = match this.pacer.reserve(&this.pool, self.quota(), horizon, shutdown).await? {
+            let reservation = this.pacer.reserve(&this.pool, self.quota(), horizon, shutdown);
+            let slot = match self.holding_lease(email, reservation).await? {
                 Reservation::Slot { at, wait } => {
-                    if !self.sleep(wait).await {
+                    if !self.holding_lease(email, self.sleep(wait)).await {
                         self.give_back(email, at, Duration::ZERO).await?;
                         return Ok(None);
                     }
@@ -588,6 +576,24 @@ impl Delivery {
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Runs `work` while renewing the claim's lease: a live sender never
+    /// loses its row while it waits for its turn, its slot or SES (a dead
+    /// sender's lease runs out, and another claim takes the row).
+    async fn holding_lease<T>(&self, email: &ClaimedEmail, work: impl std::future::Future<Output = T>) -> T {
+        let this = &self.inner;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(this.lease / 3) => {
+                    if let Err(error) = ledger::renew_lease(&this.pool, email, this.lease).await {
+                        tracing::warn!(dedup_key = %email.dedup_key, %error, "could not renew a claim's lease");
+                    }
+                }
             }
         }
     }
