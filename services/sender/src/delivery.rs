@@ -520,7 +520,7 @@ impl Delivery {
                 }
                 Reservation::Shutdown => {
                     self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await)?;
-                    return Ok(false);
+                    return Ok(None);
                 }
             };
             if this.sending.paused().is_some() && !email.probe {

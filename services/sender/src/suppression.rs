@@ -233,8 +233,8 @@ mod tests {
     fn a_hostile_token_stays_inside_the_form_action() {
         let hostile = "t_x\"><script>alert(1)</script><a href=\"&.sig";
         let form = confirm_form(hostile);
-        assert!(!form.contains("<script>"), "{form}");
-        assert!(!form.contains("\"><"), "{form}");
+        assert!(!form.contains("<script"), "{form}");
+        assert!(!form.contains("<a "), "{form}");
         let action = form
             .split("action=\"")
             .nth(1)
