@@ -332,7 +332,10 @@ async fn an_address_suppressed_while_its_claimed_email_waits_for_a_send_slot_is_
         .unwrap();
     let outcome = wait_until("the waiting email's outcome", PATIENCE, || async {
         let row = client
-            .query_one("SELECT state, suppressed_reason FROM email_ledger WHERE dedup_key = $1", &[&waiting.0])
+            .query_one(
+                "SELECT state, suppressed_reason FROM email_ledger WHERE dedup_key = $1",
+                &[&waiting.0],
+            )
             .await
             .unwrap();
         (row.get::<_, String>(0) != "sending").then(|| (row.get::<_, String>(0), row.get::<_, Option<String>>(1)))
@@ -472,7 +475,11 @@ async fn a_failing_email_is_retried_past_any_count_and_given_up_by_age_on_the_co
             )
             .await
             .unwrap()?;
-        Some((row.get::<_, i32>(0), row.get::<_, String>(1), row.get::<_, Option<String>>(2)))
+        Some((
+            row.get::<_, i32>(0),
+            row.get::<_, String>(1),
+            row.get::<_, Option<String>>(2),
+        ))
     };
     // Far more attempts than the old limit of 12, and still not failed.
     wait_until("20 attempts", PATIENCE, || async {
@@ -599,9 +606,11 @@ async fn three_replicas_share_an_account_limit_of_thirty_per_second_never_exceed
         by_replica.push(metric(&m, "backorder_sender_emails_total", "outcome=\"sent\""));
     }
     assert_eq!(by_replica.iter().sum::<f64>(), n as f64);
-    assert!(by_replica.iter().all(|sent| *sent > 0.0), "every replica sent: {by_replica:?}");
+    assert!(
+        by_replica.iter().all(|sent| *sent > 0.0),
+        "every replica sent: {by_replica:?}"
+    );
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_ledger_and_send_no_key_twice() {
@@ -764,7 +773,10 @@ async fn sns_messages_from_unlisted_topics_or_with_no_topic_configured_change_no
     let sns = SnsDouble::start().await;
     let cert_prefix = ("BACKORDER_SNS_CERT_URL_PREFIX", sns.base_url.as_str());
     let listed = app
-        .start_service_with("sender", &[cert_prefix, ("BACKORDER_SNS_TOPIC_ARNS", sns_signer::TOPIC)])
+        .start_service_with(
+            "sender",
+            &[cert_prefix, ("BACKORDER_SNS_TOPIC_ARNS", sns_signer::TOPIC)],
+        )
         .await;
     // No BACKORDER_SNS_TOPIC_ARNS at all: nothing is accepted.
     let unconfigured = app.start_service_with("sender", &[cert_prefix]).await;
@@ -773,7 +785,10 @@ async fn sns_messages_from_unlisted_topics_or_with_no_topic_configured_change_no
 
     // Validly signed (SNS signs every account's topics), from a topic that
     // is not ours: the subscription is not confirmed, the bounce ignored.
-    assert_eq!(post_sns(&listed, &sns.subscription_confirmation_from(foreign)).await, 403);
+    assert_eq!(
+        post_sns(&listed, &sns.subscription_confirmation_from(foreign)).await,
+        403
+    );
     let bounce = sns.notification_from(foreign, &ses_bounce(&victim, "Permanent"), "2");
     assert_eq!(post_sns(&listed, &bounce).await, 403);
     // Our own topic, but the sender was told no topic: refused as well.
@@ -1063,7 +1078,11 @@ async fn sending_paused_holds_until_a_probe_succeeds_keeps_the_public_endpoints_
     while paused_at.elapsed() < probe * 3 {
         assert_eq!(status_of(&sender, "/readyz/sending").await, 503, "the pause flapped");
         assert_eq!(status_of(&sender, "/readyz").await, 200, "public endpoints unrouted");
-        assert_eq!(status_of(&sender, "/unsubscribe?token=x.y").await, 400, "/unsubscribe served");
+        assert_eq!(
+            status_of(&sender, "/unsubscribe?token=x.y").await,
+            400,
+            "/unsubscribe served"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let during = proxy.sends().len() - before;

@@ -599,7 +599,12 @@ impl Delivery {
     }
 
     /// A reserved slot not used: its quota and the row go back.
-    async fn give_back(&self, email: &ClaimedEmail, slot: chrono::DateTime<chrono::Utc>, delay: Duration) -> Result<(), DbError> {
+    async fn give_back(
+        &self,
+        email: &ClaimedEmail,
+        slot: chrono::DateTime<chrono::Utc>,
+        delay: Duration,
+    ) -> Result<(), DbError> {
         pace::unreserve(&self.inner.pool, slot).await?;
         self.record(email, ledger::release(&self.inner.pool, email, delay).await)
     }

@@ -82,7 +82,9 @@ pub fn unsubscribe_secret(settings: &Settings) -> Result<String, SenderError> {
             "BACKORDER_UNSUBSCRIBE_SECRET must be at least {MIN_SECRET_BYTES} bytes"
         ))),
         _ if settings.clock_controlled => {
-            tracing::warn!("BACKORDER_UNSUBSCRIBE_SECRET is not set: unsubscribe links use the local key (controlled clock on)");
+            tracing::warn!(
+                "BACKORDER_UNSUBSCRIBE_SECRET is not set: unsubscribe links use the local key (controlled clock on)"
+            );
             Ok(LOCAL_UNSUBSCRIBE_SECRET.to_string())
         }
         _ => Err(SenderError::Unsafe(
@@ -149,9 +151,7 @@ pub async fn start(service: &Service) -> Result<(), SenderError> {
         sns_topics(settings),
     );
     let sending = Arc::new(delivery::SendingState::default());
-    let bound = service
-        .serve_http(routes(unsubscribe, sns, sending.clone()))
-        .await?;
+    let bound = service.serve_http(routes(unsubscribe, sns, sending.clone())).await?;
     let base = settings
         .public_base_url
         .clone()
