@@ -127,9 +127,9 @@ pub struct Settings {
     /// without it anyone's topic could feed the suppression list). Unset:
     /// every SNS message is refused (a warning at start).
     pub sns_topic_arns: Option<String>,
-    /// `BACKORDER_SENDER_PAUSE_PROBE_MS`: after SES paused the account
-    /// (SendingPaused, AccountSuspended), how long before sending is tried
-    /// again.
+    /// `BACKORDER_SENDER_PAUSE_PROBE_MS`: while SES refuses the account's
+    /// sends (SendingPaused, AccountSuspended, AccessDenied, ...), how often
+    /// one email is sent as a probe; the pause ends when a probe succeeds.
     pub sender_pause_probe_ms: u64,
     /// `BACKORDER_TIMER_POLL_MS`: how often a service looks for due timers.
     pub timer_poll_ms: u64,
