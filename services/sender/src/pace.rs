@@ -3,7 +3,7 @@
 //! SES limits the account, not a process: its send rate (MaxSendRate) and
 //! daily quota (Max24HourSend) hold for all sender replicas together. So
 //! send slots are handed out by PostgreSQL (`reserve_ses_send`, migration
-//! V7): one row holds the start of the next free slot, and each
+//! V200): one row holds the start of the next free slot, and each
 //! reservation, under that row's lock, takes it and moves it on by one
 //! spacing; the same call counts the send against the daily quota (per
 //! minute, over the last 24 hours) and refuses it when the quota is used
