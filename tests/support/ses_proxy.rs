@@ -86,9 +86,12 @@ impl SesProxy {
         *self.inner.fault.lock().unwrap() = fault;
     }
 
-    /// Every `SendEmail` so far, in arrival order.
+    /// Every `SendEmail` so far, in arrival order (they are recorded when
+    /// answered, which is not always the order they came in).
     pub fn sends(&self) -> Vec<RecordedSend> {
-        self.inner.sends.lock().unwrap().clone()
+        let mut sends = self.inner.sends.lock().unwrap().clone();
+        sends.sort_by_key(|s| s.at);
+        sends
     }
 
     /// When the throttling window (of [`Fault::ThrottleFor`]) ends, once

@@ -30,6 +30,11 @@ use crate::render::Renderer;
 use crate::ses::{Outgoing, SendFailure, SendQuota, SesClient};
 use crate::suppression::{self, UnsubscribeLinks};
 
+/// How long before its slot a row is marked in flight: about one database
+/// round trip, so the SES call starts on the slot. (A crash in between
+/// counts an ambiguous resend for a call that had not started: a window
+/// this short, no longer.)
+const MARK_LEAD: Duration = Duration::from_millis(10);
 /// How often an exhausted daily quota is looked at again.
 const QUOTA_RECHECK: Duration = Duration::from_secs(1);
 /// The most a send may start after its slot, after repeated late starts
@@ -487,7 +492,7 @@ impl Delivery {
 
     /// Reserves a send slot (shared by every replica: the account's rate
     /// and daily quota), waits for it, and marks the row in flight right
-    /// when it comes, fenced: the claim must still own the row (its lease
+    /// before it ([`MARK_LEAD`]), fenced: the claim must still own the row (its lease
     /// may have run out while it waited, and another claim taken it). From
     /// the mark on, a crash makes the next send of the row an ambiguous resend.
     /// Returns `Some(ambiguous)` when SES is to be called now (`ambiguous`:
@@ -505,13 +510,18 @@ impl Delivery {
                 return Ok(None);
             }
             let reservation = this.pacer.reserve(&this.pool, self.quota(), horizon, shutdown);
-            let slot = match self.holding_lease(email, reservation).await? {
+            let (slot, starts) = match self.holding_lease(email, reservation).await? {
                 Reservation::Slot { at, wait } => {
-                    if !self.holding_lease(email, self.sleep(wait)).await {
+                    // The mark is written just ahead of the slot, so that
+                    // the database's latency does not make the call late.
+                    if !self
+                        .holding_lease(email, self.sleep(wait.saturating_sub(MARK_LEAD)))
+                        .await
+                    {
                         self.give_back(email, at, Duration::ZERO).await?;
                         return Ok(None);
                     }
-                    at
+                    (at, tokio::time::Instant::now() + wait.min(MARK_LEAD))
                 }
                 Reservation::QuotaExhausted { used, limit } => {
                     self.set_quota_exhausted(true, used, limit);
@@ -529,7 +539,11 @@ impl Delivery {
             }
             let deadline = slot + chrono::Duration::from_std(tolerance).unwrap_or_default();
             match ledger::start_send(&this.pool, email, this.lease, deadline).await? {
-                Started::Sending { ambiguous } => return Ok(Some(ambiguous)),
+                Started::Sending { ambiguous } => {
+                    // The call starts on its slot, never before.
+                    tokio::time::sleep_until(starts).await;
+                    return Ok(Some(ambiguous));
+                }
                 Started::Suppressed(reason) => {
                     pace::unreserve(&this.pool, slot).await?;
                     count_outcome(&email.template, "suppressed");

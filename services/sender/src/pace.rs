@@ -17,8 +17,8 @@
 //! at most that many, plus what network jitter moves in; the headroom
 //! keeps that under the account's rate. A send whose row is marked in
 //! flight later than [`LATE_TOLERANCE`] after its slot does not go out on
-//! that slot (see `delivery`): a late send followed by punctual ones is
-//! how a window would overflow.
+//! that slot (see `delivery`, which marks rows just ahead of their slots):
+//! a late send followed by punctual ones is how a window would overflow.
 //!
 //! Each replica adapts its own rate: the ceiling is SES's MaxSendRate
 //! (from `GetAccount`, refreshed) or the configured rate; when SES throttles
@@ -42,12 +42,16 @@ const CALM_BEFORE_RAISE: Duration = Duration::from_secs(1);
 /// only after this long.
 const CUT_SPACING: Duration = Duration::from_millis(200);
 const MIN_RATE: f64 = 1.0;
-/// Sends are paced for 96% of the rate: SES counts sends when they reach
-/// it, after network and scheduling jitter; the missing 4% (and the
-/// rounding down to whole sends per second) keep a late send from making
-/// a one-second window hold one more than the limit. (The performance
-/// target is 95% of the SES rate.)
-pub const HEADROOM: f64 = 0.96;
+/// How late (in seconds) a send may reach SES, relative to the one a
+/// second after it, without a one-second window at SES holding more than
+/// the rate: SES counts sends when they arrive, after scheduling and
+/// network jitter, which on a busy machine reaches tens of milliseconds.
+const JITTER_BUDGET: f64 = 0.05;
+/// Sends are paced for `1 / (1 + JITTER_BUDGET)` (95.2%) of the rate,
+/// rounded down to whole sends per second: `rate × HEADROOM` slots fill
+/// `1 / (1 + JITTER_BUDGET)` of a second, leaving the rest for jitter.
+/// (The performance target is 95% of the SES rate.)
+pub const HEADROOM: f64 = 1.0 / (1.0 + JITTER_BUDGET);
 /// How late after its slot a send may still start: see the module docs.
 pub const LATE_TOLERANCE: Duration = Duration::from_millis(20);
 /// The furthest ahead a slot is handed out.
@@ -279,9 +283,10 @@ mod tests {
 
     #[test]
     fn slots_are_spaced_for_whole_sends_below_the_rate() {
-        // 30/s × 0.96 = 28.8: 28 slots a second, never 29.
+        // 30/s × 0.952 = 28.57: 28 slots a second, never 29.
         assert_eq!(Pacer::new(30.0).spacing(), Duration::from_secs_f64(1.0 / 28.0));
-        assert_eq!(Pacer::new(50.0).spacing(), Duration::from_secs_f64(1.0 / 48.0));
+        assert_eq!(Pacer::new(50.0).spacing(), Duration::from_secs_f64(1.0 / 47.0));
+        assert_eq!(Pacer::new(500.0).spacing(), Duration::from_secs_f64(1.0 / 476.0));
         assert_eq!(Pacer::new(0.5).spacing(), Duration::from_secs(1));
         assert_eq!(horizon(Duration::from_secs(30)), Duration::from_secs(1));
         assert_eq!(horizon(Duration::from_secs(2)), Duration::from_millis(500));
