@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use backorder_core::events::orders::Availability::{Backordered, InStock};
-use backorder_core::kafka::topics::ORDERS;
+use backorder_core::kafka::topics::{EMAIL_REQUESTS, ORDERS};
 use backorder_core::kafka::{Topics, dead_letter};
 use backorder_tests::private_pg::PrivatePostgres;
 use backorder_tests::{TestApp, order_placed, wait_until};
@@ -40,6 +40,12 @@ async fn a_replayed_order_across_a_consumer_crash_gives_exactly_one_email() {
     app.publish(ORDERS, &order).await;
     wait_until("the replay to be consumed and committed", PATIENCE, || async {
         (app.committed_total("orders-consumer", ORDERS).await == 2).then_some(())
+    })
+    .await;
+    // The replay requests the confirmation again: only once the sender has
+    // taken that second request in is "exactly one email" worth checking.
+    wait_until("the sender to commit both requests", PATIENCE, || async {
+        (app.committed_total("sender", EMAIL_REQUESTS).await == 2).then_some(())
     })
     .await;
     wait_until("the sender's queue to be empty", PATIENCE, || async {

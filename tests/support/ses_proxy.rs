@@ -29,6 +29,9 @@ pub enum Fault {
     ThrottleFor(Duration),
     /// Answer every send with `status` and this SES error type.
     Error { status: u16, error_type: &'static str },
+    /// Forward each send to moto after this long, even when the caller
+    /// gave up waiting meanwhile (a slow SES that accepts what timed out).
+    Delay(Duration),
 }
 
 /// One `SendEmail` as the proxy saw it.
@@ -83,9 +86,12 @@ impl SesProxy {
         *self.inner.fault.lock().unwrap() = fault;
     }
 
-    /// Every `SendEmail` so far, in arrival order.
+    /// Every `SendEmail` so far, in arrival order (they are recorded when
+    /// answered, which is not always the order they came in).
     pub fn sends(&self) -> Vec<RecordedSend> {
-        self.inner.sends.lock().unwrap().clone()
+        let mut sends = self.inner.sends.lock().unwrap().clone();
+        sends.sort_by_key(|s| s.at);
+        sends
     }
 
     /// When the throttling window (of [`Fault::ThrottleFor`]) ends, once
@@ -122,6 +128,24 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
                 (now < end).then_some((429, "TooManyRequestsException"))
             }
             Fault::Error { status, error_type } => Some((status, error_type)),
+            Fault::Delay(delay) => {
+                // Its own task: the forward happens whether or not the
+                // caller is still waiting for the answer.
+                let task_inner = inner.clone();
+                let task = tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let response = forward(&task_inner, &parts.method, &parts.uri, &parts.headers, bytes.clone()).await;
+                    task_inner.sends.lock().unwrap().push(RecordedSend {
+                        at: now,
+                        body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+                        status: response.status().as_u16(),
+                    });
+                    response
+                });
+                return task
+                    .await
+                    .unwrap_or_else(|e| (StatusCode::BAD_GATEWAY, e.to_string()).into_response());
+            }
         };
         let record = |status: u16| RecordedSend {
             at: now,

@@ -129,9 +129,14 @@ impl SnsDouble {
 
     /// A signed `Notification` carrying `message` (the SES event JSON).
     pub fn notification(&self, message: &Value, version: &str) -> Value {
+        self.notification_from(TOPIC, message, version)
+    }
+
+    /// Like [`Self::notification`], validly signed, from `topic` (SNS
+    /// signs every account's topics with the same key).
+    pub fn notification_from(&self, topic: &str, message: &Value, version: &str) -> Value {
         let message = message.to_string();
         let id = uuid::Uuid::new_v4().to_string();
-        let topic = TOPIC;
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let text = format!(
             "Message\n{message}\nMessageId\n{id}\nTimestamp\n{timestamp}\nTopicArn\n{topic}\nType\nNotification\n"
@@ -151,9 +156,13 @@ impl SnsDouble {
 
     /// A signed `SubscriptionConfirmation` whose `SubscribeURL` is ours.
     pub fn subscription_confirmation(&self) -> Value {
+        self.subscription_confirmation_from(TOPIC)
+    }
+
+    /// Like [`Self::subscription_confirmation`], validly signed, for `topic`.
+    pub fn subscription_confirmation_from(&self, topic: &str) -> Value {
         let id = uuid::Uuid::new_v4().to_string();
         let token = "2336412f37fb687f5d51e6e2425c464de257ebb3";
-        let topic = TOPIC;
         let subscribe_url = format!("{}confirm?Token={token}", self.base_url);
         let message = format!("You have chosen to subscribe to the topic {topic}.");
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);

@@ -95,9 +95,16 @@ pub struct Settings {
     /// live sender never loses a row mid-call; a dead one's rows come back
     /// after it.
     pub sender_lease_ms: u64,
-    /// `BACKORDER_SENDER_MAX_ATTEMPTS`: retryable failures before an email
-    /// is recorded as failed (with its last error).
-    pub sender_max_attempts: i32,
+    /// `BACKORDER_SENDER_GIVE_UP_AFTER_SECS`: how old (since it was
+    /// requested, on the injectable clock) an email may get while its
+    /// sends keep failing retryably before it is recorded as failed with
+    /// its last error. Retries are not counted against a limit: throttling
+    /// and pauses can last long and are not the email's fault.
+    pub sender_give_up_after_secs: u64,
+    /// `BACKORDER_SENDER_RETRY_BASE_MS`, `BACKORDER_SENDER_RETRY_MAX_MS`: the
+    /// first retry's delay and the cap of the jittered exponential backoff.
+    pub sender_retry_base_ms: u64,
+    pub sender_retry_max_ms: u64,
     /// `BACKORDER_SENDER_POLL_MS`: how often idle workers look for due rows
     /// (new rows from this replica's intake wake them at once).
     pub sender_poll_ms: u64,
@@ -113,10 +120,13 @@ pub struct Settings {
     /// `GetAccount` (send rate and daily quota).
     pub ses_account_refresh_secs: u64,
     /// `BACKORDER_UNSUBSCRIBE_SECRET`: HMAC key of one-click unsubscribe
-    /// links. The default is for local use only; set it in production.
-    pub unsubscribe_secret: String,
+    /// links (at least 16 bytes). Required: the sender refuses to start
+    /// without it unless `BACKORDER_CLOCK_CONTROLLED` is on (local stack,
+    /// tests), where a fixed local key is used.
+    pub unsubscribe_secret: Option<String>,
     /// `BACKORDER_PUBLIC_BASE_URL`: where customers reach the sender's
     /// unsubscribe endpoint; defaults to `http://<BACKORDER_HTTP_ADDR>`.
+    /// Must be `https` unless its host is a loopback address.
     pub public_base_url: Option<String>,
     /// `BACKORDER_OFFERS_BASE_URL`: where customers reach the offer and
     /// cancel pages of the offers service. Defaults to
@@ -134,19 +144,15 @@ pub struct Settings {
     /// `BACKORDER_SNS_TOPIC_ARNS`: comma-separated topics whose SNS
     /// messages the sender accepts (SNS signs every topic's messages, so
     /// without it anyone's topic could feed the suppression list). Unset:
-    /// any topic (a warning at start).
+    /// every SNS message is refused (a warning at start).
     pub sns_topic_arns: Option<String>,
-    /// `BACKORDER_SENDER_PAUSE_PROBE_MS`: after SES paused the account
-    /// (SendingPaused, AccountSuspended), how long before sending is tried
-    /// again.
+    /// `BACKORDER_SENDER_PAUSE_PROBE_MS`: while SES refuses the account's
+    /// sends (SendingPaused, AccountSuspended, AccessDenied, ...), how often
+    /// one email is sent as a probe; the pause ends when a probe succeeds.
     pub sender_pause_probe_ms: u64,
     /// `BACKORDER_TIMER_POLL_MS`: how often a service looks for due timers.
     pub timer_poll_ms: u64,
 }
-
-/// The unsubscribe-link key used when `BACKORDER_UNSUBSCRIBE_SECRET` is not
-/// set: fine locally, logged as a warning by the sender.
-pub const DEFAULT_UNSUBSCRIBE_SECRET: &str = "local-only-unsubscribe-secret";
 
 /// The link key of the local stack and tests (controlled clock on); never
 /// used otherwise.
@@ -184,13 +190,15 @@ impl Default for Settings {
             ses_fallback_send_rate: 14.0,
             sender_workers: 4,
             sender_lease_ms: 30_000,
-            sender_max_attempts: 12,
+            sender_give_up_after_secs: 72 * 3600,
+            sender_retry_base_ms: 1_000,
+            sender_retry_max_ms: 300_000,
             sender_poll_ms: 250,
             ses_timeout_ms: 10_000,
             ses_send_rate_override: None,
             ses_daily_quota: None,
             ses_account_refresh_secs: 300,
-            unsubscribe_secret: DEFAULT_UNSUBSCRIBE_SECRET.into(),
+            unsubscribe_secret: None,
             public_base_url: None,
             offers_base_url: None,
             link_secret: None,

@@ -1,15 +1,21 @@
 //! The send workers: claim due rows from the ledger, check the suppression
-//! list, render, wait for the pacer, call SES, record the outcome.
+//! list, render, reserve a send slot shared by every replica (rate and
+//! daily quota, see [`crate::pace`]), mark the row in flight, call SES,
+//! record the outcome.
 //!
 //! Around them: the SES account (send rate, daily quota, paused or not) is
 //! read from `GetAccount` at start and every
 //! `BACKORDER_SES_ACCOUNT_REFRESH_SECS`, and the queue's depth and age are
 //! published as metrics.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::State;
+use axum::http::StatusCode;
+
+use backorder_core::clock::Clock;
 use backorder_core::db::DbError;
 use backorder_core::deadpool_postgres::Pool;
 use backorder_core::domain::mask_email;
@@ -18,15 +24,23 @@ use backorder_core::service::Service;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::ledger::{self, ClaimedEmail};
-use crate::pace::Pacer;
+use crate::ledger::{self, ClaimedEmail, Retry, Started};
+use crate::pace::{self, LATE_TOLERANCE, Pacer, Quota, Reservation};
 use crate::render::Renderer;
 use crate::ses::{Outgoing, SendFailure, SendQuota, SesClient};
 use crate::suppression::{self, UnsubscribeLinks};
 
-/// How often the daily-quota usage is re-read from the ledger (in between,
-/// this replica counts its own sends).
-const QUOTA_RECOUNT: Duration = Duration::from_secs(2);
+/// How long before its slot a row is marked in flight: about one database
+/// round trip, so the SES call starts on the slot. (A crash in between
+/// counts an ambiguous resend for a call that had not started: a window
+/// this short, no longer.)
+const MARK_LEAD: Duration = Duration::from_millis(10);
+/// How often an exhausted daily quota is looked at again.
+const QUOTA_RECHECK: Duration = Duration::from_secs(1);
+/// The most a send may start after its slot, after repeated late starts
+/// (a database that answers slowly for a while must slow sending, not
+/// stop it).
+const MAX_LATE_TOLERANCE: Duration = Duration::from_millis(500);
 /// What one SES call is assumed to take when sizing the worker pool.
 const EXPECTED_CALL_SECONDS: f64 = 0.25;
 /// The most concurrent SES calls per replica.
@@ -42,23 +56,41 @@ pub enum DeliveryError {
     Ledger(#[from] DbError),
 }
 
-/// The daily sending quota and how much of it is used.
+/// Whether SES lets this replica send. Kept apart from the process's
+/// readiness: while sending is paused, `/sns` (SES reporting the bounces
+/// that may have caused the pause) and `/unsubscribe` must stay served.
 #[derive(Debug, Default)]
-struct DailyQuota {
-    /// Emails per 24 hours; `None`: unknown, not enforced.
-    limit: Option<i64>,
-    /// What SES said was sent in the last 24 hours at the last `GetAccount`.
-    account_used: i64,
-    /// What the ledger says every replica sent in the last 24 hours.
-    ledger_used: i64,
-    /// Sends this replica started since the ledger was last counted.
-    local_since_count: i64,
-    counted_at: Option<Instant>,
+pub struct SendingState {
+    /// Why sending is paused (a metric label), if it is.
+    paused: Mutex<Option<&'static str>>,
 }
 
-impl DailyQuota {
-    fn used(&self) -> i64 {
-        self.ledger_used.max(self.account_used) + self.local_since_count
+impl SendingState {
+    pub fn paused(&self) -> Option<&'static str> {
+        self.paused.lock().map(|p| *p).unwrap_or(None)
+    }
+
+    /// Returns whether this paused a running sender.
+    fn pause(&self, kind: &'static str) -> bool {
+        self.paused
+            .lock()
+            .map(|mut p| p.replace(kind).is_none())
+            .unwrap_or(false)
+    }
+
+    /// Returns whether this resumed a paused sender.
+    fn resume(&self) -> bool {
+        self.paused.lock().map(|mut p| p.take().is_some()).unwrap_or(false)
+    }
+}
+
+/// `GET /readyz/sending`: 200 while this replica may send, 503 (with the
+/// reason) while SES paused it. For dashboards and alerts; not a
+/// Kubernetes readiness probe, which must keep the public endpoints routed.
+pub async fn sending_readyz(State(state): State<Arc<SendingState>>) -> (StatusCode, String) {
+    match state.paused() {
+        Some(kind) => (StatusCode::SERVICE_UNAVAILABLE, format!("paused: {kind}")),
+        None => (StatusCode::OK, "sending".to_string()),
     }
 }
 
@@ -75,25 +107,30 @@ struct Inner {
     /// Intake wakes idle workers when it queued rows.
     wake: Arc<Notify>,
     pacer: Pacer,
-    quota: Mutex<DailyQuota>,
+    /// The daily quota, from `GetAccount` or configuration.
+    quota: Mutex<Quota>,
     quota_exhausted: AtomicBool,
-    /// Sends started since the last quota recount.
-    started_sends: AtomicI64,
     lifecycle: Lifecycle,
     /// BACKORDER_SENDER_WORKERS: the least number of concurrent SES calls.
     workers: usize,
     /// The number of concurrent SES calls (see `run`).
     concurrency: AtomicUsize,
     lease: Duration,
-    max_attempts: i32,
+    /// Emails older than this whose sends keep failing are given up.
+    give_up_after: chrono::Duration,
+    retry_base: Duration,
+    retry_max: Duration,
+    /// Ages are measured on the injectable clock (DESIGN invariant 5).
+    clock: Clock,
     poll: Duration,
     fallback_rate: f64,
     rate_override: Option<f64>,
     configured_quota: Option<u64>,
     account_refresh: Duration,
-    /// How long sending stays paused after SES said the account may not
-    /// send, before sending is tried again.
+    /// How often, while sending is paused, one email is sent as a probe.
     pause_probe: Duration,
+    /// Paused or not, shared with `/readyz/sending`.
+    sending: Arc<SendingState>,
 }
 
 impl Delivery {
@@ -103,6 +140,7 @@ impl Delivery {
         ses: SesClient,
         links: UnsubscribeLinks,
         wake: Arc<Notify>,
+        sending: Arc<SendingState>,
     ) -> Self {
         let settings = &service.settings;
         let initial = settings
@@ -116,20 +154,25 @@ impl Delivery {
                 links,
                 wake,
                 pacer: Pacer::new(initial),
-                quota: Mutex::new(DailyQuota::default()),
+                quota: Mutex::new(Quota::default()),
                 quota_exhausted: AtomicBool::new(false),
-                started_sends: AtomicI64::new(0),
                 lifecycle: service.lifecycle.clone(),
                 workers: settings.sender_workers.max(1),
                 concurrency: AtomicUsize::new(settings.sender_workers.max(1)),
                 lease: Duration::from_millis(settings.sender_lease_ms),
-                max_attempts: settings.sender_max_attempts.max(1),
+                give_up_after: chrono::Duration::seconds(
+                    i64::try_from(settings.sender_give_up_after_secs).unwrap_or(i64::MAX / 1000),
+                ),
+                retry_base: Duration::from_millis(settings.sender_retry_base_ms.max(1)),
+                retry_max: Duration::from_millis(settings.sender_retry_max_ms.max(1)),
+                clock: service.clock.clone(),
                 poll: Duration::from_millis(settings.sender_poll_ms),
                 fallback_rate: settings.ses_fallback_send_rate,
                 rate_override: settings.ses_send_rate_override,
                 configured_quota: settings.ses_daily_quota,
                 account_refresh: Duration::from_secs(settings.ses_account_refresh_secs.max(1)),
                 pause_probe: Duration::from_millis(settings.sender_pause_probe_ms.max(100)),
+                sending,
             }),
         };
         delivery.refresh_account().await;
@@ -149,15 +192,16 @@ impl Delivery {
             _ => this.configured_quota.map(|q| i64::try_from(q).unwrap_or(i64::MAX)),
         };
         if let Ok(mut quota) = this.quota.lock() {
-            quota.limit = limit;
-            quota.account_used = account.map_or(0, |q| q.sent_last_24_hours as i64);
+            *quota = Quota {
+                limit,
+                account_used: account.map_or(0, |q| q.sent_last_24_hours as i64),
+            };
         }
         if let Some(limit) = limit {
             metrics::gauge!("backorder_sender_daily_quota").set(limit as f64);
         }
         if account.is_some_and(|q| !q.sending_enabled) {
-            tracing::error!("SES reports sending disabled for the account; pausing");
-            self.set_paused(true);
+            self.pause("account_paused", "GetAccount reports sending disabled");
         }
         tracing::info!(rate, daily_quota = ?limit, "SES sending limits");
     }
@@ -216,11 +260,17 @@ impl Delivery {
         let shutdown = this.lifecycle.shutdown.clone();
         let mut db_errors = 0u32;
         while !shutdown.is_cancelled() {
-            if this.lifecycle.readiness.is_paused() {
-                self.sleep(this.pause_probe).await;
-                tracing::info!("probing SES after a pause");
-                self.set_paused(false);
-                continue;
+            // While paused, one email at a time is sent as a probe, once
+            // per BACKORDER_SENDER_PAUSE_PROBE_MS; only its success ends
+            // the pause (the pause never lapses by itself).
+            let probing = this.sending.paused().is_some();
+            if probing {
+                if !self.sleep(this.pause_probe).await {
+                    return None;
+                }
+                if this.sending.paused().is_none() {
+                    continue;
+                }
             }
             let budget = match self.quota_budget().await {
                 Ok(budget) => budget,
@@ -231,15 +281,19 @@ impl Delivery {
                 }
             };
             let limit = budget.min((this.concurrency.load(Ordering::SeqCst).max(1) * 2) as i64);
+            let limit = if probing { limit.min(1) } else { limit };
             if limit <= 0 {
-                self.sleep(this.poll.max(Duration::from_secs(1))).await;
+                self.sleep(this.poll.max(QUOTA_RECHECK)).await;
                 continue;
             }
             match ledger::claim_due(&this.pool, limit, this.lease).await {
-                Ok(claimed) if !claimed.is_empty() => {
-                    // Counted against the daily quota from the claim on (a
-                    // row given back unsent is corrected at the next recount).
-                    this.started_sends.fetch_add(claimed.len() as i64, Ordering::SeqCst);
+                Ok(mut claimed) if !claimed.is_empty() => {
+                    if probing {
+                        tracing::info!("probing SES with one email while sending is paused");
+                        for email in &mut claimed {
+                            email.probe = true;
+                        }
+                    }
                     return Some(claimed);
                 }
                 Ok(_) => {
@@ -262,49 +316,25 @@ impl Delivery {
     }
 
     /// How many sends the daily quota still allows (`i64::MAX`: no quota
-    /// known). Flips the exhausted gauge and logs an error once when the
-    /// quota is reached: sending stops before exceeding it, rows stay queued.
+    /// known), from the count every replica shares, to size claims.
+    /// Flips the exhausted gauge and logs an error once when the quota is
+    /// reached: sending stops before exceeding it, rows stay queued. (The
+    /// quota is enforced exactly when a send slot is reserved.)
     async fn quota_budget(&self) -> Result<i64, DbError> {
-        let this = &self.inner;
-        let recount = this
-            .quota
-            .lock()
-            .map(|q| q.limit.is_some() && q.counted_at.is_none_or(|at| at.elapsed() >= QUOTA_RECOUNT))
-            .unwrap_or(false);
-        if recount {
-            // Reset the local count first: sends started from now on are
-            // either in this count (as 'sending'/'sent') or counted locally.
-            let before = this.started_sends.swap(0, Ordering::SeqCst);
-            let counted = ledger::sent_last_24_hours(&this.pool).await;
-            let counted = match counted {
-                Ok(counted) => counted,
-                Err(error) => {
-                    this.started_sends.fetch_add(before, Ordering::SeqCst);
-                    return Err(error);
-                }
-            };
-            if let Ok(mut quota) = this.quota.lock() {
-                quota.ledger_used = counted;
-                quota.local_since_count = 0;
-                quota.counted_at = Some(Instant::now());
-            }
-        }
-        let local = this.started_sends.load(Ordering::SeqCst);
-        let (limit, used) = match this.quota.lock() {
-            Ok(mut quota) => {
-                quota.local_since_count = local;
-                (quota.limit, quota.used())
-            }
-            Err(_) => (None, 0),
-        };
-        let Some(limit) = limit else {
+        let quota = self.quota();
+        let Some(limit) = quota.limit else {
             self.set_quota_exhausted(false, 0, 0);
             return Ok(i64::MAX);
         };
+        let used = pace::day_used(&self.inner.pool).await?.max(quota.account_used);
         metrics::gauge!("backorder_sender_daily_quota_used").set(used as f64);
         let budget = limit - used;
         self.set_quota_exhausted(budget <= 0, used, limit);
         Ok(budget.max(0))
+    }
+
+    fn quota(&self) -> Quota {
+        self.inner.quota.lock().map(|q| *q).unwrap_or_default()
     }
 
     fn set_quota_exhausted(&self, exhausted: bool, used: i64, limit: i64) {
@@ -331,9 +361,22 @@ impl Delivery {
         }
     }
 
-    fn set_paused(&self, paused: bool) {
-        self.inner.lifecycle.readiness.set_paused(paused);
-        metrics::gauge!("backorder_sender_paused").set(if paused { 1.0 } else { 0.0 });
+    /// Pauses every worker of this replica (SES refused the account, not
+    /// an email): the gauge and the counter alert, `/readyz/sending`
+    /// answers 503. The public endpoints keep being served.
+    fn pause(&self, kind: &'static str, reason: &str) {
+        if self.inner.sending.pause(kind) {
+            metrics::counter!("backorder_sender_pauses_total", "reason" => kind).increment(1);
+            tracing::error!(kind, %reason, "SES refuses the account's sends: sending paused until a probe succeeds");
+        }
+        metrics::gauge!("backorder_sender_paused").set(1.0);
+    }
+
+    fn resume(&self) {
+        if self.inner.sending.resume() {
+            tracing::info!("a probe send succeeded: sending resumed");
+        }
+        metrics::gauge!("backorder_sender_paused").set(0.0);
     }
 
     /// Delivers one claimed row and records what happened. Database errors
@@ -382,40 +425,13 @@ impl Delivery {
                 return self.record(email, ledger::mark_failed(&this.pool, email, &reason).await);
             }
         };
-        // Fence, pace, send. The fence checks the claim still owns the row
-        // (its lease may have run out, and another claim taken it), renews
-        // the lease and marks the row in flight: from here on a crash makes
-        // the next claim count an ambiguous resend. The pacer comes last,
-        // so SES sees its spacing without the database's latency.
-        if this.lifecycle.readiness.is_paused() {
-            return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
-        }
-        let fenced_at = Instant::now();
-        if !ledger::start_send(&this.pool, email, this.lease).await? {
-            metrics::counter!("backorder_sender_lease_lost_total").increment(1);
-            tracing::warn!(
-                dedup_key = key,
-                "claim taken over by another sender before sending; skipped"
-            );
+        let Some(ambiguous) = self.wait_for_slot(email).await? else {
             return Ok(());
-        }
-        let permit = tokio::select! {
-            () = this.lifecycle.shutdown.cancelled() => {
-                return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
-            }
-            permit = this.pacer.acquire() => permit,
         };
-        // Paused meanwhile, or waited so long (SES throttled, the rate
-        // fell) that less than half the lease is left for the call: give
-        // the row back unsent; the turn is passed on unused.
-        if this.lifecycle.readiness.is_paused() || fenced_at.elapsed() > this.lease / 2 {
-            drop(permit);
-            return self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await);
-        }
-        permit.commit(1);
-        if email.ambiguous {
+        if ambiguous {
             // An earlier attempt reached SES and no answer was recorded:
-            // SES may have accepted it. The ledger counted this durably.
+            // SES may have accepted it. The ledger counted this resend in
+            // the statement that marked it in flight.
             metrics::counter!("backorder_sender_ambiguous_resends_total").increment(1);
             tracing::warn!(
                 dedup_key = key,
@@ -431,25 +447,13 @@ impl Delivery {
             unsubscribe_url: unsubscribe_url.as_deref(),
         };
         let started = Instant::now();
-        // A live sender never loses its row mid-call: while SES takes
-        // long, the lease is renewed (a dead sender's lease runs out).
-        let call = this.ses.send(&outgoing);
-        tokio::pin!(call);
-        let result = loop {
-            tokio::select! {
-                result = &mut call => break result,
-                () = tokio::time::sleep(this.lease / 3) => {
-                    if let Err(error) = ledger::start_send(&this.pool, email, this.lease).await {
-                        tracing::warn!(dedup_key = key, %error, "could not renew the lease during a slow SES call");
-                    }
-                }
-            }
-        };
+        let result = self.holding_lease(email, this.ses.send(&outgoing)).await;
         metrics::histogram!("backorder_sender_send_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
             Ok(message_id) => {
                 this.pacer.succeeded();
-                let recorded = ledger::mark_sent(&this.pool, email, &message_id, &rendered.subject).await;
+                self.resume();
+                let recorded = self.record_sent(email, &message_id, &rendered.subject).await;
                 count_outcome(template, "sent");
                 let since_event = chrono::Utc::now() - email.event_occurred_at;
                 if let Ok(latency) = since_event.to_std() {
@@ -458,30 +462,15 @@ impl Delivery {
                 tracing::info!(dedup_key = key, template, "sent");
                 self.record(email, recorded)
             }
-            Err(ref failure @ (SendFailure::Retryable(ref reason) | SendFailure::Unknown(ref reason)))
-                if email.attempts < this.max_attempts =>
-            {
-                let unknown = matches!(failure, SendFailure::Unknown(_));
-                if is_throttle(reason) && this.pacer.throttled() {
-                    metrics::counter!("backorder_sender_rate_backoffs_total").increment(1);
-                    tracing::warn!(rate = this.pacer.rate(), "SES throttled: send rate lowered");
-                }
-                let delay = retry_delay(email.attempts);
-                metrics::counter!("backorder_sender_retries_total", "kind" => if unknown { "unknown_outcome" } else { "retryable" }).increment(1);
-                tracing::warn!(dedup_key = key, attempts = email.attempts, retry_in_ms = delay.as_millis() as u64, outcome_unknown = unknown, %reason, "send failed; will retry");
-                self.record(
-                    email,
-                    ledger::schedule_retry(&this.pool, email, delay, reason, unknown).await,
-                )
+            Err(SendFailure::Retryable(reason)) => {
+                let why = if is_throttle(&reason) {
+                    Retry::Throttled
+                } else {
+                    Retry::Failed
+                };
+                self.retry_later(email, &reason, why).await
             }
-            Err(SendFailure::Retryable(reason) | SendFailure::Unknown(reason)) => {
-                count_outcome(template, "failed");
-                metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "retries_exhausted")
-                    .increment(1);
-                tracing::error!(dedup_key = key, attempts = email.attempts, %reason, "giving up after the last attempt");
-                let reason = format!("gave up after {} attempts: {reason}", email.attempts);
-                self.record(email, ledger::mark_failed(&this.pool, email, &reason).await)
-            }
+            Err(SendFailure::Unknown(reason)) => self.retry_later(email, &reason, Retry::OutcomeUnknown).await,
             Err(SendFailure::Permanent { kind, reason }) => {
                 count_outcome(template, "failed");
                 metrics::counter!("backorder_sender_permanent_failures_total", "reason" => kind).increment(1);
@@ -489,12 +478,195 @@ impl Delivery {
                 let reason = format!("{kind}: {reason}");
                 self.record(email, ledger::mark_failed(&this.pool, email, &reason).await)
             }
-            Err(SendFailure::Paused(reason)) => {
-                tracing::error!(%reason, "SES paused sending for the account; pausing all workers");
-                self.set_paused(true);
-                // SES refused it: nothing was sent, so the attempt is given
-                // back (it is not the email's fault).
-                self.record(email, ledger::release(&this.pool, email, this.pause_probe).await)
+            Err(SendFailure::Paused { kind, reason }) => {
+                self.pause(kind, &reason);
+                // SES refused it: nothing was sent, and it is not the
+                // email's fault: not an attempt.
+                self.record(
+                    email,
+                    ledger::schedule_retry(&this.pool, email, this.pause_probe, &reason, Retry::Paused).await,
+                )
+            }
+        }
+    }
+
+    /// Reserves a send slot (shared by every replica: the account's rate
+    /// and daily quota), waits for it, and marks the row in flight right
+    /// before it ([`MARK_LEAD`]), fenced: the claim must still own the row (its lease
+    /// may have run out while it waited, and another claim taken it). From
+    /// the mark on, a crash makes the next send of the row an ambiguous resend.
+    /// Returns `Some(ambiguous)` when SES is to be called now (`ambiguous`:
+    /// a counted resend); `None` when the row was dealt with (released,
+    /// suppressed meanwhile, or lost to another claim).
+    async fn wait_for_slot(&self, email: &ClaimedEmail) -> Result<Option<bool>, DbError> {
+        let this = &self.inner;
+        let key = email.dedup_key.as_str();
+        let shutdown = &this.lifecycle.shutdown;
+        let horizon = pace::horizon(this.lease);
+        let mut tolerance = LATE_TOLERANCE;
+        loop {
+            if this.sending.paused().is_some() && !email.probe {
+                self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await)?;
+                return Ok(None);
+            }
+            let reservation = this.pacer.reserve(&this.pool, self.quota(), horizon, shutdown);
+            let (slot, starts) = match self.holding_lease(email, reservation).await? {
+                Reservation::Slot { at, wait } => {
+                    // The mark is written just ahead of the slot, so that
+                    // the database's latency does not make the call late.
+                    if !self
+                        .holding_lease(email, self.sleep(wait.saturating_sub(MARK_LEAD)))
+                        .await
+                    {
+                        self.give_back(email, at, Duration::ZERO).await?;
+                        return Ok(None);
+                    }
+                    (at, tokio::time::Instant::now() + wait.min(MARK_LEAD))
+                }
+                Reservation::QuotaExhausted { used, limit } => {
+                    self.set_quota_exhausted(true, used, limit);
+                    self.record(email, ledger::release(&this.pool, email, this.poll).await)?;
+                    return Ok(None);
+                }
+                Reservation::Shutdown => {
+                    self.record(email, ledger::release(&this.pool, email, Duration::ZERO).await)?;
+                    return Ok(None);
+                }
+            };
+            if this.sending.paused().is_some() && !email.probe {
+                self.give_back(email, slot, Duration::ZERO).await?;
+                return Ok(None);
+            }
+            let deadline = slot + chrono::Duration::from_std(tolerance).unwrap_or_default();
+            match ledger::start_send(&this.pool, email, this.lease, deadline).await? {
+                Started::Sending { ambiguous } => {
+                    // The call starts on its slot, never before.
+                    tokio::time::sleep_until(starts).await;
+                    return Ok(Some(ambiguous));
+                }
+                Started::Suppressed(reason) => {
+                    pace::unreserve(&this.pool, slot).await?;
+                    count_outcome(&email.template, "suppressed");
+                    metrics::counter!("backorder_sender_suppressed_total", "reason" => reason.clone()).increment(1);
+                    tracing::info!(dedup_key = key, recipient = %mask_email(&email.recipient), reason, "address suppressed since the claim; recorded, not sent");
+                    self.record(email, ledger::mark_suppressed(&this.pool, email, &reason).await)?;
+                    return Ok(None);
+                }
+                Started::Late => {
+                    // Sending now could crowd the next second at SES: take
+                    // a new slot (the quota of this one is given back).
+                    metrics::counter!("backorder_sender_late_slots_total").increment(1);
+                    pace::unreserve(&this.pool, slot).await?;
+                    tolerance = (tolerance * 2).min(MAX_LATE_TOLERANCE);
+                }
+                Started::Lost => {
+                    pace::unreserve(&this.pool, slot).await?;
+                    metrics::counter!("backorder_sender_lease_lost_total").increment(1);
+                    tracing::warn!(
+                        dedup_key = key,
+                        "claim taken over by another sender before sending; skipped"
+                    );
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Records SES's acceptance, retrying the write while the claim's lease
+    /// holds: a database blip must not leave an accepted email to be sent
+    /// again (after the lease, another claim would resend it, counted as
+    /// ambiguous).
+    async fn record_sent(&self, email: &ClaimedEmail, message_id: &str, subject: &str) -> Result<bool, DbError> {
+        let this = &self.inner;
+        let deadline = Instant::now() + this.lease / 2;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match ledger::mark_sent(&this.pool, email, message_id, subject).await {
+                Ok(recorded) => return Ok(recorded),
+                Err(error) if Instant::now() + delay < deadline => {
+                    metrics::counter!("backorder_sender_record_retries_total").increment(1);
+                    tracing::warn!(dedup_key = %email.dedup_key, %error, "could not record a sent email; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Runs `work` while renewing the claim's lease: a live sender never
+    /// loses its row while it waits for its turn, its slot or SES (a dead
+    /// sender's lease runs out, and another claim takes the row).
+    async fn holding_lease<T>(&self, email: &ClaimedEmail, work: impl std::future::Future<Output = T>) -> T {
+        let this = &self.inner;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(this.lease / 3) => {
+                    if let Err(error) = ledger::renew_lease(&this.pool, email, this.lease).await {
+                        tracing::warn!(dedup_key = %email.dedup_key, %error, "could not renew a claim's lease");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A reserved slot not used: its quota and the row go back.
+    async fn give_back(
+        &self,
+        email: &ClaimedEmail,
+        slot: chrono::DateTime<chrono::Utc>,
+        delay: Duration,
+    ) -> Result<(), DbError> {
+        pace::unreserve(&self.inner.pool, slot).await?;
+        self.record(email, ledger::release(&self.inner.pool, email, delay).await)
+    }
+
+    /// A retryable failure: queued again with backoff, unless the email is
+    /// too old to keep trying.
+    async fn retry_later(&self, email: &ClaimedEmail, reason: &str, why: Retry) -> Result<(), DbError> {
+        let this = &self.inner;
+        let key = email.dedup_key.as_str();
+        if self.past_give_up(email).await {
+            count_outcome(&email.template, "failed");
+            metrics::counter!("backorder_sender_permanent_failures_total", "reason" => "gave_up").increment(1);
+            let hours = this.give_up_after.num_hours();
+            let attempts = email.attempts + 1;
+            tracing::error!(dedup_key = key, attempts, %reason, "giving up: still failing {hours} h after the request");
+            let reason = format!("gave up after {hours} h ({attempts} attempts): {reason}");
+            return self.record(email, ledger::mark_failed(&this.pool, email, &reason).await);
+        }
+        if why == Retry::Throttled && this.pacer.throttled() {
+            metrics::counter!("backorder_sender_rate_backoffs_total").increment(1);
+            tracing::warn!(rate = this.pacer.rate(), "SES throttled: send rate lowered");
+        }
+        // Throttles do not count as attempts but do lengthen the backoff:
+        // a long throttling storm spreads the retries out.
+        let tries = email.attempts + email.throttles + 1;
+        let delay = retry_delay(tries, this.retry_base, this.retry_max);
+        let kind = match why {
+            Retry::OutcomeUnknown => "unknown_outcome",
+            Retry::Throttled => "throttled",
+            Retry::Failed | Retry::Paused => "retryable",
+        };
+        metrics::counter!("backorder_sender_retries_total", "kind" => kind).increment(1);
+        tracing::warn!(dedup_key = key, attempts = email.attempts + 1, retry_in_ms = delay.as_millis() as u64, kind, %reason, "send failed; will retry");
+        self.record(
+            email,
+            ledger::schedule_retry(&this.pool, email, delay, reason, why).await,
+        )
+    }
+
+    /// Whether `email` is older than BACKORDER_SENDER_GIVE_UP_AFTER_SECS on
+    /// the injectable clock. When the clock cannot be read, it is not: the
+    /// retry is safe, giving up is not.
+    async fn past_give_up(&self, email: &ClaimedEmail) -> bool {
+        match self.inner.clock.now().await {
+            Ok(now) => now - email.requested_at >= self.inner.give_up_after,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the clock; retrying instead of giving up");
+                false
             }
         }
     }
@@ -533,11 +705,15 @@ fn is_throttle(reason: &str) -> bool {
         .any(|needle| reason.contains(needle))
 }
 
-/// Jittered exponential backoff for attempt `n` (1-based): about 1 s, 2 s,
-/// 4 s, ... capped at 5 minutes ("equal jitter": between half and all).
-fn retry_delay(attempt: i32) -> Duration {
-    let exp = attempt.clamp(1, 20) as u32 - 1;
-    let ceiling_ms = 1000u64.saturating_mul(1 << exp.min(9)).min(300_000);
+/// Jittered exponential backoff for try `n` (1-based): `base`, twice
+/// that, four times, ... capped at `max` ("equal jitter": between half and
+/// all of it).
+fn retry_delay(tries: i32, base: Duration, max: Duration) -> Duration {
+    let exp = tries.clamp(1, 31) as u32 - 1;
+    let base_ms = base.as_millis().max(1) as u64;
+    let ceiling_ms = base_ms
+        .saturating_mul(1u64 << exp.min(30))
+        .min(max.as_millis().max(1) as u64);
     Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms))
 }
 
@@ -547,11 +723,14 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
-        for attempt in 1..30 {
-            let d = retry_delay(attempt).as_millis() as u64;
-            let ceiling = (1000u64 << (attempt.clamp(1, 20) as u32 - 1).min(9)).min(300_000);
-            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d}");
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(300));
+        for tries in 1..200 {
+            let d = retry_delay(tries, base, max).as_millis() as u64;
+            let ceiling = (1000u64 << (tries.clamp(1, 31) as u32 - 1).min(30)).min(300_000);
+            assert!(d >= ceiling / 2 && d <= ceiling, "try {tries}: {d}");
         }
+        let compressed = retry_delay(3, Duration::from_millis(10), Duration::from_millis(25));
+        assert!(compressed >= Duration::from_millis(12) && compressed <= Duration::from_millis(25));
     }
 
     #[test]

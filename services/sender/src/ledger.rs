@@ -3,21 +3,26 @@
 //!
 //! A row is claimed by moving it to `sending` with a lease and a claim
 //! token, in a committed transaction, with `FOR UPDATE SKIP LOCKED`.
-//! Right before SES is called, [`start_send`] checks the token (the claim
-//! still owns the row: no other replica took it over after a lease ran
-//! out), renews the lease and sets `in_flight_since`. Every outcome write
-//! is fenced by the token too. The answer of SES clears `in_flight_since`.
+//! When its send slot comes, right before SES is called, [`start_send`]
+//! checks the token (the claim still owns the row: no other replica took
+//! it over after a lease ran out), checks the suppression list again (an
+//! unsubscribe or a bounce may have arrived since the claim), renews the
+//! lease, counts the attempt and sets `in_flight_since`. Every outcome
+//! write is fenced by the token too. The answer of SES clears
+//! `in_flight_since`; a row given back before [`start_send`] keeps it as
+//! it was.
 //!
-//! A claim that finds `in_flight_since` set (a sender died after
-//! `start_send`, or the call timed out) cannot know whether SES accepted
-//! the email (SES has no idempotency token), so it sends again and counts
-//! an ambiguous resend, durably in `ambiguous_resends` and in the
-//! `backorder_sender_ambiguous_resends_total` metric. That is the only
-//! duplicate the design allows, and it is counted conservatively: the
-//! mark is set before the send waits for its pacer turn (so that SES sees
-//! the pacer's spacing, not the database's latency), so a crash can count
-//! a resend for an email that had not reached SES yet. At most the rows a
-//! replica has fenced (its worker count) are affected by one crash.
+//! A send that finds `in_flight_since` set (a sender died mid-call, or the
+//! call timed out) cannot know whether SES accepted the email the first
+//! time (SES has no idempotency token), so it sends again and counts an
+//! ambiguous resend, in the same statement that marks it in flight: the
+//! row's `ambiguous_resends` and the `backorder_sender_ambiguous_resends_total`
+//! metric count exactly the resends that reached the point of calling
+//! SES. That is the only duplicate the design allows. A row whose send
+//! never got that far (released, suppressed, lost to another claim) counts
+//! nothing. SES's answer is recorded with retries ([`mark_sent`] is
+//! retried while the lease holds), so a database blip after a successful
+//! send does not turn into a resend.
 
 use std::time::Duration;
 
@@ -81,15 +86,24 @@ pub struct ClaimedEmail {
     pub campaign: Option<String>,
     pub data: serde_json::Value,
     pub event_occurred_at: DateTime<Utc>,
-    /// Including this attempt.
+    /// When the request reached the ledger: emails are given up by age.
+    pub requested_at: DateTime<Utc>,
+    /// SES calls that counted as attempts before this claim (throttled
+    /// and paused ones do not).
     pub attempts: i32,
+    /// Sends SES throttled (not counted as attempts).
+    pub throttles: i32,
     /// An earlier attempt reached SES and its answer was never recorded (a
-    /// sender died mid-call, or the call timed out): this may be a resend.
+    /// sender died mid-call, or the call timed out): sending it again may
+    /// be a resend (counted by [`start_send`]).
     pub ambiguous: bool,
     /// Why the recipient's address is on the suppression list, if it is.
     pub suppressions: Vec<String>,
     /// Fences this claim: see [`start_send`].
     pub claim_token: i64,
+    /// Sent while sending is paused, to find out whether SES accepts
+    /// sends again.
+    pub probe: bool,
 }
 
 impl ClaimedEmail {
@@ -100,8 +114,7 @@ impl ClaimedEmail {
 
 /// Claims up to `limit` due rows (queued and due, or `sending` with an
 /// expired lease) with `FOR UPDATE SKIP LOCKED`, so concurrent workers and
-/// replicas never claim the same row. A row whose previous SES call has no
-/// recorded answer has its `ambiguous_resends` counted here, durably.
+/// replicas never claim the same row.
 pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<ClaimedEmail>, DbError> {
     if limit <= 0 {
         return Ok(Vec::new());
@@ -120,49 +133,118 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
                   LIMIT $1
                   FOR UPDATE SKIP LOCKED)
              UPDATE email_ledger l
-                SET state = 'sending', attempts = l.attempts + 1, claim_token = $3, in_flight_since = NULL,
-                    ambiguous_resends = l.ambiguous_resends + due.ambiguous::int,
+                SET state = 'sending', claim_token = $3,
                     lease_until = now() + $2::bigint * interval '1 millisecond', updated_at = now()
                FROM due
               WHERE l.dedup_key = due.dedup_key
           RETURNING l.dedup_key, l.template, l.locale, l.recipient, l.recipient_name, l.category,
-                    l.campaign, l.data, l.event_occurred_at, l.attempts, due.ambiguous,
+                    l.campaign, l.data, l.event_occurred_at, l.attempts, due.ambiguous, l.requested_at, l.throttles,
                     ARRAY(SELECT s.reason FROM email_suppression s
                            WHERE s.address = lower(btrim(l.recipient)) ORDER BY s.reason)",
             &[&limit, &lease_ms, &token],
         )
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ClaimedEmail {
-            dedup_key: r.get(0),
-            template: r.get(1),
-            locale: r.get(2),
-            recipient: r.get(3),
-            recipient_name: r.get(4),
-            category: r.get(5),
-            campaign: r.get(6),
-            data: r.get(7),
-            event_occurred_at: r.get(8),
-            attempts: r.get(9),
-            ambiguous: r.get(10),
-            suppressions: r.get(11),
-            claim_token: token,
+    rows.into_iter()
+        .map(|r| {
+            Ok(ClaimedEmail {
+                dedup_key: r.try_get(0)?,
+                template: r.try_get(1)?,
+                locale: r.try_get(2)?,
+                recipient: r.try_get(3)?,
+                recipient_name: r.try_get(4)?,
+                category: r.try_get(5)?,
+                campaign: r.try_get(6)?,
+                data: r.try_get(7)?,
+                event_occurred_at: r.try_get(8)?,
+                attempts: r.try_get(9)?,
+                ambiguous: r.try_get(10)?,
+                requested_at: r.try_get(11)?,
+                throttles: r.try_get(12)?,
+                suppressions: r.try_get(13)?,
+                claim_token: token,
+                probe: false,
+            })
         })
-        .collect())
+        .collect()
+}
+
+/// What [`start_send`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// Marked in flight, the attempt counted: call SES now. `ambiguous`:
+    /// this is a resend after an attempt with unknown outcome, counted in
+    /// `ambiguous_resends`.
+    Sending { ambiguous: bool },
+    /// Past the slot's deadline: nothing changed; take a new slot.
+    Late,
+    /// Another claim took the row over (this claim's lease expired while
+    /// it waited): it must not be sent.
+    Lost,
+    /// The address was suppressed since the claim (this reason stops this
+    /// email): record it as suppressed, do not send.
+    Suppressed(String),
 }
 
 /// Right before the SES call: checks that this claim still owns the row,
-/// renews its lease and marks the call as in flight. `false` means another
-/// replica took the row over (this claim's lease expired while it waited):
-/// it must not be sent.
-pub async fn start_send(pool: &Pool, email: &ClaimedEmail, lease: Duration) -> Result<bool, DbError> {
+/// that the address is not suppressed for it, and that the send slot's
+/// `deadline` (database time) has not passed; then renews the lease,
+/// counts the attempt (and the ambiguous resend, if the row was left in
+/// flight) and marks the call as in flight. All in one statement, so the
+/// count and the mark cannot disagree.
+pub async fn start_send(
+    pool: &Pool,
+    email: &ClaimedEmail,
+    lease: Duration,
+    deadline: DateTime<Utc>,
+) -> Result<Started, DbError> {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "WITH owned AS (
+                 SELECT l.dedup_key, clock_timestamp() <= $4 AS on_time,
+                        l.in_flight_since IS NOT NULL AS ambiguous,
+                        (SELECT s.reason FROM email_suppression s
+                          WHERE s.address = lower(btrim(l.recipient))
+                            AND (s.reason IN ('hard_bounce', 'complaint')
+                                 OR (s.reason = 'unsubscribe' AND l.category = 'MARKETING'))
+                          ORDER BY s.reason = 'hard_bounce' DESC, s.reason = 'complaint' DESC
+                          LIMIT 1) AS suppressed
+                   FROM email_ledger l
+                  WHERE l.dedup_key = $1 AND l.state = 'sending' AND l.claim_token = $2
+                  FOR UPDATE OF l),
+             marked AS (
+                 UPDATE email_ledger l
+                    SET in_flight_since = now(), attempts = l.attempts + 1,
+                        ambiguous_resends = l.ambiguous_resends + owned.ambiguous::int,
+                        lease_until = now() + $3::bigint * interval '1 millisecond', updated_at = now()
+                   FROM owned
+                  WHERE l.dedup_key = owned.dedup_key AND owned.on_time AND owned.suppressed IS NULL
+                 RETURNING 1)
+             SELECT (SELECT count(*) FROM marked) > 0, owned.ambiguous, owned.suppressed FROM owned",
+            &[&email.dedup_key, &email.claim_token, &lease_ms, &deadline],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(Started::Lost);
+    };
+    let (marked, ambiguous, suppressed): (bool, bool, Option<String>) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    Ok(match suppressed {
+        Some(reason) => Started::Suppressed(reason),
+        None if marked => Started::Sending { ambiguous },
+        None => Started::Late,
+    })
+}
+
+/// Keeps a claim during a slow SES call (a live sender never loses its
+/// row mid-call; a dead sender's lease runs out).
+pub async fn renew_lease(pool: &Pool, email: &ClaimedEmail, lease: Duration) -> Result<bool, DbError> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let client = pool.get().await?;
     let updated = client
         .execute(
-            "UPDATE email_ledger
-                SET in_flight_since = now(), lease_until = now() + $3::bigint * interval '1 millisecond'
+            "UPDATE email_ledger SET lease_until = now() + $3::bigint * interval '1 millisecond'
               WHERE dedup_key = $1 AND state = 'sending' AND claim_token = $2",
             &[&email.dedup_key, &email.claim_token, &lease_ms],
         )
@@ -187,23 +269,40 @@ pub async fn mark_sent(pool: &Pool, email: &ClaimedEmail, message_id: &str, subj
     Ok(updated == 1)
 }
 
-/// A retryable failure: queue again after `delay`, keeping the error. With
-/// `outcome_unknown` (a timeout: SES may have accepted it) the in-flight
-/// mark stays, so the next attempt is counted as an ambiguous resend.
+/// Why a send is retried, which decides what the ledger keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// SES answered and did not accept it (5xx): the attempt counts.
+    Failed,
+    /// A timeout: SES may have accepted it. The attempt counts and the
+    /// in-flight mark stays, so the next send is an ambiguous resend.
+    OutcomeUnknown,
+    /// SES throttled it: not the email's fault, not an attempt.
+    Throttled,
+    /// SES refused the account, not the email (paused, access denied):
+    /// not an attempt.
+    Paused,
+}
+
+/// A retryable failure: queue again after `delay`, keeping the error.
 pub async fn schedule_retry(
     pool: &Pool,
     email: &ClaimedEmail,
     delay: Duration,
     error: &str,
-    outcome_unknown: bool,
+    why: Retry,
 ) -> Result<bool, DbError> {
     let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    let outcome_unknown = why == Retry::OutcomeUnknown;
+    let throttled = why == Retry::Throttled;
+    let not_an_attempt = matches!(why, Retry::Throttled | Retry::Paused);
     let client = pool.get().await?;
     let updated = client
         .execute(
             "UPDATE email_ledger
                 SET state = 'queued', next_attempt_at = now() + $3::bigint * interval '1 millisecond',
                     in_flight_since = CASE WHEN $5 THEN in_flight_since END,
+                    attempts = attempts - $7::bool::int, throttles = throttles + $6::bool::int,
                     lease_until = NULL, last_error = $4, updated_at = now()
               WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
             &[
@@ -212,22 +311,24 @@ pub async fn schedule_retry(
                 &delay_ms,
                 &error,
                 &outcome_unknown,
+                &throttled,
+                &not_an_attempt,
             ],
         )
         .await?;
     Ok(updated == 1)
 }
 
-/// Gives a claimed row back untouched (shutdown or a pause before the SES
-/// call): the attempt did not happen, so it is not counted, and the row is
-/// not in flight.
+/// Gives a claimed row back before [`start_send`] (shutdown, a pause, the
+/// quota): no attempt was counted, and whether an earlier attempt left it
+/// in flight stays as it was.
 pub async fn release(pool: &Pool, email: &ClaimedEmail, delay: Duration) -> Result<bool, DbError> {
     let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
     let client = pool.get().await?;
     let updated = client
         .execute(
             "UPDATE email_ledger
-                SET state = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, in_flight_since = NULL,
+                SET state = 'queued', lease_until = NULL,
                     next_attempt_at = now() + $3::bigint * interval '1 millisecond', updated_at = now()
               WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
             &[&email.dedup_key, &email.claim_token, &delay_ms],
@@ -264,19 +365,6 @@ pub async fn mark_suppressed(pool: &Pool, email: &ClaimedEmail, reason: &str) ->
         )
         .await?;
     Ok(updated == 1)
-}
-
-/// Emails SES accepted in the last 24 hours, by every replica.
-pub async fn sent_last_24_hours(pool: &Pool) -> Result<i64, DbError> {
-    let client = pool.get().await?;
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM email_ledger
-              WHERE (state = 'sent' AND sent_at > now() - interval '24 hours') OR state = 'sending'",
-            &[],
-        )
-        .await?;
-    Ok(row.get(0))
 }
 
 /// The recipient of a ledger row (for an unsubscribe link, which names the

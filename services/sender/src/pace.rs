@@ -1,52 +1,71 @@
-//! Pacing SES calls, counted in recipients, at a rate that follows SES.
+//! Pacing SES calls within the account's limits, shared by every replica.
 //!
-//! Sends follow a smooth schedule at `rate × HEADROOM`. The limit is exact
-//! where it matters: no window of one second ever holds more than
-//! `rate × HEADROOM` send starts (a sliding log of the last second's
-//! sends). Time lost to a slow moment (at most a window's worth) is made
-//! up at no more than twice the rate, never in a burst. Sends take turns in arrival order and are
-//! timed when they actually start, after the database fence, so what SES
-//! sees is this spacing.
+//! SES limits the account, not a process: its send rate (MaxSendRate) and
+//! daily quota (Max24HourSend) hold for all sender replicas together. So
+//! send slots are handed out by PostgreSQL (`reserve_ses_send`, migration
+//! V200): one row holds the start of the next free slot, and each
+//! reservation, under that row's lock, takes it and moves it on by one
+//! spacing; the same call counts the send against the daily quota (per
+//! minute, over the last 24 hours) and refuses it when the quota is used
+//! up. Slots are never more than [`horizon`] ahead, so a claimed row never
+//! waits long for its slot and a replica that stops cannot strand slots
+//! far in the future. Times are the database's: every replica waits the
+//! same clock's intervals, whatever its own clock says.
 //!
-//! The ceiling is SES's MaxSendRate (from `GetAccount`, refreshed) or the
-//! configured rate. When SES throttles anyway (another sender on the
-//! account, a lower real limit), the rate halves, at most every 200 ms,
-//! down to one per second, and climbs back by a quarter per calm second:
-//! additive-increase multiplicative-decrease, like TCP.
+//! The spacing is `1 / floor(rate × HEADROOM)`: sends start on a lattice
+//! of at most that many per second, so any one-second window at SES holds
+//! at most that many, plus what network jitter moves in; the headroom
+//! keeps that under the account's rate. A send whose row is marked in
+//! flight later than [`LATE_TOLERANCE`] after its slot does not go out on
+//! that slot (see `delivery`, which marks rows just ahead of their slots):
+//! a late send followed by punctual ones is how a window would overflow.
 //!
-//! The pacer is per replica, SES's rate per account: with N replicas, set
-//! `BACKORDER_SES_SEND_RATE_OVERRIDE` to MaxSendRate / N (otherwise SES
-//! throttles and each replica backs off until they fit).
+//! Each replica adapts its own rate: the ceiling is SES's MaxSendRate
+//! (from `GetAccount`, refreshed) or the configured rate; when SES throttles
+//! anyway (another sender on the account, a lower real limit), this
+//! replica's rate halves, at most every 200 ms, down to one per second, and
+//! climbs back by a quarter per calm second: additive-increase
+//! multiplicative-decrease, like TCP. A throttled replica's reservations
+//! use a longer spacing, so the shared schedule slows for everyone.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use backorder_core::db::DbError;
+use backorder_core::deadpool_postgres::Pool;
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 const CALM_BEFORE_RAISE: Duration = Duration::from_secs(1);
 /// Sends already in flight at the old pace get throttled too: cut again
 /// only after this long.
 const CUT_SPACING: Duration = Duration::from_millis(200);
 const MIN_RATE: f64 = 1.0;
-const WINDOW: Duration = Duration::from_secs(1);
-/// Sends are paced for 96% of the rate: SES counts sends when they reach
-/// it, after network and scheduling jitter; the missing 4% keeps a late
-/// send from making a one-second window hold one more than the limit.
+/// How late (in seconds) a send may reach SES, relative to the one a
+/// second after it, without a one-second window at SES holding more than
+/// the rate: SES counts sends when they arrive, after scheduling and
+/// network jitter, which on a busy machine reaches tens of milliseconds.
+const JITTER_BUDGET: f64 = 0.05;
+/// Sends are paced for `1 / (1 + JITTER_BUDGET)` (95.2%) of the rate,
+/// rounded down to whole sends per second: `rate × HEADROOM` slots fill
+/// `1 / (1 + JITTER_BUDGET)` of a second, leaving the rest for jitter.
 /// (The performance target is 95% of the SES rate.)
-pub const HEADROOM: f64 = 0.96;
+pub const HEADROOM: f64 = 1.0 / (1.0 + JITTER_BUDGET);
+/// How late after its slot a send may still start: see the module docs.
+pub const LATE_TOLERANCE: Duration = Duration::from_millis(20);
+/// The furthest ahead a slot is handed out.
+const MAX_HORIZON: Duration = Duration::from_secs(1);
+
+/// How far ahead slots are handed out: at most a quarter of the claim
+/// lease (a claimed row waits for its slot well within its lease), at
+/// most a second.
+pub fn horizon(lease: Duration) -> Duration {
+    (lease / 4).min(MAX_HORIZON)
+}
 
 #[derive(Debug)]
 struct State {
-    /// Start times of the sends of the last window, oldest first (one
-    /// entry per recipient).
-    log: VecDeque<Instant>,
-    /// No send before this (spacing, and the pause after a throttle).
-    not_before: Instant,
-    /// Where the next send would be on a smooth schedule at the rate. When
-    /// sends fell behind it (a slow moment), they catch up at up to twice
-    /// the rate; it never lags more than a window behind.
-    ideal: Instant,
     /// Sends per second now.
     rate: f64,
     /// What SES allows (or the configured rate).
@@ -55,83 +74,43 @@ struct State {
     last_change: Instant,
 }
 
-impl State {
-    /// Sends allowed in one window at the current rate.
-    fn capacity(&self) -> usize {
-        ((self.rate * HEADROOM).floor() as usize).max(1)
-    }
+/// A send slot, or why there is none.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reservation {
+    /// Start the send at `at` (database time), `wait` from now.
+    Slot { at: DateTime<Utc>, wait: Duration },
+    /// The daily quota is used up: `used` of `limit` in the last 24 hours.
+    QuotaExhausted { used: i64, limit: i64 },
+    /// Shutdown came first.
+    Shutdown,
+}
 
-    fn interval(&self) -> Duration {
-        Duration::from_secs_f64(1.0 / (self.rate * HEADROOM))
-    }
-
-    /// When the sliding window allows the next send.
-    fn window_opens(&self) -> Instant {
-        let cap = self.capacity();
-        if self.log.len() >= cap {
-            self.log[self.log.len() - cap] + WINDOW
-        } else {
-            self.not_before
-        }
-    }
-
-    /// The earliest instant the next send may start.
-    fn earliest(&self) -> Instant {
-        self.window_opens().max(self.not_before).max(self.ideal)
-    }
-
-    fn record(&mut self, now: Instant, recipients: u32) {
-        // After an idle window there is nothing to catch up.
-        if self.log.back().is_none_or(|last| *last + WINDOW < now) {
-            self.ideal = now;
-        }
-        for _ in 0..recipients.max(1) {
-            self.log.push_back(now);
-        }
-        let keep = self.capacity().max(1);
-        while self.log.len() > keep {
-            self.log.pop_front();
-        }
-        let interval = self.interval();
-        self.not_before = now + interval / 2;
-        let lag_floor = now.checked_sub(WINDOW).unwrap_or(now);
-        self.ideal = self.ideal.max(lag_floor) + interval * recipients.max(1);
-    }
+/// The daily quota to enforce, from `GetAccount` or configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Quota {
+    /// Emails per 24 hours; `None`: unknown, not enforced.
+    pub limit: Option<i64>,
+    /// What SES said the account sent in the last 24 hours (including
+    /// senders other than this service).
+    pub account_used: i64,
 }
 
 #[derive(Debug)]
 pub struct Pacer {
     state: Mutex<State>,
-    /// Whose turn it is to send (FIFO).
+    /// Whose turn it is to reserve (FIFO): one reservation of this replica
+    /// at a time, so waiting for the horizon is one poll, not one per worker.
     turn: tokio::sync::Mutex<()>,
-}
-
-/// A send's turn; see [`Pacer::acquire`].
-#[derive(Debug)]
-pub struct Permit<'a> {
-    pacer: &'a Pacer,
-    _turn: tokio::sync::MutexGuard<'a, ()>,
-}
-
-impl Permit<'_> {
-    /// The send starts now.
-    pub fn commit(self, recipients: u32) {
-        self.pacer.with(|s| s.record(Instant::now(), recipients));
-    }
 }
 
 impl Pacer {
     pub fn new(rate: f64) -> Self {
         let rate = rate.max(MIN_RATE);
-        let now = Instant::now();
         let pacer = Self {
             state: Mutex::new(State {
-                log: VecDeque::new(),
-                not_before: now,
-                ideal: now,
                 rate,
                 ceiling: rate,
-                last_change: now,
+                last_change: Instant::now(),
             }),
             turn: tokio::sync::Mutex::new(()),
         };
@@ -152,30 +131,56 @@ impl Pacer {
         metrics::gauge!("backorder_sender_send_rate_current").set(rate);
     }
 
-    /// Waits for this send's turn (sends take turns in arrival order).
-    /// Commit the permit right before sending; a permit dropped
-    /// uncommitted uses nothing.
-    pub async fn acquire(&self) -> Permit<'_> {
-        let turn = self.turn.lock().await;
+    /// The time between two slots at this replica's current rate.
+    pub fn spacing(&self) -> Duration {
+        let per_second = self.with(|s| (s.rate * HEADROOM).floor().max(1.0));
+        Duration::from_secs_f64(1.0 / per_second)
+    }
+
+    /// Reserves the next shared send slot (waiting, in turn, while the
+    /// schedule is full up to `horizon`), counting it against `quota`.
+    pub async fn reserve(
+        &self,
+        pool: &Pool,
+        quota: Quota,
+        horizon: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<Reservation, DbError> {
+        let _turn = tokio::select! {
+            () = shutdown.cancelled() => return Ok(Reservation::Shutdown),
+            turn = self.turn.lock() => turn,
+        };
+        let client = pool.get().await?;
+        let spacing_ms = self.spacing().as_secs_f64() * 1000.0;
+        let horizon_ms = horizon.as_secs_f64() * 1000.0;
         loop {
-            let earliest = self.with(|s| s.earliest());
-            if Instant::now() >= earliest {
-                break;
+            let row = client
+                .query_one(
+                    "SELECT r_outcome, r_slot, r_wait_ms, r_day_used FROM reserve_ses_send($1, $2, $3, $4)",
+                    &[&spacing_ms, &horizon_ms, &quota.limit, &quota.account_used],
+                )
+                .await?;
+            let outcome: String = row.try_get(0)?;
+            let wait = Duration::from_secs_f64(row.try_get::<_, Option<f64>>(2)?.unwrap_or(0.0).max(0.0) / 1000.0);
+            let used: i64 = row.try_get(3)?;
+            metrics::gauge!("backorder_sender_daily_quota_used").set(used as f64);
+            match (outcome.as_str(), row.try_get::<_, Option<DateTime<Utc>>>(1)?) {
+                ("slot", Some(at)) => return Ok(Reservation::Slot { at, wait }),
+                ("quota", _) => {
+                    return Ok(Reservation::QuotaExhausted {
+                        used: used.max(quota.account_used),
+                        limit: quota.limit.unwrap_or(0),
+                    });
+                }
+                // The schedule is full up to the horizon: wait until it
+                // is not, keeping the turn.
+                _ => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(Reservation::Shutdown),
+                        () = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+                    }
+                }
             }
-            // Re-read after waking: a throttle may have pushed it out.
-            tokio::time::sleep_until(earliest).await;
-        }
-        // When the window held this send back, the schedule restarts from
-        // there: the window already absorbed whatever was behind.
-        self.with(|s| {
-            let opens = s.window_opens();
-            if opens > s.ideal {
-                s.ideal = opens;
-            }
-        });
-        Permit {
-            pacer: self,
-            _turn: turn,
         }
     }
 
@@ -203,9 +208,6 @@ impl Pacer {
             }
             s.rate = (s.rate / 2.0).max(MIN_RATE);
             s.last_change = now;
-            // The next send waits a full new interval.
-            s.not_before = s.not_before.max(now) + s.interval();
-            s.ideal = s.ideal.max(s.not_before);
             Some((s.rate, s.ceiling))
         });
         if let Some((rate, ceiling)) = cut {
@@ -240,82 +242,25 @@ impl Pacer {
     }
 }
 
+/// Gives back the quota a reserved slot counted when the send did not
+/// happen (the slot itself has passed or is left unused: harmless).
+pub async fn unreserve(pool: &Pool, at: DateTime<Utc>) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client.execute("SELECT unreserve_ses_send($1)", &[&at]).await?;
+    Ok(())
+}
+
+/// Sends counted against the daily quota in the last 24 hours, by every
+/// replica.
+pub async fn day_used(pool: &Pool) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let row = client.query_one("SELECT ses_day_used()", &[]).await?;
+    Ok(row.try_get(0)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Sends as fast as the pacer lets them; returns their start times.
-    async fn run(pacer: &Pacer, n: usize) -> Vec<Instant> {
-        let mut times = Vec::with_capacity(n);
-        for _ in 0..n {
-            let permit = pacer.acquire().await;
-            times.push(Instant::now());
-            permit.commit(1);
-        }
-        times
-    }
-
-    fn busiest_second(times: &[Instant]) -> usize {
-        (0..times.len())
-            .map(|i| times[i..].iter().take_while(|t| **t < times[i] + WINDOW).count())
-            .max()
-            .unwrap_or(0)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn no_second_holds_more_than_the_rate_and_five_hundred_take_about_ten_seconds() {
-        let pacer = Pacer::new(50.0);
-        let times = run(&pacer, 500).await;
-        assert!(busiest_second(&times) <= 48, "{}", busiest_second(&times));
-        let took = times[499] - times[0];
-        assert!(
-            took >= Duration::from_millis(10_300) && took <= Duration::from_millis(10_500),
-            "{took:?}"
-        );
-        for pair in times.windows(2) {
-            assert!(
-                pair[1] - pair[0] >= Duration::from_millis(20),
-                "smooth: {:?}",
-                pair[1] - pair[0]
-            );
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn lost_time_is_made_up_at_twice_the_rate_never_in_a_burst() {
-        let pacer = Pacer::new(10.0);
-        let mut times = run(&pacer, 5).await;
-        // Nothing sent for 3 s (SES was slow, the queue empty...).
-        tokio::time::advance(Duration::from_secs(3)).await;
-        times.extend(run(&pacer, 30).await);
-        assert!(busiest_second(&times) <= 9);
-        // A send that starts late (a stall while it waited) is made up by
-        // the next one at no more than twice the rate.
-        let permit = pacer.acquire().await;
-        tokio::time::advance(Duration::from_millis(300)).await;
-        permit.commit(1);
-        let stalled = Instant::now();
-        let after = run(&pacer, 3).await;
-        assert!(
-            after[0] - stalled < Duration::from_millis(104),
-            "{:?}",
-            after[0] - stalled
-        );
-        assert!(after[0] - stalled >= Duration::from_millis(52));
-        for pair in times.windows(2) {
-            assert!(
-                pair[1] - pair[0] >= Duration::from_millis(52),
-                "{:?}",
-                pair[1] - pair[0]
-            );
-        }
-        // An uncommitted permit costs nothing.
-        let before = Instant::now();
-        drop(pacer.acquire().await);
-        let permit = pacer.acquire().await;
-        assert!(Instant::now() - before < Duration::from_secs(1));
-        permit.commit(1);
-    }
 
     #[tokio::test(start_paused = true)]
     async fn throttling_halves_the_rate_and_calm_restores_it() {
@@ -334,5 +279,16 @@ mod tests {
         assert_eq!(pacer.rate(), 40.0);
         pacer.set_ceiling(14.0);
         assert_eq!(pacer.rate(), 14.0);
+    }
+
+    #[test]
+    fn slots_are_spaced_for_whole_sends_below_the_rate() {
+        // 30/s × 0.952 = 28.57: 28 slots a second, never 29.
+        assert_eq!(Pacer::new(30.0).spacing(), Duration::from_secs_f64(1.0 / 28.0));
+        assert_eq!(Pacer::new(50.0).spacing(), Duration::from_secs_f64(1.0 / 47.0));
+        assert_eq!(Pacer::new(500.0).spacing(), Duration::from_secs_f64(1.0 / 476.0));
+        assert_eq!(Pacer::new(0.5).spacing(), Duration::from_secs(1));
+        assert_eq!(horizon(Duration::from_secs(30)), Duration::from_secs(1));
+        assert_eq!(horizon(Duration::from_secs(2)), Duration::from_millis(500));
     }
 }

@@ -28,8 +28,12 @@ pub enum SendFailure {
     Unknown(String),
     /// SES will never accept this message: record it as failed.
     Permanent { kind: &'static str, reason: String },
-    /// The account may not send at all now: stop every worker.
-    Paused(String),
+    /// The account may not send at all now (SES paused or suspended it,
+    /// or refused the request for a reason that is not about this email:
+    /// access denied, expired credentials, any 4xx not known to be about
+    /// the message): stop every worker until a probe send succeeds.
+    /// `kind` is a metric label.
+    Paused { kind: &'static str, reason: String },
 }
 
 /// A request the SDK refuses to build (a required field missing) would
@@ -162,7 +166,10 @@ fn classify(error: SdkError<SendEmailError, aws_sdk_sesv2::config::http::HttpRes
                     SendFailure::Retryable(text)
                 }
                 SendEmailError::SendingPausedException(_) | SendEmailError::AccountSuspendedException(_) => {
-                    SendFailure::Paused(text)
+                    SendFailure::Paused {
+                        kind: "account_paused",
+                        reason: text,
+                    }
                 }
                 SendEmailError::MessageRejected(_) => SendFailure::Permanent {
                     kind: "message_rejected",
@@ -182,8 +189,11 @@ fn classify(error: SdkError<SendEmailError, aws_sdk_sesv2::config::http::HttpRes
                 },
                 _ if status == 429 || status >= 500 => SendFailure::Retryable(text),
                 _ if is_throttling_code(service.err().meta().code()) => SendFailure::Retryable(text),
-                _ => SendFailure::Permanent {
-                    kind: "other",
+                // AccessDenied, expired or unknown credentials, anything
+                // SES may add: failing every queued email for it would
+                // lose them all to one misconfiguration. Pause instead.
+                _ => SendFailure::Paused {
+                    kind: "unknown_client_error",
                     reason: text,
                 },
             }

@@ -9,7 +9,9 @@
 //! match the canonical string of the message's fields, and the topic must
 //! be one of `BACKORDER_SNS_TOPIC_ARNS` (SNS signs every account's topics,
 //! so a valid signature alone only proves the message came from *some*
-//! topic). A message that fails is answered 403 and changes nothing.
+//! topic; with no topic configured every message is refused). A message
+//! that fails is answered 403 and changes nothing: a subscription
+//! confirmation from another topic is never visited.
 //!
 //! `SubscriptionConfirmation`: the `SubscribeURL` is visited (confirming
 //! the subscription). `Notification`: its `Message` is the SES event; a
@@ -54,6 +56,8 @@ pub enum SnsError {
     SignatureVersion(String),
     #[error("messages from topic {0} are not accepted (BACKORDER_SNS_TOPIC_ARNS)")]
     Topic(String),
+    #[error("no SNS topic is accepted: BACKORDER_SNS_TOPIC_ARNS is not set")]
+    NoTopics,
     #[error("could not confirm the subscription: {0}")]
     Confirm(String),
     #[error(transparent)]
@@ -64,9 +68,11 @@ impl SnsError {
     fn status(&self) -> StatusCode {
         match self {
             SnsError::Malformed(_) | SnsError::SignatureVersion(_) => StatusCode::BAD_REQUEST,
-            SnsError::CertUrl(_) | SnsError::Cert(_) | SnsError::BadSignature | SnsError::Topic(_) => {
-                StatusCode::FORBIDDEN
-            }
+            SnsError::CertUrl(_)
+            | SnsError::Cert(_)
+            | SnsError::BadSignature
+            | SnsError::Topic(_)
+            | SnsError::NoTopics => StatusCode::FORBIDDEN,
             // Ours or the network's: SNS retries on 5xx.
             SnsError::CertFetch(_) | SnsError::Confirm(_) | SnsError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -80,6 +86,7 @@ impl SnsError {
             SnsError::Cert(_) => "cert",
             SnsError::BadSignature => "bad_signature",
             SnsError::Topic(_) => "topic",
+            SnsError::NoTopics => "no_topics",
             SnsError::SignatureVersion(_) => "signature_version",
             SnsError::Confirm(_) => "confirm",
             SnsError::Db(_) => "db",
@@ -273,14 +280,14 @@ pub struct SnsState {
     pub pool: Pool,
     http: reqwest::Client,
     cert_url_prefix: Option<String>,
-    /// Accepted topics; `None`: any.
-    topics: Option<Vec<String>>,
+    /// Accepted topics; empty: none.
+    topics: Vec<String>,
     /// Signing certificates by URL (SNS uses few; they rotate rarely).
     certs: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl SnsState {
-    pub fn new(pool: Pool, cert_url_prefix: Option<String>, topics: Option<Vec<String>>) -> Self {
+    pub fn new(pool: Pool, cert_url_prefix: Option<String>, topics: Vec<String>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
@@ -322,9 +329,10 @@ impl SnsState {
     async fn handle(&self, body: &str) -> Result<&'static str, SnsError> {
         let message: SnsMessage =
             serde_json::from_str(body).map_err(|e| SnsError::Malformed(format!("not an SNS JSON message: {e}")))?;
-        if let Some(topics) = &self.topics
-            && !topics.contains(&message.topic_arn)
-        {
+        if self.topics.is_empty() {
+            return Err(SnsError::NoTopics);
+        }
+        if !self.topics.contains(&message.topic_arn) {
             return Err(SnsError::Topic(message.topic_arn));
         }
         let text = message.string_to_sign()?;

@@ -144,17 +144,23 @@ pub async fn confirm_page(State(state): State<UnsubscribeState>, Query(query): Q
             "<p>This unsubscribe link is not valid. Please use the link from the email.</p>",
         );
     }
-    // The token is [A-Za-z0-9_.-] after verification: safe in an attribute.
-    page(
-        StatusCode::OK,
-        "Unsubscribe",
-        &format!(
-            "<p>Stop receiving marketing emails from us? Emails about your orders will still arrive.</p>\
-             <form method=\"post\" action=\"unsubscribe?token={}\">\
-             <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
-             <button type=\"submit\">Unsubscribe</button></form>",
-            query.token
-        ),
+    page(StatusCode::OK, "Unsubscribe", &confirm_form(&query.token))
+}
+
+/// The page's form. The token comes from the request: it is encoded for
+/// the query string, and the action then escaped for the attribute, so
+/// whatever a token holds it stays one attribute value.
+fn confirm_form(token: &str) -> String {
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", token)
+        .finish();
+    let action = format!("unsubscribe?{query}");
+    format!(
+        "<p>Stop receiving marketing emails from us? Emails about your orders will still arrive.</p>\
+         <form method=\"post\" action=\"{}\">\
+         <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+         <button type=\"submit\">Unsubscribe</button></form>",
+        minijinja::HtmlEscape(&action)
     )
 }
 
@@ -221,6 +227,23 @@ mod tests {
         let other_key = UnsubscribeLinks::new("other", "http://x");
         assert!(matches!(other_key.verify(&token), Err(SuppressionError::BadToken)));
         assert!(matches!(links.verify("no-dot"), Err(SuppressionError::BadToken)));
+    }
+
+    #[test]
+    fn a_hostile_token_stays_inside_the_form_action() {
+        let hostile = "t_x\"><script>alert(1)</script><a href=\"&.sig";
+        let form = confirm_form(hostile);
+        assert!(!form.contains("<script"), "{form}");
+        assert!(!form.contains("<a "), "{form}");
+        let action = form
+            .split("action=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap();
+        let unescaped = action.replace("&amp;", "&");
+        let query = unescaped.strip_prefix("unsubscribe?").unwrap();
+        let token: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        assert_eq!(token, vec![("token".to_string(), hostile.to_string())]);
     }
 
     #[test]
