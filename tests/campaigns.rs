@@ -8,7 +8,9 @@ use backorder_core::events::stock::Season;
 use backorder_core::kafka::topics::{ORDERS, SHIPMENTS, STOCK};
 use backorder_tests::campaigns::{campaign, catalog, eta_window, offers, order, set_clock, unescape};
 use backorder_tests::process::ServiceProcess;
-use backorder_tests::scenario::{PATIENCE, clock_now, day, dispatched, metric_sum, subjects, timer_loop_caught_up, wait_for_emails};
+use backorder_tests::scenario::{
+    PATIENCE, clock_now, day, dispatched, metric_sum, subjects, timer_loop_caught_up, wait_for_emails,
+};
 use backorder_tests::stock::{count, ledger, wait_for_count, wait_for_sender_idle};
 use backorder_tests::{TestApp, wait_until};
 use chrono::{TimeZone, Utc};
@@ -83,7 +85,13 @@ async fn in_december_a_significant_slip_offers_in_season_alternatives_ranked_by_
     ] {
         app.publish(STOCK, &product).await;
     }
-    wait_for_count(&app, "catalog", "SELECT count(*) FROM products WHERE cataloged_at IS NOT NULL", 6).await;
+    wait_for_count(
+        &app,
+        "catalog",
+        "SELECT count(*) FROM products WHERE cataloged_at IS NOT NULL",
+        6,
+    )
+    .await;
     first_eta(&app, "SUN-1").await;
     first_eta(&app, "MUG").await;
 
@@ -91,13 +99,61 @@ async fn in_december_a_significant_slip_offers_in_season_alternatives_ranked_by_
     let earlier = app.recipient("earlier");
     app.publish(
         ORDERS,
-        &order("o-old", "c-old", &earlier, "en-GB", "GB", "EUR", &[("SUN-1", 10_000, 1, false), ("GOGGLES", 12_000, 1, false)], now),
+        &order(
+            "o-old",
+            "c-old",
+            &earlier,
+            "en-GB",
+            "GB",
+            "EUR",
+            &[("SUN-1", 10_000, 1, false), ("GOGGLES", 12_000, 1, false)],
+            now,
+        ),
     )
     .await;
     let (de, au, small) = (app.recipient("de"), app.recipient("au"), app.recipient("small"));
-    app.publish(ORDERS, &order("o-de", "c-de", &de, "de-DE", "DE", "EUR", &[("SUN-1", 10_000, 1, true)], now)).await;
-    app.publish(ORDERS, &order("o-au", "c-au", &au, "en-AU", "AU", "EUR", &[("SUN-1", 10_000, 1, true)], now)).await;
-    app.publish(ORDERS, &order("o-small", "c-small", &small, "en-GB", "GB", "EUR", &[("MUG", 1_000, 1, true)], now)).await;
+    app.publish(
+        ORDERS,
+        &order(
+            "o-de",
+            "c-de",
+            &de,
+            "de-DE",
+            "DE",
+            "EUR",
+            &[("SUN-1", 10_000, 1, true)],
+            now,
+        ),
+    )
+    .await;
+    app.publish(
+        ORDERS,
+        &order(
+            "o-au",
+            "c-au",
+            &au,
+            "en-AU",
+            "AU",
+            "EUR",
+            &[("SUN-1", 10_000, 1, true)],
+            now,
+        ),
+    )
+    .await;
+    app.publish(
+        ORDERS,
+        &order(
+            "o-small",
+            "c-small",
+            &small,
+            "en-GB",
+            "GB",
+            "EUR",
+            &[("MUG", 1_000, 1, true)],
+            now,
+        ),
+    )
+    .await;
     wait_for_promises(&app, 3).await;
     for to in [&de, &au, &small] {
         wait_for_emails(&app, to, 1).await;
@@ -110,37 +166,65 @@ async fn in_december_a_significant_slip_offers_in_season_alternatives_ranked_by_
     let german = wait_for_emails(&app, &de, 2).await;
     let australian = wait_for_emails(&app, &au, 2).await;
     let small_notice = wait_for_emails(&app, &small, 2).await;
-    assert!(small_notice[1].subject.contains("is delayed"), "{:?}", subjects(&small_notice));
+    assert!(
+        small_notice[1].subject.contains("is delayed"),
+        "{:?}",
+        subjects(&small_notice)
+    );
 
     // Germany in December: no summer-only item; the co-purchased winter
     // goggles rank above the all-season pair nobody co-purchased; the pair
     // outside the price band never qualifies.
     let de_offer = offers(&app, "o-de").await;
     assert_eq!(de_offer.len(), 1);
-    assert_eq!(de_offer[0].3, ["GOGGLES", "SUN-ALL"], "ranked by co-purchases, in season, in the band");
+    assert_eq!(
+        de_offer[0].3,
+        ["GOGGLES", "SUN-ALL"],
+        "ranked by co-purchases, in season, in the band"
+    );
     let body = &unescape(&german[1].body);
     let (goggles, all) = (body.find("Item GOGGLES").unwrap(), body.find("Item SUN-ALL").unwrap());
     assert!(goggles < all, "best first in the email");
-    assert!(!body.contains("Item SUN-SUMMER") && !body.contains("Item SUN-PRICEY"), "{body}");
+    assert!(
+        !body.contains("Item SUN-SUMMER") && !body.contains("Item SUN-PRICEY"),
+        "{body}"
+    );
     // One email that is both the apology (in German, reason stated by code,
     // the English free text withheld) and the offer with its deadline.
     assert!(body.contains("/offers/"), "one-click links: {body}");
-    assert!(body.contains("Europe/Berlin"), "deadline in the customer's zone: {body}");
-    assert!(!body.contains("power cut"), "no English free text for a German reader: {body}");
+    assert!(
+        body.contains("Europe/Berlin"),
+        "deadline in the customer's zone: {body}"
+    );
+    assert!(
+        !body.contains("power cut"),
+        "no English free text for a German reader: {body}"
+    );
     assert!(german[1].subject.contains("o-de"), "{}", german[1].subject);
 
     // Australia in December is summer: the summer item qualifies.
     let au_offer = offers(&app, "o-au").await;
     assert!(au_offer[0].3.contains(&"SUN-SUMMER".to_string()), "{:?}", au_offer[0].3);
-    assert!(australian[1].body.contains("power cut"), "an English reader sees the supplier's words");
+    assert!(
+        australian[1].body.contains("power cut"),
+        "an English reader sees the supplier's words"
+    );
     assert_eq!(campaign(&app, "o-de").await.unwrap().0, "alternative");
 
     // Exactly one email per slip: no delay notice beside the offer, and the
     // small slip only got its notice.
     wait_for_sender_idle(&app).await;
-    let notices: Vec<_> = ledger(&app, "delay_notice").await.into_iter().filter_map(|r| r.0).collect();
+    let notices: Vec<_> = ledger(&app, "delay_notice")
+        .await
+        .into_iter()
+        .filter_map(|r| r.0)
+        .collect();
     assert_eq!(notices, ["o-small"]);
-    let offers_sent: Vec<_> = ledger(&app, "delay_offer").await.into_iter().filter_map(|r| r.0).collect();
+    let offers_sent: Vec<_> = ledger(&app, "delay_offer")
+        .await
+        .into_iter()
+        .filter_map(|r| r.0)
+        .collect();
     assert_eq!(offers_sent, ["o-au", "o-de"]);
 }
 
@@ -172,7 +256,16 @@ async fn store_credit_offers_repeat_every_72_hours_at_most_three_times_and_stop_
     for (i, (id, sku, price, currency)) in orders.iter().enumerate() {
         app.publish(
             ORDERS,
-            &order(id, &format!("c-{id}"), &people[i], "en-GB", "GB", currency, &[(sku, *price, 1, true)], now),
+            &order(
+                id,
+                &format!("c-{id}"),
+                &people[i],
+                "en-GB",
+                "GB",
+                currency,
+                &[(sku, *price, 1, true)],
+                now,
+            ),
         )
         .await;
     }
@@ -193,7 +286,8 @@ async fn store_credit_offers_repeat_every_72_hours_at_most_three_times_and_stop_
     assert!(app.emails_to(&people[2]).await[1].body.contains("¥1,235"));
 
     // During the first offer: one order's line ships, another is cancelled.
-    app.publish(SHIPMENTS, &dispatched(&app, "o-ship", "s-1", &["l1"]).await).await;
+    app.publish(SHIPMENTS, &dispatched(&app, "o-ship", "s-1", &["l1"]).await)
+        .await;
     app.publish(
         ORDERS,
         &OrderCancelled {
@@ -213,22 +307,36 @@ async fn store_credit_offers_repeat_every_72_hours_at_most_three_times_and_stop_
     .await;
 
     // 71 hours: nothing new. 72 hours: the second offer, to the three still waiting.
-    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(71)).await.unwrap();
+    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(71))
+        .await
+        .unwrap();
     timer_loop_caught_up(&app, "offer-expiry").await;
-    assert_eq!(app.emails_to(&people[0]).await.len(), 2, "no reminder before the offer expired");
-    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(1)).await.unwrap();
+    assert_eq!(
+        app.emails_to(&people[0]).await.len(),
+        2,
+        "no reminder before the offer expired"
+    );
+    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(1))
+        .await
+        .unwrap();
     let second = wait_for_emails(&app, &people[0], 3).await;
     assert!(second[2].subject.starts_with("Reminder"), "{:?}", subjects(&second));
-    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(72)).await.unwrap();
+    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(72))
+        .await
+        .unwrap();
     wait_for_emails(&app, &people[0], 4).await;
     // The series is exhausted after the third: never a fourth.
-    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(72)).await.unwrap();
+    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(72))
+        .await
+        .unwrap();
     wait_until("the series to end unanswered", PATIENCE, || async {
         let c = campaign(&app, "o-wait").await?;
         (c.2.as_deref() == Some("expired")).then_some(())
     })
     .await;
-    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(72)).await.unwrap();
+    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(72))
+        .await
+        .unwrap();
     timer_loop_caught_up(&app, "offer-expiry").await;
     wait_for_sender_idle(&app).await;
     assert_eq!(app.emails_to(&people[0]).await.len(), 4, "three offers, never a fourth");
@@ -239,7 +347,10 @@ async fn store_credit_offers_repeat_every_72_hours_at_most_three_times_and_stop_
     assert_eq!(offers(&app, "o-ship").await.len(), 1);
     assert_eq!(offers(&app, "o-cancel").await.len(), 1);
     assert!(
-        app.emails_to(&people[4]).await.iter().all(|e| !e.subject.starts_with("Reminder")),
+        app.emails_to(&people[4])
+            .await
+            .iter()
+            .all(|e| !e.subject.starts_with("Reminder")),
         "no reminder after cancelling"
     );
 
@@ -250,7 +361,11 @@ async fn store_credit_offers_repeat_every_72_hours_at_most_three_times_and_stop_
     let replayer = app
         .start_service_with(
             "segmentation",
-            &[FAST, ("BACKORDER_POLICY_FILE", &policy), ("BACKORDER_GROUP_ID", &format!("{}replay", app.settings.topic_prefix))],
+            &[
+                FAST,
+                ("BACKORDER_POLICY_FILE", &policy),
+                ("BACKORDER_GROUP_ID", &format!("{}replay", app.settings.topic_prefix)),
+            ],
         )
         .await;
     let original = app.committed_total("segmentation", "backorder-delays.v1").await;
@@ -259,10 +374,18 @@ async fn store_credit_offers_repeat_every_72_hours_at_most_three_times_and_stop_
         (app.committed_total("replay", "backorder-delays.v1").await >= original).then_some(())
     })
     .await;
-    let replayed = metric_sum(&replayer.metrics().await, "backorder_consumer_events_total", "backorder-delays.v1");
+    let replayed = metric_sum(
+        &replayer.metrics().await,
+        "backorder_consumer_events_total",
+        "backorder-delays.v1",
+    );
     assert!(replayed >= 5.0, "the replay handled the delays again ({replayed})");
     wait_for_sender_idle(&app).await;
-    assert_eq!(count(&app, "SELECT count(*) FROM email_ledger").await, before, "a replay sends nothing new");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM email_ledger").await,
+        before,
+        "a replay sends nothing new"
+    );
     drop(services);
 }
 
@@ -278,19 +401,40 @@ async fn two_segmentation_replicas_handle_every_offer_and_timer_once() {
     let _sender = app.start_service("sender").await;
     december(&app).await;
     let now = clock_now(&app).await;
-    app.publish(STOCK, &catalog("DESK", "working", &[], 20_000, 0, "EUR")).await;
+    app.publish(STOCK, &catalog("DESK", "working", &[], 20_000, 0, "EUR"))
+        .await;
     first_eta(&app, "DESK").await;
     let people: Vec<String> = (0..8).map(|i| app.recipient(&format!("r{i}"))).collect();
     for (i, to) in people.iter().enumerate() {
         let id = format!("o-{i}");
-        app.publish(ORDERS, &order(&id, &format!("c-{i}"), to, "en-GB", "GB", "EUR", &[("DESK", 20_000, 1, true)], now))
-            .await;
+        app.publish(
+            ORDERS,
+            &order(
+                &id,
+                &format!("c-{i}"),
+                to,
+                "en-GB",
+                "GB",
+                "EUR",
+                &[("DESK", 20_000, 1, true)],
+                now,
+            ),
+        )
+        .await;
     }
     wait_for_promises(&app, 8).await;
     slip(&app, "DESK", 50, 54).await;
     wait_for_count(&app, "eight first offers", "SELECT count(*) FROM offers", 8).await;
-    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(73)).await.unwrap();
-    wait_for_count(&app, "eight second offers", "SELECT count(*) FROM offers WHERE seq = 2", 8).await;
+    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(73))
+        .await
+        .unwrap();
+    wait_for_count(
+        &app,
+        "eight second offers",
+        "SELECT count(*) FROM offers WHERE seq = 2",
+        8,
+    )
+    .await;
     for to in &people {
         wait_for_emails(&app, to, 3).await;
     }
@@ -300,14 +444,21 @@ async fn two_segmentation_replicas_handle_every_offer_and_timer_once() {
     let sent = metric_sum(&a.metrics().await, "backorder_campaign_offers_sent_total", "")
         + metric_sum(&b.metrics().await, "backorder_campaign_offers_sent_total", "");
     assert_eq!(sent, 16.0, "16 offers decided across both replicas");
-    assert_eq!(count(&app, "SELECT count(*) FROM email_ledger WHERE template = 'delay_offer'").await, 16);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM email_ledger WHERE template = 'delay_offer'").await,
+        16
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_policy_file_refuses_to_start_naming_the_key() {
     let app = TestApp::spawn().await;
     for (name, toml, key) in [
-        ("negative-share", "[campaigns]\ncredit_share_percent = -10.0\n", "campaigns.credit_share_percent"),
+        (
+            "negative-share",
+            "[campaigns]\ncredit_share_percent = -10.0\n",
+            "campaigns.credit_share_percent",
+        ),
         ("unknown-key", "[campaigns]\nmax_offer = 2\n", "max_offer"),
         ("nurture-20", "[nurture]\ninterval_days = 20\n", "nurture.interval_days"),
     ] {
@@ -321,7 +472,11 @@ async fn an_invalid_policy_file_refuses_to_start_naming_the_key() {
                 .env("BACKORDER_HTTP_ADDR", "127.0.0.1:0")
                 .output()
         });
-        let output = tokio::time::timeout(PATIENCE, run).await.expect("exits by itself").unwrap().unwrap();
+        let output = tokio::time::timeout(PATIENCE, run)
+            .await
+            .expect("exits by itself")
+            .unwrap()
+            .unwrap();
         assert!(!output.status.success(), "{name} refused");
         let log = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
         assert!(log.contains(key), "{name}: the message names {key}: {log}");

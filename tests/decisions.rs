@@ -12,7 +12,9 @@ use backorder_core::links::{LinkSigner, OfferOption};
 use backorder_tests::browser::{Browser, link_containing};
 use backorder_tests::campaigns::{campaign, catalog, eta_window, order, set_clock};
 use backorder_tests::process::ServiceProcess;
-use backorder_tests::scenario::{PATIENCE, clock_now, day, metric_sum, subjects, timer_loop_caught_up, wait_for_emails};
+use backorder_tests::scenario::{
+    PATIENCE, clock_now, day, metric_sum, subjects, timer_loop_caught_up, wait_for_emails,
+};
 use backorder_tests::stock::{count, records_on_topic, wait_for_count, wait_for_sender_idle};
 use backorder_tests::{TestApp, wait_until};
 use chrono::{TimeZone, Utc};
@@ -31,14 +33,21 @@ async fn start_pipeline(app: &TestApp) -> Pipeline {
     let policy = app.write_policy("decisions", "[delays]\ndebounce_seconds = 0.3\n");
     let offers = app.start_service("offers-consumer").await;
     let base = format!("http://127.0.0.1:{}", offers.http_port);
-    let env = [FAST, ("BACKORDER_POLICY_FILE", policy.as_str()), ("BACKORDER_OFFERS_BASE_URL", base.as_str())];
+    let env = [
+        FAST,
+        ("BACKORDER_POLICY_FILE", policy.as_str()),
+        ("BACKORDER_OFFERS_BASE_URL", base.as_str()),
+    ];
     let others = vec![
         app.start_service_with("orders-consumer", &env).await,
         app.start_service_with("stock-consumer", &env).await,
         app.start_service_with("segmentation", &env).await,
         app.start_service("sender").await,
     ];
-    Pipeline { offers, _others: others }
+    Pipeline {
+        offers,
+        _others: others,
+    }
 }
 
 /// December; sunglasses on backorder for each `(order, customer)`, goggles
@@ -46,16 +55,31 @@ async fn start_pipeline(app: &TestApp) -> Pipeline {
 async fn offers_for(app: &TestApp, customers: &[(&str, &str)]) -> Vec<String> {
     set_clock(app, Utc.with_ymd_and_hms(2026, 12, 10, 12, 0, 0).unwrap()).await;
     let now = clock_now(app).await;
-    app.publish(STOCK, &catalog("SUN-1", "eye-protection", &[], 10_000, 0, "EUR")).await;
-    app.publish(STOCK, &catalog("GOGGLES", "eye-protection", &[Season::Winter], 11_000, 9, "EUR")).await;
-    app.publish(STOCK, &eta_window("SUN-1", day(app, 10).await, day(app, 14).await, now)).await;
+    app.publish(STOCK, &catalog("SUN-1", "eye-protection", &[], 10_000, 0, "EUR"))
+        .await;
+    app.publish(
+        STOCK,
+        &catalog("GOGGLES", "eye-protection", &[Season::Winter], 11_000, 9, "EUR"),
+    )
+    .await;
+    app.publish(STOCK, &eta_window("SUN-1", day(app, 10).await, day(app, 14).await, now))
+        .await;
     wait_for_count(app, "the ETA", "SELECT count(*) FROM sku_eta", 1).await;
     let mut recipients = Vec::new();
     for (order_id, who) in customers {
         let to = app.recipient(who);
         app.publish(
             ORDERS,
-            &order(order_id, &format!("c-{who}"), &to, "de-DE", "DE", "EUR", &[("SUN-1", 10_000, 1, true)], now),
+            &order(
+                order_id,
+                &format!("c-{who}"),
+                &to,
+                "de-DE",
+                "DE",
+                "EUR",
+                &[("SUN-1", 10_000, 1, true)],
+                now,
+            ),
         )
         .await;
         recipients.push(to);
@@ -67,7 +91,8 @@ async fn offers_for(app: &TestApp, customers: &[(&str, &str)]) -> Vec<String> {
         customers.len() as i64,
     )
     .await;
-    app.publish(STOCK, &eta_window("SUN-1", day(app, 40).await, day(app, 44).await, now)).await;
+    app.publish(STOCK, &eta_window("SUN-1", day(app, 40).await, day(app, 44).await, now))
+        .await;
     for to in &recipients {
         wait_for_emails(app, to, 2).await;
     }
@@ -85,9 +110,23 @@ async fn a_customer_switches_to_the_alternative_in_a_real_browser_and_hears_noth
 
     let browser = Browser::start().await;
     browser.client.goto(&link).await.expect("open the offer page");
-    let heading = browser.client.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
+    let heading = browser
+        .client
+        .find(Locator::Css("h1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(heading.contains("o-1"), "{heading}");
-    let lang = browser.client.find(Locator::Css("html")).await.unwrap().attr("lang").await.unwrap();
+    let lang = browser
+        .client
+        .find(Locator::Css("html"))
+        .await
+        .unwrap()
+        .attr("lang")
+        .await
+        .unwrap();
     assert_eq!(lang.as_deref(), Some("de"), "the customer's language");
     let checked = browser
         .client
@@ -104,31 +143,53 @@ async fn a_customer_switches_to_the_alternative_in_a_real_browser_and_hears_noth
         .click()
         .await
         .expect("confirm");
-    let status = browser.client.find(Locator::Css("[role=status]")).await.expect("the confirmation page");
+    let status = browser
+        .client
+        .find(Locator::Css("[role=status]"))
+        .await
+        .expect("the confirmation page");
     assert!(status.text().await.unwrap().contains("o-1"));
     browser.screenshot("offer-confirmed").await;
 
     // The OMS gets the switch; the customer gets the confirmation.
-    let decisions = records_on_topic::<BackorderDecisionEvent>(&app, topics::BACKORDER_DECISIONS, 1, Duration::from_secs(1)).await;
+    let decisions =
+        records_on_topic::<BackorderDecisionEvent>(&app, topics::BACKORDER_DECISIONS, 1, Duration::from_secs(1)).await;
     let BackorderDecisionEvent::Decision(decision) = &decisions[0];
     assert_eq!(decision.decision, DecisionKind::Switch);
     assert_eq!(decision.alternative_sku.as_deref(), Some("GOGGLES"));
     assert_eq!((decision.order_id.as_str(), decision.line_id.as_str()), ("o-1", "l1"));
     let sent = wait_for_emails(&app, &to, 3).await;
-    assert!(sent[2].body.contains("Item GOGGLES"), "decision confirmation: {:?}", subjects(&sent));
+    assert!(
+        sent[2].body.contains("Item GOGGLES"),
+        "decision confirmation: {:?}",
+        subjects(&sent)
+    );
     assert_eq!(campaign(&app, "o-1").await.unwrap().1, "decided");
 
     // Past every expiry and a nurture interval: nothing more about it.
-    backorder_core::clock::advance(&app.pool, chrono::Duration::days(30)).await.unwrap();
+    backorder_core::clock::advance(&app.pool, chrono::Duration::days(30))
+        .await
+        .unwrap();
     timer_loop_caught_up(&app, "offer-expiry").await;
     timer_loop_caught_up(&app, "nurture").await;
     wait_for_sender_idle(&app).await;
-    assert_eq!(app.emails_to(&to).await.len(), 3, "{:?}", subjects(&app.emails_to(&to).await));
+    assert_eq!(
+        app.emails_to(&to).await.len(),
+        3,
+        "{:?}",
+        subjects(&app.emails_to(&to).await)
+    );
 }
 
 /// The part of `link` after `key=`, up to the next `&`.
 fn param(link: &str, key: &str) -> String {
-    link.split(&format!("{key}=")).nth(1).unwrap_or_default().split('&').next().unwrap_or_default().to_string()
+    link.split(&format!("{key}="))
+        .nth(1)
+        .unwrap_or_default()
+        .split('&')
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +215,14 @@ async fn bad_links_and_second_answers_are_refused_and_a_double_click_decides_onc
 
     // Forged, another customer's token, an option not in the offer,
     // malformed, unknown: refused with the fitting status.
-    let offer_id = switch.split("/offers/").nth(1).unwrap().split('?').next().unwrap().to_string();
+    let offer_id = switch
+        .split("/offers/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
     let forged = switch.replace(&param(&switch, "token"), "AAAA");
     assert_eq!(get(forged).await, 403, "forged signature");
     let bobs_token = param(&bob_link, "token");
@@ -176,7 +244,11 @@ async fn bad_links_and_second_answers_are_refused_and_a_double_click_decides_onc
     let signer = LinkSigner::new(LOCAL_LINK_SECRET, &base).unwrap();
     let not_offered = signer.offer_url(&offer_id, "c-ada", &OfferOption::Switch("SUN-1".into()), expires);
     assert_eq!(get(not_offered).await, 400, "an option not in the offer");
-    assert_eq!(get(format!("{base}/offers/{offer_id}?option=expedite")).await, 400, "no token");
+    assert_eq!(
+        get(format!("{base}/offers/{offer_id}?option=expedite")).await,
+        400,
+        "no token"
+    );
     assert_eq!(get(format!("{base}/offers/nope?option=expedite&token=x")).await, 404);
     let hostile = format!("{base}/offers/{offer_id}?option=%3Cscript%3Ealert(1)%3C/script%3E&token=x");
     let page = http.get(hostile).send().await.unwrap().text().await.unwrap();
@@ -185,7 +257,11 @@ async fn bad_links_and_second_answers_are_refused_and_a_double_click_decides_onc
     // A double click, the two POSTs on two replicas of the service.
     let second = app.start_service("offers-consumer").await;
     let token = param(&switch, "token");
-    let form = [("linked", "switch:GOGGLES"), ("token", token.as_str()), ("option", "switch:GOGGLES")];
+    let form = [
+        ("linked", "switch:GOGGLES"),
+        ("token", token.as_str()),
+        ("option", "switch:GOGGLES"),
+    ];
     let post = |port: u16| {
         let http = http.clone();
         let url = format!("http://127.0.0.1:{port}/offers/{offer_id}");
@@ -199,7 +275,11 @@ async fn bad_links_and_second_answers_are_refused_and_a_double_click_decides_onc
 
     // A second answer: on the page 409; published by another producer, it
     // is dead-lettered with the reason, counted, and changes nothing.
-    let other = [("linked", "switch:GOGGLES"), ("token", token.as_str()), ("option", "expedite")];
+    let other = [
+        ("linked", "switch:GOGGLES"),
+        ("token", token.as_str()),
+        ("option", "expedite"),
+    ];
     let status = http
         .post(format!("{base}/offers/{offer_id}"))
         .form(&other)
@@ -219,29 +299,61 @@ async fn bad_links_and_second_answers_are_refused_and_a_double_click_decides_onc
     };
     let now = clock_now(&app).await;
     let expedite = signer.offer_token(&offer_id, "c-ada", &OfferOption::KeepWaitingExpedited, expires);
-    app.publish(OFFER_RESPONSES, &response(&offer_id, expedite, OfferChoice::KeepWaitingExpedited, now)).await;
-    let bob_offer = bob_link.split("/offers/").nth(1).unwrap().split('?').next().unwrap().to_string();
-    app.publish(OFFER_RESPONSES, &response(&bob_offer, "forged".into(), OfferChoice::Cancel, now)).await;
+    app.publish(
+        OFFER_RESPONSES,
+        &response(&offer_id, expedite, OfferChoice::KeepWaitingExpedited, now),
+    )
+    .await;
+    let bob_offer = bob_link
+        .split("/offers/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    app.publish(
+        OFFER_RESPONSES,
+        &response(&bob_offer, "forged".into(), OfferChoice::Cancel, now),
+    )
+    .await;
     let late = now + chrono::Duration::hours(80);
-    app.publish(OFFER_RESPONSES, &response(&bob_offer, bobs_token.clone(), OfferChoice::KeepWaitingExpedited, late)).await;
+    app.publish(
+        OFFER_RESPONSES,
+        &response(&bob_offer, bobs_token.clone(), OfferChoice::KeepWaitingExpedited, late),
+    )
+    .await;
     let letters = app.dead_letters(OFFER_RESPONSES, 3).await;
     let reasons: Vec<String> = letters.iter().map(|(_, h)| h["dlq.reason"].clone()).collect();
     for needle in ["already answered", "signature", "expired"] {
         assert!(reasons.iter().any(|r| r.contains(needle)), "{needle} in {reasons:?}");
     }
     wait_until("the rejections to be counted", PATIENCE, || async {
-        let total = metric_sum(&pipeline.offers.metrics().await, "backorder_offer_responses_rejected_total", "")
-            + metric_sum(&second.metrics().await, "backorder_offer_responses_rejected_total", "");
+        let total = metric_sum(
+            &pipeline.offers.metrics().await,
+            "backorder_offer_responses_rejected_total",
+            "",
+        ) + metric_sum(&second.metrics().await, "backorder_offer_responses_rejected_total", "");
         (total >= 3.0).then_some(())
     })
     .await;
-    assert_eq!(count(&app, "SELECT count(*) FROM decisions").await, 1, "no state change");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM decisions").await,
+        1,
+        "no state change"
+    );
     wait_for_sender_idle(&app).await;
     assert_eq!(app.emails_to(&people[0]).await.len(), 3, "one decision confirmation");
-    assert_eq!(app.emails_to(&people[1]).await.len(), 2, "nothing for refused responses");
+    assert_eq!(
+        app.emails_to(&people[1]).await.len(),
+        2,
+        "nothing for refused responses"
+    );
 
     // Bob's offer expires: his link answers 410.
-    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(73)).await.unwrap();
+    backorder_core::clock::advance(&app.pool, chrono::Duration::hours(73))
+        .await
+        .unwrap();
     wait_until("bob's offer to expire", PATIENCE, || async {
         (get(bob_link.clone()).await == 410).then_some(())
     })

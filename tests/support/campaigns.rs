@@ -10,7 +10,14 @@ use crate::TestApp;
 use crate::scenario::clock_now;
 
 /// A catalog entry of `need`, available in `seasons` (empty: all year).
-pub fn catalog(sku: &str, need: &str, seasons: &[Season], price_minor: i64, available: i32, currency: &str) -> ProductUpserted {
+pub fn catalog(
+    sku: &str,
+    need: &str,
+    seasons: &[Season],
+    price_minor: i64,
+    available: i32,
+    currency: &str,
+) -> ProductUpserted {
     ProductUpserted {
         event_id: uuid::Uuid::new_v4().to_string(),
         occurred_at: Utc::now(),

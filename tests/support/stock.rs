@@ -155,7 +155,12 @@ pub async fn delays_on_topic(app: &TestApp, expected: usize, settle: Duration) -
 
 /// Every record on this test's `base_topic`, decoded: waits for
 /// `expected`, then reads on for `settle` to catch extras.
-pub async fn records_on_topic<E: TopicEvent>(app: &TestApp, base_topic: &str, expected: usize, settle: Duration) -> Vec<E> {
+pub async fn records_on_topic<E: TopicEvent>(
+    app: &TestApp,
+    base_topic: &str,
+    expected: usize,
+    settle: Duration,
+) -> Vec<E> {
     let topic = app.topics.name(base_topic);
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &app.settings.kafka_bootstrap_servers)

@@ -61,7 +61,11 @@ pub async fn end_for_lines<C: GenericClient>(
     reason: EndReason,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, DbError> {
-    let state = if reason == EndReason::Decided { "decided" } else { "ended" };
+    let state = if reason == EndReason::Decided {
+        "decided"
+    } else {
+        "ended"
+    };
     let rows = client
         .query(
             "UPDATE campaigns c SET state = $3, end_reason = $4, ended_at = $5
@@ -98,12 +102,18 @@ pub async fn end_for_lines<C: GenericClient>(
     for _ in &ended {
         metrics::counter!("backorder_campaign_exits_total", "reason" => reason.as_str()).increment(1);
     }
-    tracing::info!(order_id, reason = reason.as_str(), campaigns = ended.len(), "campaign ended");
+    tracing::info!(
+        order_id,
+        reason = reason.as_str(),
+        campaigns = ended.len(),
+        "campaign ended"
+    );
     Ok(ended)
 }
 
 /// Whether a line is in a campaign that is open or was decided: nurture
 /// leaves such lines alone (no hollow update while an offer is open, nothing
 /// after the customer chose).
-pub const LINE_IN_ACTIVE_CAMPAIGN_SQL: &str = "EXISTS (SELECT 1 FROM campaign_lines cl JOIN campaigns c ON c.campaign_id = cl.campaign_id
+pub const LINE_IN_ACTIVE_CAMPAIGN_SQL: &str =
+    "EXISTS (SELECT 1 FROM campaign_lines cl JOIN campaigns c ON c.campaign_id = cl.campaign_id
           WHERE cl.order_id = l.order_id AND cl.line_id = l.line_id AND c.state IN ('open', 'decided'))";

@@ -14,8 +14,8 @@
 //! Business decisions live in the service crates: `orders-consumer`
 //! decides lifecycle emails, `sender` renders and delivers them.
 
-pub mod campaigns;
 pub mod backlog;
+pub mod campaigns;
 pub mod clock;
 pub mod codec;
 pub mod config;

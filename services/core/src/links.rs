@@ -109,7 +109,9 @@ pub struct LinkSigner {
 
 impl std::fmt::Debug for LinkSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkSigner").field("base_url", &self.base_url).finish_non_exhaustive()
+        f.debug_struct("LinkSigner")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,8 +150,12 @@ impl LinkSigner {
     }
 
     fn verify(&self, message: &str, token: &str) -> Result<(), LinkError> {
-        let raw = URL_SAFE_NO_PAD.decode(token.as_bytes()).map_err(|_| LinkError::BadSignature)?;
-        self.mac(message).verify_slice(&raw).map_err(|_| LinkError::BadSignature)
+        let raw = URL_SAFE_NO_PAD
+            .decode(token.as_bytes())
+            .map_err(|_| LinkError::BadSignature)?;
+        self.mac(message)
+            .verify_slice(&raw)
+            .map_err(|_| LinkError::BadSignature)
     }
 
     /// The token of one offer option for the customer it was sent to.
@@ -176,7 +182,13 @@ impl LinkSigner {
     }
 
     /// The link that opens the offer page with `option` pre-selected.
-    pub fn offer_url(&self, offer_id: &str, customer_id: &str, option: &OfferOption, expires_at: DateTime<Utc>) -> String {
+    pub fn offer_url(
+        &self,
+        offer_id: &str,
+        customer_id: &str,
+        option: &OfferOption,
+        expires_at: DateTime<Utc>,
+    ) -> String {
         let token = self.offer_token(offer_id, customer_id, option, expires_at);
         format!(
             "{}/offers/{}?option={}&token={token}",
@@ -192,7 +204,13 @@ impl LinkSigner {
         URL_SAFE_NO_PAD.encode(self.mac(&message).finalize().into_bytes())
     }
 
-    pub fn verify_cancel_token(&self, token: &str, order_id: &str, line_id: &str, customer_id: &str) -> Result<(), LinkError> {
+    pub fn verify_cancel_token(
+        &self,
+        token: &str,
+        order_id: &str,
+        line_id: &str,
+        customer_id: &str,
+    ) -> Result<(), LinkError> {
         self.verify(&Self::cancel_message(order_id, line_id, customer_id), token)
     }
 
@@ -221,7 +239,9 @@ mod tests {
     }
 
     fn expiry() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-12-04T10:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-12-04T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -235,7 +255,9 @@ mod tests {
             s.verify_offer_token(&token, "of-1", "c-2", &option, expiry()),
             s.verify_offer_token(&token, "of-1", "c-1", &OfferOption::Cancel, expiry()),
             s.verify_offer_token(&token, "of-1", "c-1", &option, expiry() + chrono::Duration::hours(1)),
-            LinkSigner::new("other", "https://x").unwrap().verify_offer_token(&token, "of-1", "c-1", &option, expiry()),
+            LinkSigner::new("other", "https://x")
+                .unwrap()
+                .verify_offer_token(&token, "of-1", "c-1", &option, expiry()),
             s.verify_offer_token("not base64 !", "of-1", "c-1", &option, expiry()),
             s.verify_offer_token("", "of-1", "c-1", &option, expiry()),
         ];
@@ -248,9 +270,15 @@ mod tests {
     fn urls_are_escaped_and_under_the_base() {
         let s = signer();
         let url = s.offer_url("of 1", "c-1", &OfferOption::Switch("a&b".into()), expiry());
-        assert!(url.starts_with("https://shop.example/offers/of+1?option=switch%3Aa%26b&token="), "{url}");
+        assert!(
+            url.starts_with("https://shop.example/offers/of+1?option=switch%3Aa%26b&token="),
+            "{url}"
+        );
         let cancel = s.cancel_url("o-1", "l/1", "c-1");
-        assert!(cancel.starts_with("https://shop.example/cancel?order=o-1&line=l%2F1&token="), "{cancel}");
+        assert!(
+            cancel.starts_with("https://shop.example/cancel?order=o-1&line=l%2F1&token="),
+            "{cancel}"
+        );
         let token = cancel.rsplit("token=").next().unwrap();
         assert!(s.verify_cancel_token(token, "o-1", "l/1", "c-1").is_ok());
         assert!(s.verify_cancel_token(token, "o-1", "l/2", "c-1").is_err());

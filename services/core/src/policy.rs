@@ -179,7 +179,9 @@ impl Policy {
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
         // figment skips a missing file silently; a named file must exist.
         if !path.is_file() {
-            return Err(PolicyError::Missing { path: path.to_path_buf() });
+            return Err(PolicyError::Missing {
+                path: path.to_path_buf(),
+            });
         }
         let shown = path.display().to_string();
         let policy: Policy = Figment::from(Serialized::defaults(Policy::default()))
@@ -206,8 +208,18 @@ impl Policy {
         check_i(path, "nurture.enrol_beyond_days", n.enrol_beyond_days, 1..=365)?;
         check_i(path, "nurture.stop_within_days", n.stop_within_days, 0..=60)?;
         check_i(path, "nurture.quiet_days", n.quiet_days, 0..=30)?;
-        check_i(path, "after_delivery.followup_after_days", a.followup_after_days, 0..=60)?;
-        check_i(path, "after_delivery.win_back_after_days", a.win_back_after_days, 1..=365)?;
+        check_i(
+            path,
+            "after_delivery.followup_after_days",
+            a.followup_after_days,
+            0..=60,
+        )?;
+        check_i(
+            path,
+            "after_delivery.win_back_after_days",
+            a.win_back_after_days,
+            1..=365,
+        )?;
         check_i(
             path,
             "after_delivery.win_back_per_customer_days",
@@ -215,11 +227,21 @@ impl Policy {
             0..=3650,
         )?;
         check_f(path, "campaigns.price_band_percent", c.price_band_percent, 0.0..=100.0)?;
-        check_f(path, "campaigns.credit_share_percent", c.credit_share_percent, 0.0..=100.0)?;
+        check_f(
+            path,
+            "campaigns.credit_share_percent",
+            c.credit_share_percent,
+            0.0..=100.0,
+        )?;
         check_f(path, "campaigns.credit_minimum", c.credit_minimum, 0.0..=100_000.0)?;
         check_i(path, "campaigns.offer_expiry_hours", c.offer_expiry_hours, 1..=720)?;
         check_i(path, "campaigns.max_offers", i64::from(c.max_offers), 1..=10)?;
-        check_i(path, "campaigns.max_alternatives", i64::from(c.max_alternatives), 1..=10)?;
+        check_i(
+            path,
+            "campaigns.max_alternatives",
+            i64::from(c.max_alternatives),
+            1..=10,
+        )?;
         Ok(())
     }
 }
@@ -279,7 +301,9 @@ mod tests {
         let err = load("[nurture]\ninterval_days = 20\n").unwrap_err().to_string();
         assert!(err.contains("nurture.interval_days = 20"), "{err}");
         assert!(err.contains("10 to 14"), "{err}");
-        let err = load("[campaigns]\ncredit_share_percent = -5.0\n").unwrap_err().to_string();
+        let err = load("[campaigns]\ncredit_share_percent = -5.0\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("campaigns.credit_share_percent"), "{err}");
     }
 

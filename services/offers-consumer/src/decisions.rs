@@ -125,7 +125,13 @@ impl Offer {
     /// the option belongs to the offer, and that the offer is still open
     /// at `at`. Signature first: nothing about the offer is revealed to a
     /// forged link.
-    pub fn check(&self, signer: &LinkSigner, option: &OfferOption, token: &str, at: DateTime<Utc>) -> Result<(), Rejection> {
+    pub fn check(
+        &self,
+        signer: &LinkSigner,
+        option: &OfferOption,
+        token: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), Rejection> {
         signer
             .verify_offer_token(token, &self.offer_id, &self.customer_id, option, self.expires_at)
             .map_err(|_| Rejection::Forged)?;
@@ -155,7 +161,11 @@ impl Offer {
 
 /// Loads `offer_id` (None: no such offer). `lock` takes the campaign row
 /// lock every decider of the campaign takes (segmentation's timers too).
-pub async fn load_offer<C: GenericClient>(client: &C, offer_id: &str, lock: bool) -> Result<Option<Offer>, OffersError> {
+pub async fn load_offer<C: GenericClient>(
+    client: &C,
+    offer_id: &str,
+    lock: bool,
+) -> Result<Option<Offer>, OffersError> {
     let sql = format!(
         "SELECT o.offer_id, c.order_id, o.customer_id, cu.name, cu.email, cu.locale, cu.country, o.state, c.state,
                 o.sent_at, o.expires_at, o.credit_minor, o.currency, o.alternatives, c.campaign_id
@@ -169,10 +179,11 @@ pub async fn load_offer<C: GenericClient>(client: &C, offer_id: &str, lock: bool
         return Ok(None);
     };
     let alternatives: serde_json::Value = row.try_get(13)?;
-    let alternatives: Vec<Alternative> = serde_json::from_value(alternatives).map_err(|e| OffersError::BadDecision {
-        decision_id: offer_id.to_string(),
-        reason: e.to_string(),
-    })?;
+    let alternatives: Vec<Alternative> =
+        serde_json::from_value(alternatives).map_err(|e| OffersError::BadDecision {
+            decision_id: offer_id.to_string(),
+            reason: e.to_string(),
+        })?;
     let campaign_id: String = row.try_get(14)?;
     let lines = client
         .query(

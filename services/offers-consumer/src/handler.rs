@@ -95,7 +95,12 @@ impl ResponsesHandler {
         Ok(records)
     }
 
-    async fn count_rejection(&self, event_id: &str, rejection: &Rejection, now: DateTime<Utc>) -> Result<(), OffersError> {
+    async fn count_rejection(
+        &self,
+        event_id: &str,
+        rejection: &Rejection,
+        now: DateTime<Utc>,
+    ) -> Result<(), OffersError> {
         let client = self.pool.get().await?;
         let inserted = client
             .execute(
@@ -166,8 +171,16 @@ impl ResponsesHandler {
         // other choice concerns all lines still waiting.
         let lines: Vec<&decisions::Line> = match &option {
             OfferOption::Switch(sku) => {
-                let replaced = offer.alternatives.iter().find(|a| &a.sku == sku).map(|a| a.line_id.as_str());
-                offer.open_lines().into_iter().filter(|l| Some(l.line_id.as_str()) == replaced).collect()
+                let replaced = offer
+                    .alternatives
+                    .iter()
+                    .find(|a| &a.sku == sku)
+                    .map(|a| a.line_id.as_str());
+                offer
+                    .open_lines()
+                    .into_iter()
+                    .filter(|l| Some(l.line_id.as_str()) == replaced)
+                    .collect()
             }
             _ => offer.open_lines(),
         };
@@ -179,7 +192,11 @@ impl ResponsesHandler {
         let decided: Vec<BackorderDecision> = line_ids
             .iter()
             .map(|line_id| BackorderDecision {
-                event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{decision_id}:{line_id}").as_bytes()).to_string(),
+                event_id: uuid::Uuid::new_v5(
+                    &uuid::Uuid::NAMESPACE_OID,
+                    format!("{decision_id}:{line_id}").as_bytes(),
+                )
+                .to_string(),
                 occurred_at: response.occurred_at,
                 order_id: offer.order_id.clone(),
                 line_id: line_id.clone(),
@@ -224,8 +241,21 @@ impl ResponsesHandler {
             now,
         )
         .await?;
-        self.record(tx, &decision_id, &response.event_id, &offer.order_id, Some(&offer.offer_id), &line_ids, kind, &option, credit, &offer.currency, now, &outputs)
-            .await?;
+        self.record(
+            tx,
+            &decision_id,
+            &response.event_id,
+            &offer.order_id,
+            Some(&offer.offer_id),
+            &line_ids,
+            kind,
+            &option,
+            credit,
+            &offer.currency,
+            now,
+            &outputs,
+        )
+        .await?;
         metrics::counter!("backorder_offer_decisions_total", "kind" => kind_str(kind)).increment(1);
         metrics::histogram!("backorder_offer_decision_seconds")
             .record((response.occurred_at - offer.sent_at).num_milliseconds().max(0) as f64 / 1000.0);
@@ -283,8 +313,21 @@ impl ResponsesHandler {
             }],
         };
         decisions::close_for_decision(tx, &target.order_id, None, &line_ids, true, now).await?;
-        self.record(tx, &decision_id, &request.event_id, &target.order_id, None, &line_ids, DecisionKind::Cancel, &OfferOption::Cancel, None, &target.currency, now, &outputs)
-            .await?;
+        self.record(
+            tx,
+            &decision_id,
+            &request.event_id,
+            &target.order_id,
+            None,
+            &line_ids,
+            DecisionKind::Cancel,
+            &OfferOption::Cancel,
+            None,
+            &target.currency,
+            now,
+            &outputs,
+        )
+        .await?;
         metrics::counter!("backorder_offer_decisions_total", "kind" => "CANCEL").increment(1);
         tracing::info!(order_id = %target.order_id, "line cancellation recorded");
         Ok(Some(outputs))

@@ -222,8 +222,10 @@ impl PageState {
                     .replace("{product}", &alt.product_name)
                     .replace("{price}", &format::money(language, alt.price_minor, &offer.currency))
             }
-            OfferOption::TakeStoreCredit => text(&view.t, "option_credit")
-                .replace("{amount}", &format::money(language, offer.credit_minor, &offer.currency)),
+            OfferOption::TakeStoreCredit => text(&view.t, "option_credit").replace(
+                "{amount}",
+                &format::money(language, offer.credit_minor, &offer.currency),
+            ),
             OfferOption::KeepWaitingExpedited => text(&view.t, "option_expedite"),
             OfferOption::Cancel => text(&view.t, "option_cancel"),
         }
@@ -340,7 +342,9 @@ pub async fn offer_confirm(
         Err(e) => return state.unavailable(&fallback, &e),
     };
     let language = language_of(&offer.locale);
-    let chosen = match required(chosen, "option").and_then(|o| OfferOption::parse(&o).map_err(|e| Rejection::Malformed(e.to_string()))) {
+    let chosen = match required(chosen, "option")
+        .and_then(|o| OfferOption::parse(&o).map_err(|e| Rejection::Malformed(e.to_string())))
+    {
         Ok(o) => o,
         Err(r) => return state.refuse(&language, &r, "offer"),
     };
@@ -399,9 +403,8 @@ async fn checked_cancel(
     state: &PageState,
     params: CancelParams,
 ) -> Result<Result<decisions::CancelTarget, (String, Rejection)>, crate::error::OffersError> {
-    let parsed = required(params.order, "order").and_then(|o| {
-        required(params.line, "line").and_then(|l| required(params.token, "token").map(|t| (o, l, t)))
-    });
+    let parsed = required(params.order, "order")
+        .and_then(|o| required(params.line, "line").and_then(|l| required(params.token, "token").map(|t| (o, l, t))));
     let (order_id, line_id, token) = match parsed {
         Ok(p) => p,
         Err(r) => return Ok(Err(("en".into(), r))),
@@ -417,7 +420,11 @@ async fn checked_cancel(
     }
 }
 
-pub async fn cancel_page(State(state): State<PageState>, headers: HeaderMap, Query(params): Query<CancelParams>) -> Response {
+pub async fn cancel_page(
+    State(state): State<PageState>,
+    headers: HeaderMap,
+    Query(params): Query<CancelParams>,
+) -> Response {
     let fallback = accepted_language(&headers);
     let token = params.token.clone().unwrap_or_default();
     let target = match checked_cancel(&state, params).await {
@@ -441,7 +448,11 @@ pub async fn cancel_page(State(state): State<PageState>, headers: HeaderMap, Que
     state.render(StatusCode::OK, &view)
 }
 
-pub async fn cancel_confirm(State(state): State<PageState>, headers: HeaderMap, Form(params): Form<CancelParams>) -> Response {
+pub async fn cancel_confirm(
+    State(state): State<PageState>,
+    headers: HeaderMap,
+    Form(params): Form<CancelParams>,
+) -> Response {
     let fallback = accepted_language(&headers);
     let now = match state.clock.now().await {
         Ok(now) => now,

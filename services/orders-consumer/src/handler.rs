@@ -6,8 +6,8 @@ use backorder_core::codec::Codec;
 use backorder_core::deadpool_postgres::Pool;
 use backorder_core::email_decisions;
 use backorder_core::events::orders::{Availability, OrderEvent};
-use backorder_core::links::LinkSigner;
 use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, topics};
+use backorder_core::links::LinkSigner;
 use backorder_core::service::Service;
 use backorder_core::timers;
 

@@ -29,7 +29,10 @@ pub async fn start(service: &Service) -> Result<(), StartError> {
     let policy = nurture::NurturePolicy::from_policy(&service.policy.nurture);
     let signer = service.settings.link_signer().map_err(ServiceError::from)?;
     service.serve_http(axum::Router::new()).await?;
-    service.consume(topics::ORDERS, handler::OrdersHandler::new(service, policy, signer.clone()));
+    service.consume(
+        topics::ORDERS,
+        handler::OrdersHandler::new(service, policy, signer.clone()),
+    );
     service.run_timers(nurture::NurtureTimers::new(service, policy, signer));
     Ok(())
 }

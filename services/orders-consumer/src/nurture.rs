@@ -22,8 +22,8 @@ use backorder_core::codec::Codec;
 use backorder_core::domain::DedupKey;
 use backorder_core::email_decisions;
 use backorder_core::events::internal::{EmailCategory, EmailRequested, Recipient};
-use backorder_core::links::LinkSigner;
 use backorder_core::kafka::{HandlerError, OutboundRecord, topics};
+use backorder_core::links::LinkSigner;
 use backorder_core::service::Service;
 use backorder_core::timers::{self, Timer, TimerHandler};
 use backorder_core::tokio_postgres::Transaction;
@@ -364,7 +364,6 @@ mod tests {
         assert!(!p.arriving(day(0), Some(day(8))));
         assert!(!p.arriving(day(0), None));
     }
-
 
     #[test]
     fn product_kinds_come_from_the_category() {

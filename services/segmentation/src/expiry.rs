@@ -79,7 +79,12 @@ impl OfferExpiryTimers {
         }
         if seq >= self.policy.max_offers {
             campaigns::end_for_lines(tx, &order_id, None, EndReason::Expired, now).await?;
-            tracing::info!(order_id, campaign_id, seq, "campaign series exhausted without an answer");
+            tracing::info!(
+                order_id,
+                campaign_id,
+                seq,
+                "campaign series exhausted without an answer"
+            );
             return Ok(None);
         }
         let email = offers::send_offer(tx, &campaign_id, seq + 1, now, &self.policy, &self.signer).await?;

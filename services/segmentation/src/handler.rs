@@ -75,7 +75,10 @@ impl DelaysHandler {
         now: DateTime<Utc>,
     ) -> Result<Option<EmailRequested>, SegmentationError> {
         if let Some(row) = tx
-            .query_opt("SELECT offer_id FROM campaign_slips WHERE event_id = $1", &[&delay.event_id])
+            .query_opt(
+                "SELECT offer_id FROM campaign_slips WHERE event_id = $1",
+                &[&delay.event_id],
+            )
             .await?
         {
             let offer_id: Option<String> = row.try_get(0)?;
@@ -267,7 +270,11 @@ async fn insert_lines(
 
 /// A new slip of an open campaign's order: the next offer email states
 /// the latest window and reason.
-async fn update_window(tx: &Transaction<'_>, campaign_id: &str, delay: &BackorderDelayed) -> Result<(), SegmentationError> {
+async fn update_window(
+    tx: &Transaction<'_>,
+    campaign_id: &str,
+    delay: &BackorderDelayed,
+) -> Result<(), SegmentationError> {
     tx.execute(
         "UPDATE campaigns SET window_from = $2, window_to = $3, reason_code = $4, reason = $5, remedy = $6,
                               reason_locale = $7

@@ -23,9 +23,12 @@ pub const TEMPLATE: &str = "delay_offer";
 /// The id of offer `seq` of `campaign_id`: opaque in links (no order id in
 /// a URL a customer may forward), the same on every replay.
 pub fn offer_id(campaign_id: &str, seq: i32) -> String {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("offer:{campaign_id}:{seq}").as_bytes())
-        .simple()
-        .to_string()
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("offer:{campaign_id}:{seq}").as_bytes(),
+    )
+    .simple()
+    .to_string()
 }
 
 /// What the offer email shows of one delayed line.

@@ -106,7 +106,7 @@ pub async fn alternatives(
         }
     }
     // Best first across lines, then at most the policy's number.
-    found.sort_by(|a, b| b.co_purchases.cmp(&a.co_purchases));
+    found.sort_by_key(|a| std::cmp::Reverse(a.co_purchases));
     found.truncate(policy.max_alternatives.max(0) as usize);
     Ok(found)
 }
@@ -118,7 +118,8 @@ pub fn store_credit(lines: &[DelayedLine], currency: &str, policy: &CampaignPoli
         .iter()
         .map(|l| l.unit_price_minor.saturating_mul(i64::from(l.quantity)))
         .sum();
-    currency::share_of(value, policy.credit_share_percent).max(currency::major_to_minor(policy.credit_minimum, currency))
+    currency::share_of(value, policy.credit_share_percent)
+        .max(currency::major_to_minor(policy.credit_minimum, currency))
 }
 
 #[cfg(test)]

@@ -49,7 +49,13 @@ fn delay(locale: &str, window: Option<(NaiveDate, NaiveDate)>, code: Option<&str
         items: &items,
         window_from: emails::iso(window.map(|w| w.0)),
         window_to: emails::iso(window.map(|w| w.1)),
-        reason: ReasonForCustomer::new(code, "A storm closed the port", "We booked the first ship out", "en", locale),
+        reason: ReasonForCustomer::new(
+            code,
+            "A storm closed the port",
+            "We booked the first ship out",
+            "en",
+            locale,
+        ),
     };
     emails::delay_notice("LAMP", 3, &customer(locale), &data, Utc::now())
 }

@@ -46,7 +46,13 @@ mod tests {
 
     #[test]
     fn a_coded_reason_hides_free_text_in_another_language() {
-        let r = ReasonForCustomer::new(Some("CUSTOMS_HOLD"), "Held at customs", "We filed papers", "en", "de-DE");
+        let r = ReasonForCustomer::new(
+            Some("CUSTOMS_HOLD"),
+            "Held at customs",
+            "We filed papers",
+            "en",
+            "de-DE",
+        );
         assert_eq!(r.code.as_deref(), Some("CUSTOMS_HOLD"));
         assert_eq!(r.text, None);
         assert_eq!(r.remedy, None);
@@ -54,7 +60,13 @@ mod tests {
 
     #[test]
     fn a_customer_of_the_texts_language_sees_them() {
-        let r = ReasonForCustomer::new(Some("CUSTOMS_HOLD"), "Held at customs", "We filed papers", "en", "en-GB");
+        let r = ReasonForCustomer::new(
+            Some("CUSTOMS_HOLD"),
+            "Held at customs",
+            "We filed papers",
+            "en",
+            "en-GB",
+        );
         assert_eq!(r.text.as_deref(), Some("Held at customs"));
         assert!(!r.foreign);
     }

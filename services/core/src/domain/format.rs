@@ -156,7 +156,10 @@ mod tests {
         use chrono::TimeZone;
         let at = chrono::Utc.with_ymd_and_hms(2026, 12, 4, 9, 0, 0).unwrap();
         let berlin = at.with_timezone(&chrono_tz::Europe::Berlin);
-        assert_eq!(long_datetime("de", berlin), "4. Dezember 2026, 10:00 Uhr (Europe/Berlin)");
+        assert_eq!(
+            long_datetime("de", berlin),
+            "4. Dezember 2026, 10:00 Uhr (Europe/Berlin)"
+        );
         let seoul = at.with_timezone(&chrono_tz::Asia::Seoul);
         assert_eq!(long_datetime("ko", seoul), "2026년 12월 4일 18:00 (Asia/Seoul)");
     }

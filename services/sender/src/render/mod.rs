@@ -212,7 +212,10 @@ mod tests {
             assert!(part.contains("not known yet"), "{part}");
             assert!(part.contains("support@shop.example"), "{part}");
             assert!(part.contains("€45.99"), "{part}");
-            assert!(part.contains("line=3"), "a one-click cancel link per backordered line: {part}");
+            assert!(
+                part.contains("line=3"),
+                "a one-click cancel link per backordered line: {part}"
+            );
         }
     }
 
