@@ -356,6 +356,10 @@ async fn store_credit_offers_repeat_every_72_hours_at_most_three_times_and_stop_
 
     // Replaying backorder-delays.v1 from the beginning (a new consumer
     // group) sends nothing new.
+    // Once the series ended, the nurture cadence of the still-waiting lines
+    // resumes (day 12): let it settle before counting.
+    timer_loop_caught_up(&app, "nurture").await;
+    wait_for_sender_idle(&app).await;
     let before = count(&app, "SELECT count(*) FROM email_ledger").await;
     let policy = app.write_policy("replay", "[delays]\ndebounce_seconds = 0.3\n");
     let replayer = app

@@ -540,17 +540,20 @@ mod templates {
         "win_back",
     ];
 
+    /// A signed one-click cancel link as the deciders build it.
+    const CANCEL_URL: &str = "https://shop.example/cancel?order=o-1&line=l1&token=T0K3N";
+
     fn data(template: &str) -> Value {
         match template {
             "order_confirmation" => json!({
                 "order_id": "o-1", "currency": "EUR", "total_minor": 123450, "has_backorder": true,
                 "lines": [
                     {"product_name": EVIL, "quantity": 1, "unit_price_minor": 100000, "backordered": true,
-                     "window_from": "2026-12-15", "window_to": "2026-12-22"},
+                     "window_from": "2026-12-15", "window_to": "2026-12-22", "cancel_url": CANCEL_URL},
                     {"product_name": "Mug", "quantity": 2, "unit_price_minor": 11725, "backordered": false,
-                     "window_from": null, "window_to": null},
+                     "window_from": null, "window_to": null, "cancel_url": null},
                     {"product_name": "Chair", "quantity": 1, "unit_price_minor": 0, "backordered": true,
-                     "window_from": null, "window_to": null}
+                     "window_from": null, "window_to": null, "cancel_url": CANCEL_URL}
                 ]
             }),
             "shipped" => json!({
@@ -571,9 +574,9 @@ mod templates {
                 "order_id": "o-1",
                 "lines": [
                     {"line_id": "l1", "product_name": EVIL, "quantity": 1, "kind": "home",
-                     "window_from": "2026-12-15", "window_to": "2026-12-22"},
+                     "window_from": "2026-12-15", "window_to": "2026-12-22", "cancel_url": CANCEL_URL},
                     {"line_id": "l2", "product_name": "Grinder", "quantity": 1, "kind": "kitchen",
-                     "window_from": null, "window_to": null}
+                     "window_from": null, "window_to": null, "cancel_url": CANCEL_URL}
                 ]
             }),
             "win_back" => json!({
@@ -829,9 +832,10 @@ async fn a_delay_notice_from_the_stock_consumer_on_day_23_suppresses_the_day_24_
     wait_for_emails(&app, &to, 2).await;
     assert_eq!(nurtures(&app, &to).await, 1);
 
-    // Day 23: the supplier slips by ten days; the customer gets a delay notice.
+    // Day 23: the supplier slips by six days (a small slip); the customer
+    // gets a delay notice.
     advance_days(&app, 11).await;
-    app.publish(STOCK, &eta_changed(&app, "KILN-7", 47, 54).await).await;
+    app.publish(STOCK, &eta_changed(&app, "KILN-7", 45, 50).await).await;
     let sent = wait_for_emails(&app, &to, 3).await;
     assert_eq!(decisions(&app, "delay_notice").await, 1, "{:?}", subjects(&sent));
 
@@ -844,7 +848,7 @@ async fn a_delay_notice_from_the_stock_consumer_on_day_23_suppresses_the_day_24_
     // Day 36: the cadence goes on, with the new window.
     advance_days(&app, 12).await;
     let sent = wait_for_emails(&app, &to, 4).await;
-    let new_to = day(&app, 54 - 13).await;
+    let new_to = day(&app, 50 - 13).await;
     assert!(
         sent[3].body.contains(&new_to.format("%-d %b %Y").to_string()),
         "the nurture shows the current window: {}",
@@ -912,4 +916,43 @@ async fn the_nurture_interval_is_configurable_within_10_to_14_days() {
     let log = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("nurture.interval_days = 20"), "{log}");
     assert!(log.contains("10 to 14"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_one_shipments_follow_up_leaves_a_shipment_with_a_longer_id_alone() {
+    let app = TestApp::spawn().await;
+    let mut client = app.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    for shipment in ["s-1", "s-10"] {
+        backorder_core::timers::schedule(
+            &*tx,
+            &backorder_core::timers::Timer {
+                key: backorder_core::timer_keys::followup("o-1", shipment),
+                kind: backorder_core::timer_keys::DELIVERED_FOLLOWUP.to_string(),
+                due_at: chrono::Utc::now() + chrono::Duration::days(3),
+                payload: serde_json::json!({ "order_id": "o-1", "shipment_id": shipment }),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // A whole key given where a scope is expected is cancelled exactly.
+    let cancelled = backorder_core::timers::cancel_prefix(&*tx, &backorder_core::timer_keys::followup("o-1", "s-1"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(cancelled, 1);
+    assert_eq!(
+        timer_state(&app, &backorder_core::timer_keys::followup("o-1", "s-1"))
+            .await
+            .as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(
+        timer_state(&app, &backorder_core::timer_keys::followup("o-1", "s-10"))
+            .await
+            .as_deref(),
+        Some("pending"),
+        "s-10's follow-up is not s-1's"
+    );
 }

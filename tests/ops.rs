@@ -473,12 +473,26 @@ fn kubernetes_manifests_render_validate_and_match_the_binaries() {
             "{overlay}: KafkaTopics vs services/core/src/kafka/topics.rs"
         );
 
-        // Only the sender is public, over TLS.
+        // Only the sender's SNS and unsubscribe endpoints and the offers
+        // service's pages are public, over TLS.
         for ingress in of_kind(objects, "Ingress") {
             assert!(ingress["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty()));
             for rule in ingress["spec"]["rules"].as_array().unwrap() {
                 for path in rule["http"]["paths"].as_array().unwrap() {
-                    assert_eq!(path["backend"]["service"]["name"], "sender", "{overlay}: {path}");
+                    let route = (
+                        path["path"].as_str().unwrap_or_default(),
+                        path["backend"]["service"]["name"].as_str().unwrap_or_default(),
+                    );
+                    assert!(
+                        [
+                            ("/sns", "sender"),
+                            ("/unsubscribe", "sender"),
+                            ("/offers/", "offers-consumer"),
+                            ("/cancel", "offers-consumer"),
+                        ]
+                        .contains(&route),
+                        "{overlay}: {path}"
+                    );
                 }
             }
         }

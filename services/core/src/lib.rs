@@ -27,9 +27,11 @@ pub mod http;
 pub mod kafka;
 pub mod lifecycle;
 pub mod links;
+pub mod order_lines;
 pub mod policy;
 pub mod service;
 pub mod telemetry;
+pub mod timer_keys;
 pub mod timers;
 
 pub use deadpool_postgres;

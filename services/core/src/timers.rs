@@ -5,7 +5,8 @@
 //!
 //! - A timer has a deterministic key, so scheduling is idempotent
 //!   (`schedule`), and can be moved (`reschedule`) or cancelled by key
-//!   prefix (`cancel_prefix`, e.g. everything about one order line).
+//!   exactly (`cancel`) or by scope (`cancel_prefix`, a prefix ending at a
+//!   `:` separator, e.g. every nurture step of one order).
 //! - "Due" is measured on the injectable [`Clock`], so tests and the demo
 //!   move time instead of sleeping.
 //! - [`run_timer_loop`] claims due timers of its kinds with
@@ -64,9 +65,26 @@ pub async fn reschedule<C: GenericClient>(client: &C, timer: &Timer) -> Result<(
     Ok(())
 }
 
-/// Cancels every pending timer whose key starts with `prefix`; returns how
-/// many. Keys are built `kind:scope:...` so a prefix names a scope.
+/// Cancels the pending timer `key`, exactly; returns whether it was pending.
+pub async fn cancel<C: GenericClient>(client: &C, key: &str) -> Result<bool, DbError> {
+    Ok(client
+        .execute(
+            "UPDATE timers SET state = 'cancelled' WHERE state = 'pending' AND timer_key = $1",
+            &[&key],
+        )
+        .await?
+        == 1)
+}
+
+/// Cancels every pending timer of a scope; returns how many. Keys are built
+/// `kind:scope:...`, and a scope ends at a separator (`nurture:o-1:`), so
+/// `o-1` never reaches `o-10`'s timers. A `prefix` that does not end in `:`
+/// is a whole key and is cancelled exactly ([`cancel`]): `s-1` is not a
+/// prefix of `s-10` here.
 pub async fn cancel_prefix<C: GenericClient>(client: &C, prefix: &str) -> Result<u64, DbError> {
+    if !prefix.ends_with(':') {
+        return Ok(u64::from(cancel(client, prefix).await?));
+    }
     let pattern = format!(
         "{}%",
         prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")

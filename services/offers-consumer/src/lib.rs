@@ -18,6 +18,10 @@ use backorder_core::service::{Service, ServiceError};
 
 /// Starts the pages with the operational endpoints, and the consumer loop.
 pub async fn start(service: &Service) -> Result<(), ServiceError> {
+    // Every decision series at zero, so dashboards see them from the start.
+    for kind in ["SWITCH", "CREDIT", "EXPEDITE", "CANCEL"] {
+        metrics::counter!("backorder_offer_decisions_total", "kind" => kind).increment(0);
+    }
     let signer = service.settings.link_signer()?;
     let pages = pages::routes(pages::PageState {
         pool: service.pool.clone(),

@@ -12,7 +12,8 @@ use backorder_core::service::Service;
 use backorder_core::timers;
 
 use crate::nurture::NurturePolicy;
-use crate::{confirmation, keys, store};
+use crate::{confirmation, store};
+use backorder_core::timer_keys as keys;
 
 /// The orders.v1 handler.
 pub struct OrdersHandler {
@@ -94,7 +95,8 @@ impl Handler for OrdersHandler {
                         stopped += timers::cancel_prefix(&*tx, &keys::nurture_prefix(&cancel.order_id)).await?;
                     }
                     for shipment_id in store::fully_cancelled_shipments(&tx, &cancel.order_id).await? {
-                        stopped += timers::cancel_prefix(&*tx, &keys::followup(&cancel.order_id, &shipment_id)).await?;
+                        stopped +=
+                            u64::from(timers::cancel(&*tx, &keys::followup(&cancel.order_id, &shipment_id)).await?);
                     }
                     tracing::info!(order_id = %cancel.order_id, changed, stopped, "lines cancelled");
                 }

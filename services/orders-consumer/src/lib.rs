@@ -6,11 +6,10 @@
 //! - [`confirmation`]: decides the order confirmation (PLAYBOOK email 1).
 //! - [`nurture`]: the nurture cadence of long backorders (PLAYBOOK email 8),
 //!   fired by durable timers this service runs.
-//! - [`keys`]: timer keys of the lifecycle, shared with the shipments-consumer.
+//! Timer keys of the lifecycle are `backorder_core::timer_keys`.
 
 pub mod confirmation;
 pub mod handler;
-pub mod keys;
 pub mod nurture;
 pub mod store;
 

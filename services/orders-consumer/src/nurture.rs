@@ -20,6 +20,7 @@
 use backorder_core::campaigns;
 use backorder_core::codec::Codec;
 use backorder_core::domain::DedupKey;
+use backorder_core::domain::product_kind;
 use backorder_core::email_decisions;
 use backorder_core::events::internal::{EmailCategory, EmailRequested, Recipient};
 use backorder_core::kafka::{HandlerError, OutboundRecord, topics};
@@ -30,7 +31,7 @@ use backorder_core::tokio_postgres::Transaction;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::keys;
+use backorder_core::timer_keys as keys;
 
 pub const TEMPLATE: &str = "nurture_update";
 
@@ -106,48 +107,6 @@ fn step_timer(order_id: &str, step: u32, due_at: DateTime<Utc>, enrolled: Vec<St
         kind: keys::NURTURE.to_string(),
         due_at,
         payload: serde_json::to_value(&payload).unwrap_or_default(),
-    }
-}
-
-/// A product's kind for the guidance paragraph of nurture and win-back
-/// emails (the templates hold the words per language): derived from the
-/// line's category, `other` when nothing matches.
-pub fn product_kind(category: Option<&str>) -> &'static str {
-    let category = category.unwrap_or_default().to_lowercase();
-    let any = |words: &[&str]| words.iter().any(|w| category.contains(w));
-    if any(&["kitchen", "cook", "appliance", "coffee"]) {
-        "kitchen"
-    } else if any(&[
-        "electronic",
-        "computer",
-        "laptop",
-        "tablet",
-        "audio",
-        "tv",
-        "phone",
-        "camera",
-        "gaming",
-    ]) {
-        "electronics"
-    } else if any(&["outdoor", "sport", "bike", "bicycle", "camping", "garden", "fitness"]) {
-        "outdoor"
-    } else if any(&["apparel", "fashion", "cloth", "shoe", "wear"]) {
-        "apparel"
-    } else if any(&[
-        "furniture",
-        "home",
-        "sofa",
-        "chair",
-        "table",
-        "desk",
-        "bed",
-        "lamp",
-        "light",
-        "decor",
-    ]) {
-        "home"
-    } else {
-        "other"
     }
 }
 
@@ -363,14 +322,5 @@ mod tests {
         assert!(p.arriving(day(0), Some(day(7))));
         assert!(!p.arriving(day(0), Some(day(8))));
         assert!(!p.arriving(day(0), None));
-    }
-
-    #[test]
-    fn product_kinds_come_from_the_category() {
-        assert_eq!(product_kind(Some("Kitchen & Dining")), "kitchen");
-        assert_eq!(product_kind(Some("home")), "home");
-        assert_eq!(product_kind(Some("Outdoor/Camping")), "outdoor");
-        assert_eq!(product_kind(Some("Tablets")), "electronics");
-        assert_eq!(product_kind(None), "other");
     }
 }

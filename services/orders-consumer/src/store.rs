@@ -174,14 +174,7 @@ pub async fn cancel_lines(tx: &Transaction<'_>, cancel: &OrderCancelled) -> Resu
 
 /// Whether the order still has a backordered line waiting for stock.
 pub async fn has_open_backorder(tx: &Transaction<'_>, order_id: &str) -> Result<bool, Error> {
-    let row = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM order_lines
-                             WHERE order_id = $1 AND availability = 'BACKORDERED' AND status = 'open')",
-            &[&order_id],
-        )
-        .await?;
-    Ok(row.get(0))
+    backorder_core::order_lines::has_open_backorder(tx, order_id).await
 }
 
 /// The order's shipments whose every line had its cancellation asked for.

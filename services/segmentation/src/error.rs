@@ -18,8 +18,6 @@ pub enum SegmentationError {
     UnknownOrder { order_id: String, event_id: String },
     #[error("stored offer {offer_id} is unreadable: {reason}")]
     BadOffer { offer_id: String, reason: String },
-    #[error("timer {key} carries no offer id")]
-    BadTimer { key: String },
 }
 
 impl From<backorder_core::tokio_postgres::Error> for SegmentationError {
@@ -41,9 +39,7 @@ impl From<SegmentationError> for HandlerError {
         let transient = match &error {
             SegmentationError::Db(e) => db::is_transient(e),
             SegmentationError::Codec(e) => e.is_transient(),
-            SegmentationError::UnknownOrder { .. }
-            | SegmentationError::BadOffer { .. }
-            | SegmentationError::BadTimer { .. } => false,
+            SegmentationError::UnknownOrder { .. } | SegmentationError::BadOffer { .. } => false,
         };
         if transient {
             HandlerError::Transient(error.to_string())

@@ -20,9 +20,23 @@ use backorder_core::service::{Service, ServiceError};
 
 /// Starts the HTTP endpoints, the offer-expiry timers and the consumer loop.
 pub async fn start(service: &Service) -> Result<(), ServiceError> {
+    register_metrics();
     let signer = service.settings.link_signer()?;
     service.serve_http(axum::Router::new()).await?;
     service.run_timers(expiry::OfferExpiryTimers::new(service, signer.clone()));
     service.consume(topics::BACKORDER_DELAYS, handler::DelaysHandler::new(service, signer));
     Ok(())
+}
+
+/// Every campaign series at zero, so dashboards and alerts see them before
+/// the first significant delay.
+fn register_metrics() {
+    for kind in [routing::CampaignKind::Alternative, routing::CampaignKind::StoreCredit] {
+        metrics::counter!("backorder_campaigns_routed_total", "kind" => kind.as_str()).increment(0);
+        metrics::counter!("backorder_campaign_offers_sent_total", "kind" => kind.as_str()).increment(0);
+    }
+    metrics::counter!("backorder_campaign_offers_expired_total").increment(0);
+    for reason in ["decided", "cancelled", "shipped", "allocated", "expired"] {
+        metrics::counter!("backorder_campaign_exits_total", "reason" => reason).increment(0);
+    }
 }

@@ -4,10 +4,10 @@
 //! same email again and the sender keeps one.
 
 use backorder_core::domain::DedupKey;
+use backorder_core::domain::product_kind;
 use backorder_core::events::internal::{EmailCategory, EmailRequested, Recipient};
 use backorder_core::events::shipments::ShipmentDispatched;
 use chrono::{DateTime, Utc};
-use orders_consumer::nurture::product_kind;
 use serde::Serialize;
 
 use crate::store::{LineView, OrderContact};

@@ -8,10 +8,10 @@ use backorder_core::codec::Codec;
 use backorder_core::email_decisions;
 use backorder_core::kafka::{HandlerError, OutboundRecord, topics};
 use backorder_core::service::Service;
+use backorder_core::timer_keys as keys;
 use backorder_core::timers::{Timer, TimerHandler};
 use backorder_core::tokio_postgres::Transaction;
 use chrono::{DateTime, Utc};
-use orders_consumer::keys;
 use serde::{Deserialize, Serialize};
 
 use crate::{emails, store};

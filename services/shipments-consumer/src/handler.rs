@@ -8,9 +8,9 @@ use backorder_core::email_decisions;
 use backorder_core::events::shipments::ShipmentEvent;
 use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, topics};
 use backorder_core::service::Service;
+use backorder_core::timer_keys as keys;
 use backorder_core::timers::{self, Timer};
 use chrono::Duration;
-use orders_consumer::keys;
 
 use crate::store::{self, DeliveryFacts};
 use crate::{emails, followups};

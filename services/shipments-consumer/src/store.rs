@@ -139,7 +139,7 @@ pub async fn backordered_lines(tx: &Transaction<'_>, order_id: &str) -> Result<V
 
 /// Whether the order still has a backordered line waiting for stock.
 pub async fn has_open_backorder(tx: &Transaction<'_>, order_id: &str) -> Result<bool, Error> {
-    orders_consumer::store::has_open_backorder(tx, order_id).await
+    backorder_core::order_lines::has_open_backorder(tx, order_id).await
 }
 
 /// A stored shipment.

@@ -8,11 +8,13 @@ mod email_address;
 pub mod format;
 pub mod geo;
 mod locale;
+mod product_kind;
 
 pub use dedup_key::DedupKey;
 pub use delay_reason::ReasonForCustomer;
 pub use email_address::{EmailAddress, mask_email, mask_emails_in_text};
 pub use locale::Locale;
+pub use product_kind::product_kind;
 
 /// A value that failed validation: which field, and why, in words a person
 /// fixing the producer understands.

@@ -1,7 +1,9 @@
-//! Timer keys and kinds of the order lifecycle, shared with the
-//! shipments-consumer so that a cancellation can stop what a shipment
-//! scheduled. Keys are `kind:order:...` and every scope ends in `:` before
-//! the next part, so a prefix never matches another order (`o-1` vs `o-10`).
+//! Timer keys and kinds of the order lifecycle, in core because several
+//! services schedule and cancel them (a cancellation in orders-consumer
+//! stops what a shipment scheduled in shipments-consumer). Keys are
+//! `kind:order:...` and every scope ends in `:` before the next part, so a
+//! scope never matches another order (`o-1` vs `o-10`); a whole key is
+//! cancelled exactly (`timers::cancel`), a scope with `timers::cancel_scope`.
 
 /// Timer kind of the nurture cadence (fired by the orders-consumer).
 pub const NURTURE: &str = "nurture";
