@@ -356,9 +356,15 @@ async fn store_credit_offers_repeat_every_72_hours_at_most_three_times_and_stop_
 
     // Replaying backorder-delays.v1 from the beginning (a new consumer
     // group) sends nothing new.
-    // Once the series ended, the nurture cadence of the still-waiting lines
-    // resumes (day 12): let it settle before counting.
-    timer_loop_caught_up(&app, "nurture").await;
+    // Once the series ended, the nurture cadence of the three lines still
+    // waiting resumes (day 12): let those emails land before counting.
+    wait_for_count(
+        &app,
+        "the day-12 nurture of the three waiting orders",
+        "SELECT count(*) FROM email_ledger WHERE template = 'nurture_update'",
+        3,
+    )
+    .await;
     wait_for_sender_idle(&app).await;
     let before = count(&app, "SELECT count(*) FROM email_ledger").await;
     let policy = app.write_policy("replay", "[delays]\ndebounce_seconds = 0.3\n");

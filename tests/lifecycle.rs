@@ -153,13 +153,36 @@ async fn a_german_order_is_confirmed_shipped_in_part_followed_up_after_three_day
         "{metrics}"
     );
 
-    // Win-back: 30 days after this backorder customer's first delivery, marketing.
-    advance_days(&app, 27).await;
-    let sent = wait_for_emails(&app, &to, 4).await;
+    // The in-stock mug's delivery earns no win-back: the sofa the customer
+    // waited for has not arrived (32 days later, still nothing).
+    advance_days(&app, 29).await;
+    timer_loop_caught_up(&app, "win-back").await;
+    assert_eq!(
+        app.emails_to(&to).await.len(),
+        3,
+        "no win-back while the backorder is missing"
+    );
+
+    // The sofa ships and is delivered: its follow-up, and 30 days after the
+    // delivery that completed the backorder, one win-back (marketing).
+    let sofa = dispatched(&app, "o-de", "s-2", &["l2"]).await;
+    app.publish(SHIPMENTS, &sofa).await;
+    wait_for_emails(&app, &to, 4).await;
+    let sofa_delivery = delivered(&app, "o-de", "s-2").await;
+    app.publish(SHIPMENTS, &sofa_delivery).await;
+    wait_timer_state(&app, &followup_key("o-de", "s-2"), "pending").await;
+    advance_days(&app, 3).await;
+    wait_for_emails(&app, &to, 5).await;
+    advance_days(&app, 26).await;
+    timer_loop_caught_up(&app, "win-back").await;
+    assert_eq!(app.emails_to(&to).await.len(), 5, "not before 30 days");
+    advance_days(&app, 1).await;
+    let sent = wait_for_emails(&app, &to, 6).await;
+    let win_back = &sent[5];
     assert!(
-        sent[3].body.contains("Ecksofa Lund"),
+        win_back.body.contains("Ecksofa Lund"),
         "tailored to what was bought: {}",
-        sent[3].body
+        win_back.body
     );
     let client = app.pool.get().await.unwrap();
     let category: String = client
@@ -169,11 +192,11 @@ async fn a_german_order_is_confirmed_shipped_in_part_followed_up_after_three_day
         .get(0);
     assert_eq!(category, "MARKETING");
     assert!(
-        sent[3].body.contains("unsubscribe"),
+        win_back.body.contains("unsubscribe"),
         "marketing carries an unsubscribe link: {}",
-        sent[3].body
+        win_back.body
     );
-    for transactional in &sent[..3] {
+    for transactional in &sent[..5] {
         assert!(
             !transactional.body.contains("abmelden"),
             "no unsubscribe on {}",
@@ -182,30 +205,30 @@ async fn a_german_order_is_confirmed_shipped_in_part_followed_up_after_three_day
     }
 
     // Replaying every event of the scenario changes nothing at SES.
-    sender_settled(&app, 4).await;
+    sender_settled(&app, 6).await;
     app.publish(ORDERS, &placed).await;
     app.publish(SHIPMENTS, &dispatch).await;
     app.publish(SHIPMENTS, &delivery).await;
     wait_until("the replay to be consumed", PATIENCE, || async {
         let orders = app.committed_total("orders-consumer", ORDERS).await;
         let shipments = app.committed_total("shipments-consumer", SHIPMENTS).await;
-        (orders == 2 && shipments == 4).then_some(())
+        (orders == 2 && shipments == 6).then_some(())
     })
     .await;
     // The replayed order and dispatch request their emails again (same
     // dedup keys); the replayed delivery schedules nothing new.
-    sender_settled(&app, 6).await;
+    sender_settled(&app, 8).await;
     timer_loop_caught_up(&app, "delivered-followup").await;
     timer_loop_caught_up(&app, "win-back").await;
     assert_eq!(
         app.emails_to(&to).await.len(),
-        4,
+        6,
         "no additional email after the replay"
     );
     let metrics = shipments.metrics().await;
     assert_eq!(
         metric_sum(&metrics, "backorder_deliveries_total", ""),
-        1.0,
+        2.0,
         "a replayed delivery is not counted twice"
     );
 }

@@ -865,3 +865,48 @@ async fn sigterm_in_the_middle_of_a_large_restock_exits_zero_and_the_next_replic
     })
     .await;
 }
+
+/// The order and the SKU's first ETA published together (topics are not
+/// ordered with each other): the customer learns the window, in the
+/// confirmation or in a short update right after it, never neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_and_its_skus_first_eta_published_together_always_tell_the_window() {
+    let app = TestApp::spawn().await;
+    let _orders = app.start_service("orders-consumer").await;
+    let _stock = start_stock(&app, "300").await;
+    let _sender = app.start_service("sender").await;
+    let people: Vec<String> = (0..4).map(|i| app.recipient(&format!("race{i}"))).collect();
+    for (i, to) in people.iter().enumerate() {
+        let sku = format!("RACE-{i}");
+        // Half with the order first, half with the ETA first.
+        let order = backorder(&format!("o-race-{i}"), to, "en-GB", &sku, 1, 1);
+        let first_eta = eta(&sku, Some((day(20), day(26))), "first estimate");
+        if i % 2 == 0 {
+            app.publish(ORDERS, &order).await;
+            app.publish(STOCK, &first_eta).await;
+        } else {
+            app.publish(STOCK, &first_eta).await;
+            app.publish(ORDERS, &order).await;
+        }
+    }
+    let window_end = en_date(day(26));
+    for to in &people {
+        wait_until(&format!("{to} learns the window"), PATIENCE, || async {
+            let sent = app.emails_to(to).await;
+            sent.iter().any(|e| e.body.contains(&window_end)).then_some(())
+        })
+        .await;
+    }
+    wait_for_sender_idle(&app).await;
+    for to in &people {
+        let sent = app.emails_to(to).await;
+        assert!(sent.len() <= 2, "a confirmation and at most one update: {}", sent.len());
+        if sent.len() == 2 {
+            assert!(
+                sent[0].body.contains("not known yet"),
+                "an update only after an honest unknown"
+            );
+            assert!(sent[1].subject.contains("ship date"), "{}", sent[1].subject);
+        }
+    }
+}

@@ -147,6 +147,33 @@ fn arrival_delay_and_back_in_stock_render_in_every_language() {
             assert!(r.text.contains("held at customs"), "{}", r.text);
         }
 
+        let known_now = emails::eta_known(
+            "LAMP",
+            4,
+            "o-1",
+            &customer(locale),
+            &[DelayedItem {
+                product_name: PRODUCT.into(),
+                quantity: 1,
+                previous_from: None,
+                previous_to: None,
+                cancel_url: Some("https://shop.example/cancel?order=o-1&line=l1&token=T".into()),
+            }],
+            stock_consumer::policy::Window {
+                from: Some(date(20)),
+                to: Some(date(28)),
+            },
+            Utc::now(),
+        );
+        let r = render(&renderer, &known_now, None);
+        for part in [&r.html, &r.text] {
+            assert!(
+                part.contains(&format::long_date(language, date(28))),
+                "the window in {language}"
+            );
+            assert!(part.contains("line=l1"), "the cancel link in {language}");
+        }
+
         let cart = emails::back_in_stock(
             "cart-1",
             "LAMP",

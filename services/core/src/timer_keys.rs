@@ -34,10 +34,11 @@ pub fn followup(order_id: &str, shipment_id: &str) -> String {
     format!("{}{shipment_id}", followup_prefix(order_id))
 }
 
-/// The win-back timer of a customer: one per customer, ever (scheduled at
-/// the first delivery of an order with backordered items).
-pub fn win_back(customer_id: &str) -> String {
-    format!("{WIN_BACK}:{customer_id}")
+/// The win-back timer of one order: each order whose backordered lines
+/// were all delivered (or cancelled) can earn one; the per-customer limit
+/// is checked when it fires.
+pub fn win_back(customer_id: &str, order_id: &str) -> String {
+    format!("{WIN_BACK}:{customer_id}:{order_id}")
 }
 
 #[cfg(test)]

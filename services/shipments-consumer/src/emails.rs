@@ -149,7 +149,7 @@ pub fn win_back(
     due_at: DateTime<Utc>,
 ) -> EmailRequested {
     EmailRequested::compose(
-        &DedupKey::new("win-back", &[&contact.customer_id]),
+        &DedupKey::new("win-back", &[&contact.customer_id, order_id]),
         WIN_BACK,
         EmailCategory::Marketing,
         recipient(contact),

@@ -36,6 +36,8 @@ pub fn payload(order_id: &str, shipment_id: Option<&str>) -> serde_json::Value {
 pub struct FollowupTimers {
     codec: Codec,
     email_requests_topic: String,
+    /// At most one win-back per customer in this period (policy).
+    win_back_per_customer: chrono::Duration,
 }
 
 impl FollowupTimers {
@@ -43,6 +45,7 @@ impl FollowupTimers {
         Self {
             codec: service.codec.clone(),
             email_requests_topic: service.topics.name(topics::EMAIL_REQUESTS),
+            win_back_per_customer: chrono::Duration::days(service.policy.after_delivery.win_back_per_customer_days),
         }
     }
 }
@@ -95,6 +98,12 @@ impl TimerHandler for FollowupTimers {
             let bought = store::backordered_lines(tx, order_id).await.map_err(db)?;
             if bought.is_empty() {
                 outcome(kind, "cancelled");
+                return Ok(Vec::new());
+            }
+            // At most one win-back per customer per policy period.
+            let last = store::last_win_back(tx, &contact.customer_id).await.map_err(db)?;
+            if last.is_some_and(|at| at > now - self.win_back_per_customer) {
+                outcome(kind, "recent_win_back");
                 return Ok(Vec::new());
             }
             emails::win_back(order_id, &contact, &bought, timer.due_at)

@@ -108,11 +108,13 @@ impl Handler for ShipmentsHandler {
                         },
                     )
                     .await?;
-                    if contact.backorder {
+                    // The win-back waits for the delivery that completes the
+                    // order's backordered lines, not an earlier in-stock one.
+                    if contact.backorder && store::backorders_complete(&tx, &shipment.order_id).await? {
                         timers::schedule(
                             &*tx,
                             &Timer {
-                                key: keys::win_back(&contact.customer_id),
+                                key: keys::win_back(&contact.customer_id, &shipment.order_id),
                                 kind: keys::WIN_BACK.to_string(),
                                 due_at: now + self.win_back_after,
                                 payload: followups::payload(&shipment.order_id, None),

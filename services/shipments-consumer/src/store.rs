@@ -196,3 +196,37 @@ pub async fn record_delivery(tx: &Transaction<'_>, d: &ShipmentDelivered) -> Res
         }
     }))
 }
+
+/// Whether the order's backordered lines are now complete: none is waiting
+/// or on its way any more (each delivered or cancelled), and at least one
+/// was delivered. Only then has the customer received what they waited
+/// for, and the win-back (PLAYBOOK 10) may be scheduled.
+pub async fn backorders_complete(tx: &Transaction<'_>, order_id: &str) -> Result<bool, Error> {
+    let row = tx
+        .query_one(
+            "SELECT count(*) FILTER (WHERE l.status <> 'cancelled' AND s.delivered_at IS NULL),
+                    count(*) FILTER (WHERE l.status <> 'cancelled' AND s.delivered_at IS NOT NULL)
+               FROM order_lines l
+               LEFT JOIN shipments s ON s.shipment_id = l.shipment_id
+              WHERE l.order_id = $1 AND l.availability = 'BACKORDERED'",
+            &[&order_id],
+        )
+        .await?;
+    let (waiting, delivered): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(waiting == 0 && delivered > 0)
+}
+
+/// When the customer's last win-back was decided, if any.
+pub async fn last_win_back(
+    tx: &Transaction<'_>,
+    customer_id: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, Error> {
+    let row = tx
+        .query_one(
+            "SELECT max(d.decided_at) FROM email_decisions d JOIN orders o ON o.order_id = d.order_id
+              WHERE d.template = 'win_back' AND o.customer_id = $1",
+            &[&customer_id],
+        )
+        .await?;
+    row.try_get(0)
+}

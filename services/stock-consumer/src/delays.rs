@@ -278,7 +278,9 @@ impl DelayTimers {
             .await?;
         }
 
-        // Slipped lines by order; every line whose promise moves.
+        // Slipped lines by order, lines whose window became known by order;
+        // every line whose promise moves.
+        let mut now_known: BTreeMap<String, Vec<Line>> = BTreeMap::new();
         let mut slipped: BTreeMap<String, Vec<(Line, bool)>> = BTreeMap::new();
         let (mut moved_orders, mut moved_lines): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
         for row in rows {
@@ -304,6 +306,12 @@ impl DelayTimers {
             match classify(line.told, new, self.significant_slip_days) {
                 Change::Unchanged => continue,
                 Change::Improved => {}
+                Change::BecameKnown => {
+                    moved_orders.push(line.order_id.clone());
+                    moved_lines.push(line.line_id.clone());
+                    now_known.entry(line.order_id.clone()).or_default().push(line);
+                    continue;
+                }
                 Change::Slipped { significant } => {
                     moved_orders.push(line.order_id.clone());
                     moved_lines.push(line.line_id.clone());
@@ -366,6 +374,24 @@ impl DelayTimers {
             let line_id = (lines.len() == 1).then(|| first.line_id.clone());
             decisions.push((request, line_id));
         }
+        // "As soon as our supplier confirms it, you will hear from us":
+        // one short update per order with the window now known.
+        for (order_id, lines) in &now_known {
+            let Some(first) = lines.first() else { continue };
+            let items: Vec<DelayedItem> = lines
+                .iter()
+                .map(|l| DelayedItem {
+                    product_name: l.product_name.clone(),
+                    quantity: l.quantity,
+                    previous_from: None,
+                    previous_to: None,
+                    cancel_url: Some(self.signer.cancel_url(&l.order_id, &l.line_id, &l.customer.customer_id)),
+                })
+                .collect();
+            let request = emails::eta_known(sku, version, order_id, &first.customer, &items, new, changed_at);
+            let line_id = (lines.len() == 1).then(|| first.line_id.clone());
+            decisions.push((request, line_id));
+        }
         let decided: Vec<_> = decisions.iter().map(|(r, l)| (r, l.as_deref())).collect();
         email_decisions::record_all(tx, &decided, now).await?;
         let requests: Vec<_> = decisions.iter().map(|(r, _)| r).collect();
@@ -375,7 +401,9 @@ impl DelayTimers {
         }
         let significant: usize = delays.iter().map(|d| d.lines.len()).sum();
         metrics::counter!("backorder_stock_emails_requested_total", "template" => emails::DELAY_NOTICE)
-            .increment(decisions.len() as u64);
+            .increment((decisions.len() - now_known.len()) as u64);
+        metrics::counter!("backorder_stock_emails_requested_total", "template" => emails::ETA_KNOWN)
+            .increment(now_known.len() as u64);
         metrics::counter!("backorder_stock_significant_delays_total").increment(significant as u64);
         tracing::info!(
             sku,

@@ -10,6 +10,7 @@ use serde::Serialize;
 pub const ARRIVAL_NOTICE: &str = "arrival_notice";
 pub const DELAY_NOTICE: &str = "delay_notice";
 pub const BACK_IN_STOCK: &str = "back_in_stock";
+pub const ETA_KNOWN: &str = "eta_known";
 
 /// A customer as stored, owning its fields (rows come from SQL).
 #[derive(Debug, Clone)]
@@ -113,6 +114,42 @@ pub fn delay_notice(
         None,
         occurred_at,
         data,
+    )
+}
+
+#[derive(Debug, Serialize)]
+struct EtaKnownData<'a> {
+    order_id: &'a str,
+    items: &'a [DelayedItem],
+    window_from: Option<String>,
+    window_to: Option<String>,
+}
+
+/// "We told you the date was not known yet: now it is": one per order, SKU
+/// and ETA version.
+pub fn eta_known(
+    sku: &str,
+    eta_version: i64,
+    order_id: &str,
+    customer: &Customer,
+    items: &[DelayedItem],
+    window: crate::policy::Window,
+    occurred_at: DateTime<Utc>,
+) -> EmailRequested {
+    EmailRequested::compose(
+        &DedupKey::new("eta-known", &[order_id, sku, &eta_version.to_string()]),
+        ETA_KNOWN,
+        EmailCategory::Transactional,
+        customer.recipient(),
+        Some(order_id),
+        None,
+        occurred_at,
+        &EtaKnownData {
+            order_id,
+            items,
+            window_from: iso(window.from),
+            window_to: iso(window.to),
+        },
     )
 }
 

@@ -34,9 +34,12 @@ impl Window {
 pub enum Change {
     /// Same window: nothing to do.
     Unchanged,
-    /// Ends no later (or becomes known): the promise moves quietly and the
-    /// next email that goes out anyway carries it; no email of its own.
+    /// Ends no later: the promise moves quietly and the next email that
+    /// goes out anyway carries it; no email of its own.
     Improved,
+    /// Was "not known yet", now a window: the customer was promised to
+    /// hear as soon as it is known, so a short update goes out.
+    BecameKnown,
     /// Ends later than told, or becomes unknown: a delay notice, or when
     /// significant a `BackorderDelayed` event (segmentation's one email).
     Slipped { significant: bool },
@@ -50,7 +53,8 @@ pub fn classify(told: Window, new: Window, significant_days: i64) -> Change {
     }
     match (told.to, new.to) {
         (Some(_), None) => Change::Slipped { significant: true },
-        (None, None) | (None, Some(_)) => Change::Improved,
+        (None, None) => Change::Improved,
+        (None, Some(_)) => Change::BecameKnown,
         (Some(old), Some(new_to)) if new_to > old => Change::Slipped {
             significant: (new_to - old).num_days() > significant_days,
         },
@@ -84,10 +88,10 @@ mod tests {
     }
 
     #[test]
-    fn earlier_or_newly_known_windows_are_improvements_not_notices() {
+    fn earlier_windows_are_quiet_improvements_and_a_first_window_is_news() {
         assert_eq!(classify(w(10, 20), w(5, 12), 7), Change::Improved);
         assert_eq!(classify(w(10, 20), w(15, 20), 7), Change::Improved);
-        assert_eq!(classify(UNKNOWN, w(5, 12), 7), Change::Improved);
+        assert_eq!(classify(UNKNOWN, w(5, 12), 7), Change::BecameKnown);
         assert_eq!(classify(UNKNOWN, UNKNOWN, 7), Change::Unchanged);
         assert_eq!(classify(w(1, 5), w(1, 5), 7), Change::Unchanged);
     }
