@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod dead_letter;
 pub mod producer;
+pub mod rebalance;
 pub mod runtime;
 pub mod topics;
 

@@ -9,6 +9,12 @@
 //! On shutdown the loop stops fetching, finishes or abandons the batch in
 //! hand (an abandoned batch is simply not committed, so it is replayed) and
 //! returns.
+//!
+//! Rebalances are observed ([`super::rebalance`]): a batch of a partition
+//! that was revoked while it was gathered is dropped (its next owner
+//! replays it), offsets are committed only for partitions still owned under
+//! the same assignment, and a revoke commits and forgets what this replica
+//! had committed, so a later commit cannot move the new owner back.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,12 +22,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, OwnedMessage};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
 use tracing::{Instrument, info_span};
 
 use super::dead_letter::{DeadLetterKind, dead_letter};
 use super::producer::{OutboundRecord, Producer};
+use super::rebalance::{Partitions, RebalanceContext, offset_list};
 use crate::codec::Codec;
 use crate::events::TopicEvent;
 use crate::lifecycle::Lifecycle;
@@ -105,7 +112,10 @@ pub async fn run_consumer<H: Handler>(
     options: RuntimeOptions,
     lifecycle: Lifecycle,
 ) -> Result<(), RuntimeError> {
-    let consumer: StreamConsumer = consumer_config.create().map_err(RuntimeError::Create)?;
+    let partitions = Partitions::new(topic);
+    let consumer: StreamConsumer<RebalanceContext> = consumer_config
+        .create_with_context(RebalanceContext::new(partitions.clone()))
+        .map_err(RuntimeError::Create)?;
     consumer.subscribe(&[topic]).map_err(|source| RuntimeError::Subscribe {
         topics: vec![topic.to_string()],
         source,
@@ -113,6 +123,7 @@ pub async fn run_consumer<H: Handler>(
     tracing::info!(topic, "consuming");
     let runtime = Runtime {
         consumer,
+        partitions,
         topic: topic.to_string(),
         handler,
         codec,
@@ -125,7 +136,9 @@ pub async fn run_consumer<H: Handler>(
 }
 
 struct Runtime<H: Handler> {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<RebalanceContext>,
+    /// What this replica owns, kept current by the rebalance callbacks.
+    partitions: Partitions,
     /// The topic this loop consumes; used for metric labels and spans.
     topic: String,
     handler: H,
@@ -146,21 +159,33 @@ enum BatchOutcome {
 impl<H: Handler> Runtime<H> {
     async fn run(self) {
         let shutdown = self.lifecycle.shutdown.clone();
-        // What this replica committed last per partition, re-committed
-        // synchronously at shutdown so in-flight async commits cannot be lost.
-        let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
         loop {
             let Some(batch) = self.next_batch().await else {
                 break;
             };
-            let mut by_partition: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
-            for message in batch {
-                by_partition.entry(message.partition()).or_default().push(message);
+            // Per partition: the assignment epoch its messages were received
+            // under (a revoke clears librdkafka's queue, so they share one).
+            let mut by_partition: BTreeMap<i32, (u64, Vec<OwnedMessage>)> = BTreeMap::new();
+            for (epoch, message) in batch {
+                let entry = by_partition
+                    .entry(message.partition())
+                    .or_insert_with(|| (epoch, Vec::new()));
+                if entry.0 != epoch {
+                    // Revoked and assigned again mid-gathering: keep only
+                    // what arrived under the current assignment.
+                    *entry = (epoch, Vec::new());
+                }
+                entry.1.push(message);
             }
-            for (partition, messages) in by_partition {
+            for (partition, (epoch, messages)) in by_partition {
                 let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
                     continue;
                 };
+                if !self.partitions.still_owned(partition, epoch) {
+                    tracing::info!(topic = %self.topic, partition, first_offset = first.offset(), "partition revoked while its batch was gathered; its next owner replays it");
+                    metrics::counter!("backorder_consumer_revoked_batches_total", "topic" => self.topic.clone()).increment(1);
+                    continue;
+                }
                 let span = info_span!(
                     "batch",
                     topic = %self.topic,
@@ -172,8 +197,12 @@ impl<H: Handler> Runtime<H> {
                 let started = Instant::now();
                 match self.process_partition_batch(&messages).instrument(span.clone()).await {
                     BatchOutcome::Done => {
-                        self.commit(&[(partition, next_offset)], CommitMode::Async);
-                        committed.insert(partition, next_offset);
+                        // Only while the partition is still ours: a commit
+                        // for a revoked partition could move its new owner
+                        // back.
+                        if self.partitions.record_commit(partition, epoch, next_offset) {
+                            self.commit(&[(partition, next_offset)], CommitMode::Async);
+                        }
                         metrics::histogram!("backorder_consumer_batch_duration_seconds", "topic" => self.topic.clone())
                             .record(started.elapsed().as_secs_f64());
                     }
@@ -189,22 +218,27 @@ impl<H: Handler> Runtime<H> {
         }
         // Async commits may still be in flight: commit the same offsets
         // synchronously before leaving the group, so the next owner starts
-        // exactly where this replica stopped.
-        let last: Vec<(i32, i64)> = committed.into_iter().collect();
-        self.commit(&last, CommitMode::Sync);
+        // exactly where this replica stopped. Only partitions still owned:
+        // revoked ones were committed at their revoke and belong to others.
+        self.commit(&self.partitions.owned_commits(), CommitMode::Sync);
         self.consumer.unsubscribe();
         tracing::info!(topic = %self.topic, "consumer stopped");
     }
 
     /// Waits for the first message, then gathers more for up to `linger`.
     /// Returns None on shutdown.
-    async fn next_batch(&self) -> Option<Vec<OwnedMessage>> {
+    /// Each message comes with the assignment epoch of its partition at
+    /// the time it was received.
+    async fn next_batch(&self) -> Option<Vec<(u64, OwnedMessage)>> {
         let shutdown = &self.lifecycle.shutdown;
         let first = loop {
             tokio::select! {
                 () = shutdown.cancelled() => return None,
                 received = self.consumer.recv() => match received {
-                    Ok(message) => break message.detach(),
+                    Ok(message) => match self.tag(message.detach()) {
+                        Some(tagged) => break tagged,
+                        None => continue,
+                    },
                     Err(error) => {
                         tracing::warn!(topic = %self.topic, %error, "Kafka receive error; retrying");
                         metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "receive").increment(1);
@@ -218,7 +252,7 @@ impl<H: Handler> Runtime<H> {
         let deadline = tokio::time::Instant::now() + self.options.linger;
         while batch.len() < self.options.max_batch {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(detach(&message)),
+                Ok(Ok(message)) => batch.extend(self.tag(message.detach())),
                 Ok(Err(error)) => {
                     tracing::warn!(topic = %self.topic, %error, "Kafka receive error");
                     break;
@@ -227,6 +261,16 @@ impl<H: Handler> Runtime<H> {
             }
         }
         Some(batch)
+    }
+
+    /// Pairs a message with its partition's assignment epoch; None (the
+    /// message is dropped, its owner replays it) when not owned.
+    fn tag(&self, message: OwnedMessage) -> Option<(u64, OwnedMessage)> {
+        let epoch = self.partitions.epoch(message.partition());
+        if epoch.is_none() {
+            tracing::debug!(topic = %self.topic, partition = message.partition(), offset = message.offset(), "message of a partition not owned; dropped");
+        }
+        Some((epoch?, message))
     }
 
     async fn process_partition_batch(&self, messages: &[OwnedMessage]) -> BatchOutcome {
@@ -365,23 +409,15 @@ impl<H: Handler> Runtime<H> {
         if offsets.is_empty() {
             return;
         }
-        let mut list = TopicPartitionList::new();
-        for (partition, next_offset) in offsets {
-            if let Err(error) = list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next_offset)) {
-                tracing::error!(%error, partition, "could not build the offset list");
-                return;
-            }
-        }
+        let Some(list) = offset_list(&self.topic, offsets) else {
+            return;
+        };
         if let Err(error) = self.consumer.commit(&list, mode) {
             // Typically a rebalance took the partition away; its new owner
             // replays from the last commit and the handlers are idempotent.
             tracing::warn!(%error, ?offsets, "offset commit failed");
         }
     }
-}
-
-fn detach(message: &BorrowedMessage<'_>) -> OwnedMessage {
-    message.detach()
 }
 
 /// Exponential backoff with jitter, without a retry limit: the loop
