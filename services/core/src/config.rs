@@ -128,6 +128,14 @@ pub struct Settings {
     /// delay notices, so several changes in a row make one notice per order
     /// (measured on the injectable clock).
     pub delay_debounce_ms: u64,
+    /// `BACKORDER_PARK_MAX_AGE_SECS`: how long (on the injectable clock) an
+    /// event may wait, parked, for state from another topic (a shipment for
+    /// an order not stored yet) before it goes to the dead-letter topic.
+    pub park_max_age_secs: u64,
+    /// `BACKORDER_PARK_RETRY_MAX_SECS`: the longest wait between two retries
+    /// of a parked event (they start at one second and double); it is also
+    /// retried at once when the state it waits for is stored.
+    pub park_retry_max_secs: u64,
 }
 
 /// The unsubscribe-link key used when `BACKORDER_UNSUBSCRIBE_SECRET` is not
@@ -178,6 +186,8 @@ impl Default for Settings {
             sender_pause_probe_ms: 60_000,
             timer_poll_ms: 500,
             delay_debounce_ms: 300_000,
+            park_max_age_secs: 86_400,
+            park_retry_max_secs: 300,
         }
     }
 }

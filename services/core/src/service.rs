@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::codec::{Codec, CodecError};
 use crate::config::{ConfigError, Settings};
 use crate::db::{self, DbError};
+use crate::kafka::parking::ParkingLot;
 use crate::kafka::producer::ProduceError;
 use crate::kafka::runtime::RuntimeOptions;
 use crate::kafka::{self, Handler, Producer, Topics};
@@ -142,7 +143,8 @@ impl Service {
     pub fn consume<H: Handler>(&self, base_topic: &str, handler: H) {
         let topic = self.topics.name(base_topic);
         let config = kafka::consumer_config(&self.settings, &self.settings.group_id_for(self.name));
-        let options = RuntimeOptions::from_settings(&self.settings);
+        let parking = ParkingLot::new(self.pool.clone(), self.clock.clone(), &self.settings);
+        let options = RuntimeOptions::from_settings(&self.settings).with_parking(parking);
         let (codec, producer, lifecycle) = (self.codec.clone(), self.producer.clone(), self.lifecycle.clone());
         self.spawn("consumer", async move {
             kafka::run_consumer(config, &topic, handler, codec, producer, options, lifecycle)

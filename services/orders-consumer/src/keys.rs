@@ -49,3 +49,14 @@ mod tests {
         assert!(!followup("o-10", "s").starts_with(&followup_prefix("o-1")));
     }
 }
+
+/// What a parked event waits for when it needs the order stored (see
+/// `backorder_core::kafka::parking`); the orders handler announces it.
+pub fn order_state(order_id: &str) -> String {
+    format!("order:{order_id}")
+}
+
+/// What a parked event waits for when it needs a shipment's dispatch stored.
+pub fn shipment_state(shipment_id: &str) -> String {
+    format!("shipment:{shipment_id}")
+}

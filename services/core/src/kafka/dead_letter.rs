@@ -24,6 +24,8 @@ pub enum DeadLetterKind {
     Invalid,
     /// The handler could not apply it for a reason that retrying won't fix.
     Rejected,
+    /// It waited for state from another topic longer than allowed.
+    Unresolved,
 }
 
 impl DeadLetterKind {
@@ -32,6 +34,7 @@ impl DeadLetterKind {
             DeadLetterKind::Undecodable => "undecodable",
             DeadLetterKind::Invalid => "invalid",
             DeadLetterKind::Rejected => "rejected",
+            DeadLetterKind::Unresolved => "unresolved",
         }
     }
 }

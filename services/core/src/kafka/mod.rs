@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod dead_letter;
+pub mod parking;
 pub mod producer;
 pub mod rebalance;
 pub mod runtime;

@@ -10,13 +10,18 @@
 //! hand (an abandoned batch is simply not committed, so it is replayed) and
 //! returns.
 //!
+//! State from another topic that has not arrived yet does not hold the
+//! partition: the handler says [`HandlerError::Missing`], the event is
+//! parked durably ([`super::parking`]) with later events of its key behind
+//! it, and this loop retries parked events beside its main work.
+//!
 //! Rebalances are observed ([`super::rebalance`]): a batch of a partition
 //! that was revoked while it was gathered is dropped (its next owner
 //! replays it), offsets are committed only for partitions still owned under
 //! the same assignment, and a revoke commits and forgets what this replica
 //! had committed, so a later commit cannot move the new owner back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -27,6 +32,7 @@ use rdkafka::Message;
 use tracing::{Instrument, info_span};
 
 use super::dead_letter::{DeadLetterKind, dead_letter};
+use super::parking::{self, ParkingLot, ToPark};
 use super::producer::{OutboundRecord, Producer};
 use super::rebalance::{Partitions, RebalanceContext, offset_list};
 use crate::codec::Codec;
@@ -52,6 +58,41 @@ pub enum HandlerError {
     /// narrows it down to the message at fault and dead-letters that one.
     #[error("{0}")]
     Permanent(String),
+    /// The event needs state that another topic has not delivered yet
+    /// (DESIGN invariant 4). The runtime narrows it down to the event,
+    /// parks it under its key and moves on; it is retried when
+    /// `waiting_for` arrives (see [`super::parking::state_arrived`]) or on
+    /// a schedule, and dead-lettered with `reason` when it waited too long.
+    #[error("waiting for {waiting_for}: {reason}")]
+    Missing {
+        /// What would let it proceed, e.g. `order:o-1`.
+        waiting_for: String,
+        reason: String,
+    },
+}
+
+impl HandlerError {
+    /// An event that waits for `waiting_for` (e.g. `order:o-1`).
+    pub fn missing(waiting_for: impl Into<String>, reason: impl Into<String>) -> Self {
+        HandlerError::Missing {
+            waiting_for: waiting_for.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why applying events failed for good (after transient retries).
+enum Failure {
+    Permanent(String),
+    Missing { waiting_for: String, reason: String },
+}
+
+impl Failure {
+    fn reason(&self) -> &str {
+        match self {
+            Failure::Permanent(reason) | Failure::Missing { reason, .. } => reason,
+        }
+    }
 }
 
 /// The business logic of one consumer.
@@ -89,6 +130,10 @@ pub struct RuntimeOptions {
     /// First retry delay; doubles up to `max_backoff`, with jitter.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Where events waiting for state from another topic are parked.
+    /// Without it such events hold their partition (retried like a
+    /// transient failure).
+    pub parking: Option<ParkingLot>,
 }
 
 impl RuntimeOptions {
@@ -98,7 +143,14 @@ impl RuntimeOptions {
             linger: Duration::from_millis(settings.batch_linger_ms),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            parking: None,
         }
+    }
+
+    /// Parks events that wait for state from another topic in `lot`.
+    pub fn with_parking(mut self, lot: ParkingLot) -> Self {
+        self.parking = Some(lot);
+        self
     }
 }
 
@@ -131,7 +183,7 @@ pub async fn run_consumer<H: Handler>(
         options,
         lifecycle,
     };
-    runtime.run().await;
+    tokio::join!(runtime.run(), runtime.retry_parked());
     Ok(())
 }
 
@@ -157,7 +209,7 @@ enum BatchOutcome {
 }
 
 impl<H: Handler> Runtime<H> {
-    async fn run(self) {
+    async fn run(&self) {
         let shutdown = self.lifecycle.shutdown.clone();
         loop {
             let Some(batch) = self.next_batch().await else {
@@ -275,7 +327,7 @@ impl<H: Handler> Runtime<H> {
 
     async fn process_partition_batch(&self, messages: &[OwnedMessage]) -> BatchOutcome {
         // Valid events, and beside them the message each came from (for a
-        // dead letter should the handler reject it).
+        // dead letter or a parking should the handler need one).
         let mut events: Vec<Incoming<H::Event>> = Vec::with_capacity(messages.len());
         let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(messages.len());
         let mut dead_letters = Vec::new();
@@ -292,34 +344,242 @@ impl<H: Handler> Runtime<H> {
                 }
             }
         }
-        let mut outputs = match self.apply_with_retry(&events).await {
-            Some(Ok(outputs)) => outputs,
-            Some(Err(reason)) => {
-                // A permanent failure of the whole batch: find the message at
-                // fault by applying them one at a time.
-                let mut outputs = Vec::new();
-                for (incoming, message) in events.iter().zip(&sources) {
-                    match self.apply_with_retry(std::slice::from_ref(incoming)).await {
-                        Some(Ok(more)) => outputs.extend(more),
-                        Some(Err(reason)) => {
-                            tracing::warn!(offset = incoming.offset, %reason, "handler rejected event; dead-lettering");
-                            dead_letters.push(dead_letter(message, DeadLetterKind::Rejected, &reason));
-                        }
+        // Invariant 4: an event whose key has an earlier event parked
+        // queues behind it, so a key's events stay in order.
+        let Some(mut parked_keys) = self.parked_keys(&events).await else {
+            return BatchOutcome::Abandoned;
+        };
+        let mut to_park: Vec<ToPark<'_>> = Vec::new();
+        let mut outputs = if parked_keys.is_empty() {
+            match self.apply_with_retry(&events).await {
+                Some(Ok(outputs)) => outputs,
+                Some(Err(failure)) => {
+                    tracing::debug!(reason = failure.reason(), "batch failed; isolating the events at fault");
+                    match self
+                        .apply_one_by_one(&events, &sources, &mut parked_keys, &mut to_park, &mut dead_letters)
+                        .await
+                    {
+                        Some(outputs) => outputs,
                         None => return BatchOutcome::Abandoned,
                     }
                 }
-                tracing::debug!(%reason, "batch isolated");
-                outputs
+                None => return BatchOutcome::Abandoned,
             }
-            None => return BatchOutcome::Abandoned,
+        } else {
+            match self
+                .apply_one_by_one(&events, &sources, &mut parked_keys, &mut to_park, &mut dead_letters)
+                .await
+            {
+                Some(outputs) => outputs,
+                None => return BatchOutcome::Abandoned,
+            }
         };
+        if !to_park.is_empty() && !self.park_with_retry(&to_park).await {
+            return BatchOutcome::Abandoned;
+        }
         outputs.append(&mut dead_letters);
         if !self.produce_with_retry(&outputs).await {
             return BatchOutcome::Abandoned;
         }
         metrics::counter!("backorder_consumer_events_total", "topic" => self.topic.clone(), "outcome" => "applied")
-            .increment(events.len() as u64);
+            .increment(events.len().saturating_sub(to_park.len()) as u64);
+        if !to_park.is_empty() {
+            metrics::counter!("backorder_consumer_events_total", "topic" => self.topic.clone(), "outcome" => "parked")
+                .increment(to_park.len() as u64);
+        }
         BatchOutcome::Done
+    }
+
+    /// Applies events one at a time: after a batch failed for good (to find
+    /// the events at fault), or when some keys are parked. An event of a
+    /// parked key parks behind it; one the handler cannot apply yet is
+    /// parked (its key from then on too); one it rejects is dead-lettered.
+    /// None: shutdown.
+    async fn apply_one_by_one<'m>(
+        &self,
+        events: &[Incoming<H::Event>],
+        sources: &[&'m OwnedMessage],
+        parked_keys: &mut HashSet<String>,
+        to_park: &mut Vec<ToPark<'m>>,
+        dead_letters: &mut Vec<OutboundRecord>,
+    ) -> Option<Vec<OutboundRecord>> {
+        let mut outputs = Vec::new();
+        for (incoming, message) in events.iter().zip(sources) {
+            let key = incoming.event.business_id();
+            if parked_keys.contains(key) {
+                tracing::info!(offset = incoming.offset, "an earlier event of this key is parked; parking behind it");
+                to_park.push(ToPark {
+                    message,
+                    key: key.to_string(),
+                    waiting_for: None,
+                    reason: "queued behind an earlier parked event of the same key".to_string(),
+                });
+                continue;
+            }
+            match self.apply_with_retry(std::slice::from_ref(incoming)).await? {
+                Ok(more) => outputs.extend(more),
+                Err(Failure::Missing { waiting_for, reason }) => {
+                    tracing::info!(offset = incoming.offset, %waiting_for, %reason, "state from another topic missing; parking");
+                    parked_keys.insert(key.to_string());
+                    to_park.push(ToPark {
+                        message,
+                        key: key.to_string(),
+                        waiting_for: Some(waiting_for),
+                        reason,
+                    });
+                }
+                Err(Failure::Permanent(reason)) => {
+                    tracing::warn!(offset = incoming.offset, %reason, "handler rejected event; dead-lettering");
+                    dead_letters.push(dead_letter(message, DeadLetterKind::Rejected, &reason));
+                }
+            }
+        }
+        Some(outputs)
+    }
+
+    /// The keys among `events` with a parked event; empty without parking.
+    /// None: shutdown while the database was unavailable.
+    async fn parked_keys(&self, events: &[Incoming<H::Event>]) -> Option<HashSet<String>> {
+        let Some(lot) = &self.options.parking else {
+            return Some(HashSet::new());
+        };
+        if events.is_empty() {
+            return Some(HashSet::new());
+        }
+        let keys: Vec<&str> = events.iter().map(|i| i.event.business_id()).collect();
+        let mut backoff = Backoff::new(&self.options);
+        loop {
+            match lot.parked_keys(&self.topic, &keys).await {
+                Ok(parked) => return Some(parked),
+                Err(error) => {
+                    metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "transient").increment(1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "could not read parked keys; holding the partition");
+                    if !self.sleep_unless_shutdown(delay).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores `events` in the parking lot until it works, or shutdown (false).
+    async fn park_with_retry(&self, events: &[ToPark<'_>]) -> bool {
+        let Some(lot) = &self.options.parking else {
+            return false;
+        };
+        let mut backoff = Backoff::new(&self.options);
+        loop {
+            match lot.park(events).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "transient").increment(1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "could not park events; holding the partition");
+                    if !self.sleep_unless_shutdown(delay).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retries parked events of this topic until shutdown: whenever one is
+    /// due, else every poll interval.
+    async fn retry_parked(&self) {
+        let Some(lot) = &self.options.parking else {
+            return;
+        };
+        let shutdown = &self.lifecycle.shutdown;
+        loop {
+            loop {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                match self.retry_one_parked(lot).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(error) => {
+                        metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "parking").increment(1);
+                        tracing::warn!(topic = %self.topic, %error, "retrying parked events failed; trying again later");
+                        break;
+                    }
+                }
+            }
+            if !self.sleep_unless_shutdown(lot.poll).await {
+                return;
+            }
+        }
+    }
+
+    /// Retries the most overdue parked event whose key has no older one
+    /// parked. Ok(false): none due (or a transient failure: later).
+    async fn retry_one_parked(&self, lot: &ParkingLot) -> Result<bool, crate::db::DbError> {
+        let now = lot.clock.now().await?;
+        let mut client = lot.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some(parked) = parking::claim_due(&tx, &self.topic, now).await? else {
+            return Ok(false);
+        };
+        let message = &parked.message;
+        let span = info_span!(
+            "parked",
+            topic = %self.topic,
+            partition = message.partition(),
+            offset = message.offset(),
+            attempts = parked.attempts,
+        );
+        let resolution = match self.decode(message).instrument(span.clone()).await {
+            Err((kind, reason)) => Err(dead_letter(message, kind, &reason)),
+            Ok(None) => Ok(Vec::new()),
+            Ok(Some(incoming)) => match self.handler.handle(std::slice::from_ref(&incoming)).instrument(span.clone()).await {
+                Ok(outputs) => Ok(outputs),
+                Err(HandlerError::Missing { waiting_for, reason }) if now < parked.dead_letter_at => {
+                    let next = lot.next_retry(now, parked.attempts + 1, parked.dead_letter_at);
+                    tx.execute(
+                        "UPDATE parked_events SET attempts = attempts + 1, next_retry_at = $2, waiting_for = $3, reason = $4
+                          WHERE id = $1",
+                        &[&parked.id, &next, &waiting_for, &reason],
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    tracing::debug!(parent: &span, %waiting_for, next_retry_at = %next, "still waiting");
+                    return Ok(true);
+                }
+                Err(HandlerError::Missing { waiting_for, reason }) => {
+                    let waited = now - parked.parked_at;
+                    let reason = format!(
+                        "waited {}s for {waiting_for} (limit {}s): {reason}",
+                        waited.num_seconds(),
+                        lot.max_age.num_seconds()
+                    );
+                    tracing::warn!(parent: &span, %reason, "parked event waited too long; dead-lettering");
+                    Err(dead_letter(message, DeadLetterKind::Unresolved, &reason))
+                }
+                Err(HandlerError::Permanent(reason)) => {
+                    tracing::warn!(parent: &span, %reason, "handler rejected parked event; dead-lettering");
+                    Err(dead_letter(message, DeadLetterKind::Rejected, &reason))
+                }
+                Err(HandlerError::Transient(reason)) => {
+                    tracing::warn!(parent: &span, %reason, "transient failure retrying a parked event; later");
+                    return Ok(false);
+                }
+            },
+        };
+        let (outputs, outcome) = match resolution {
+            Ok(outputs) => (outputs, "resolved"),
+            Err(letter) => (vec![letter], "dead_lettered"),
+        };
+        // Outputs acknowledged before the row goes: a crash in between
+        // retries the event, and handlers are idempotent.
+        if !self.produce_with_retry(&outputs).await {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM parked_events WHERE id = $1", &[&parked.id]).await?;
+        tx.commit().await?;
+        tracing::info!(parent: &span, outcome, "parked event done");
+        metrics::counter!("backorder_parked_events_total", "topic" => self.topic.clone(), "outcome" => outcome).increment(1);
+        Ok(true)
     }
 
     /// Decodes and validates one message. `Ok(None)`: an empty tombstone,
@@ -355,7 +615,7 @@ impl<H: Handler> Runtime<H> {
 
     /// Applies events, retrying transient failures until they succeed or
     /// shutdown. `None`: shutdown. `Some(Err)`: a permanent failure.
-    async fn apply_with_retry(&self, events: &[Incoming<H::Event>]) -> Option<Result<Vec<OutboundRecord>, String>> {
+    async fn apply_with_retry(&self, events: &[Incoming<H::Event>]) -> Option<Result<Vec<OutboundRecord>, Failure>> {
         if events.is_empty() {
             return Some(Ok(Vec::new()));
         }
@@ -363,8 +623,13 @@ impl<H: Handler> Runtime<H> {
         loop {
             match self.handler.handle(events).await {
                 Ok(outputs) => return Some(Ok(outputs)),
-                Err(HandlerError::Permanent(reason)) => return Some(Err(reason)),
-                Err(HandlerError::Transient(reason)) => {
+                Err(HandlerError::Permanent(reason)) => return Some(Err(Failure::Permanent(reason))),
+                Err(HandlerError::Missing { waiting_for, reason }) if self.options.parking.is_some() => {
+                    return Some(Err(Failure::Missing { waiting_for, reason }));
+                }
+                // Nowhere to park: wait for the state, holding the partition.
+                Err(error @ (HandlerError::Transient(_) | HandlerError::Missing { .. })) => {
+                    let reason = error.to_string();
                     metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "transient").increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "transient failure; holding the partition");
