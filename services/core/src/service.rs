@@ -81,6 +81,34 @@ where
     })
 }
 
+/// Spawns `task` on `lifecycle`'s tracker. An error or a panic marks the
+/// process `failed` and begins shutdown, so a process whose loop died never
+/// keeps reporting ready while doing nothing.
+fn spawn_tracked<F>(lifecycle: &Lifecycle, failed: &Arc<AtomicBool>, what: &'static str, task: F)
+where
+    F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    use futures::FutureExt;
+    let (lifecycle, failed) = (lifecycle.clone(), failed.clone());
+    lifecycle.clone().tasks.spawn(async move {
+        let error = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".to_string());
+                format!("panicked: {message}")
+            }
+        };
+        tracing::error!(task = what, %error, "task failed; shutting down");
+        failed.store(true, Ordering::SeqCst);
+        lifecycle.begin_shutdown();
+    });
+}
+
 /// A started service: everything its loops share.
 #[derive(Clone)]
 pub struct Service {
@@ -169,22 +197,14 @@ impl Service {
         });
     }
 
-    /// Spawns a tracked task; if it fails, the whole service shuts down and
-    /// exits non-zero (infrastructure errors stop the loop; Kubernetes
-    /// restarts the pod).
+    /// Spawns a tracked task; if it fails or panics, the whole service
+    /// shuts down and exits non-zero (infrastructure errors stop the loop;
+    /// Kubernetes restarts the pod).
     pub fn spawn<F>(&self, what: &'static str, task: F)
     where
         F: std::future::Future<Output = Result<(), String>> + Send + 'static,
     {
-        let lifecycle = self.lifecycle.clone();
-        let failed = self.failed.clone();
-        self.lifecycle.tasks.spawn(async move {
-            if let Err(error) = task.await {
-                tracing::error!(task = what, %error, "task failed; shutting down");
-                failed.store(true, Ordering::SeqCst);
-                lifecycle.begin_shutdown();
-            }
-        });
+        spawn_tracked(&self.lifecycle, &self.failed, what, task);
     }
 
     /// Marks the service ready, waits for SIGTERM/SIGINT (or a failed
@@ -202,5 +222,26 @@ impl Service {
         }
         tracing::info!(service = self.name, "stopped cleanly");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_marks_the_process_failed_and_begins_shutdown() {
+        let (lifecycle, failed) = (Lifecycle::new(), Arc::new(AtomicBool::new(false)));
+        lifecycle.readiness.mark_started();
+        spawn_tracked(&lifecycle, &failed, "doomed", async {
+            let nothing: Option<()> = None;
+            #[allow(clippy::unwrap_used)]
+            nothing.unwrap();
+            Ok(())
+        });
+        assert!(lifecycle.wait_for_tasks(Duration::from_secs(5)).await);
+        assert!(failed.load(Ordering::SeqCst), "the exit status will be non-zero");
+        assert!(lifecycle.shutdown.is_cancelled());
+        assert!(!lifecycle.readiness.is_ready());
     }
 }
