@@ -136,6 +136,14 @@ pub struct Settings {
     /// of a parked event (they start at one second and double); it is also
     /// retried at once when the state it waits for is stored.
     pub park_retry_max_secs: u64,
+    /// `BACKORDER_DRAIN_GRACE_MS`: after SIGTERM, how long in-flight work
+    /// may take before it is abandoned (uncommitted, so replayed) and the
+    /// process exits 0. Below the pod's termination grace period.
+    pub drain_grace_ms: u64,
+    /// `BACKORDER_TOPIC_REPLICATION_FACTOR`: replicas of every topic that
+    /// `backorderctl topics create` creates (3 for a production cluster;
+    /// the local single-broker stack sets 1).
+    pub topic_replication_factor: i32,
 }
 
 /// The unsubscribe-link key used when `BACKORDER_UNSUBSCRIBE_SECRET` is not
@@ -188,6 +196,8 @@ impl Default for Settings {
             delay_debounce_ms: 300_000,
             park_max_age_secs: 86_400,
             park_retry_max_secs: 300,
+            drain_grace_ms: 8_000,
+            topic_replication_factor: 3,
         }
     }
 }
