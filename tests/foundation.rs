@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use backorder_core::events::orders::Availability::{Backordered, InStock};
-use backorder_core::kafka::topics::ORDERS;
+use backorder_core::kafka::topics::{EMAIL_REQUESTS, ORDERS};
 use backorder_core::kafka::{Topics, dead_letter};
 use backorder_tests::private_pg::PrivatePostgres;
 use backorder_tests::{TestApp, order_placed, wait_until};
@@ -40,6 +40,12 @@ async fn a_replayed_order_across_a_consumer_crash_gives_exactly_one_email() {
     app.publish(ORDERS, &order).await;
     wait_until("the replay to be consumed and committed", PATIENCE, || async {
         (app.committed_total("orders-consumer", ORDERS).await == 2).then_some(())
+    })
+    .await;
+    // The replay requested the email again: only once the sender has
+    // consumed both requests can "exactly one" be asserted.
+    wait_until("the sender to consume both requests", PATIENCE, || async {
+        (app.committed_total("sender", EMAIL_REQUESTS).await == 2).then_some(())
     })
     .await;
     wait_until("the sender's queue to be empty", PATIENCE, || async {
@@ -145,6 +151,10 @@ async fn with_postgres_down_the_offset_holds_and_the_order_is_processed_once_whe
         (app.committed_total("orders-consumer", ORDERS).await == 1).then_some(())
     })
     .await;
+    wait_until("the sender to consume the request", PATIENCE, || async {
+        (app.committed_total("sender", EMAIL_REQUESTS).await >= 1).then_some(())
+    })
+    .await;
     assert_eq!(app.emails_to(&ada).await.len(), 1);
     let client = app.pool.get().await.unwrap();
     let orders_stored: i64 = client
@@ -178,6 +188,13 @@ async fn sigterm_mid_stream_exits_zero_quickly_and_loses_or_doubles_nothing() {
     let status = status.expect("orders-consumer exited within 10 s of SIGTERM");
     assert!(status.success(), "exit status {status}; log: {}", orders.log_tail());
     assert!(started.elapsed() < Duration::from_secs(10));
+    // Work was in flight when the signal came: the stopped consumer had
+    // committed only part of the stream.
+    let committed_at_exit = app.committed_total("orders-consumer", ORDERS).await;
+    assert!(
+        committed_at_exit < N as i64,
+        "SIGTERM came after all {N} orders were done; the test proves nothing"
+    );
 
     let _orders = app.start_service("orders-consumer").await;
     wait_until("every confirmation at SES", Duration::from_secs(120), || async {
