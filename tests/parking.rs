@@ -47,7 +47,10 @@ async fn parked(app: &TestApp) -> Vec<(String, Option<String>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shipment_before_its_order_is_parked_while_everything_else_flows_and_applied_once_the_order_arrives() {
     let app = TestApp::spawn().await;
-    let env = [("BACKORDER_TIMER_POLL_MS", "100"), ("BACKORDER_PARK_MAX_AGE_SECS", "3600")];
+    let env = [
+        ("BACKORDER_TIMER_POLL_MS", "100"),
+        ("BACKORDER_PARK_MAX_AGE_SECS", "3600"),
+    ];
     let _orders = app.start_service_with("orders-consumer", &env).await;
     let shipments = app.start_service_with("shipments-consumer", &env).await;
 
@@ -64,8 +67,11 @@ async fn a_shipment_before_its_order_is_parked_while_everything_else_flows_and_a
             break;
         }
         let id = format!("o-{i}");
-        app.publish(ORDERS, &order_placed(&id, &app.recipient(&id), "en", &[("MUG-1", InStock)]))
-            .await;
+        app.publish(
+            ORDERS,
+            &order_placed(&id, &app.recipient(&id), "en", &[("MUG-1", InStock)]),
+        )
+        .await;
         wait_until("the order to be stored", PATIENCE, || async {
             let client = app.pool.get().await.unwrap();
             let n: i64 = client
@@ -81,12 +87,18 @@ async fn a_shipment_before_its_order_is_parked_while_everything_else_flows_and_a
     }
     assert!(same.len() >= 2 && other.len() >= 2, "{same:?} {other:?}");
     for id in same.iter().chain(&other) {
-        wait_until("shipments of stored orders to flow past the parked one", PATIENCE, || async {
-            (stored_shipments(&app, id).await.0 == 1).then_some(())
-        })
+        wait_until(
+            "shipments of stored orders to flow past the parked one",
+            PATIENCE,
+            || async { (stored_shipments(&app, id).await.0 == 1).then_some(()) },
+        )
         .await;
     }
-    assert_eq!(stored_shipments(&app, "o-late").await, (0, 0), "the early shipment waits");
+    assert_eq!(
+        stored_shipments(&app, "o-late").await,
+        (0, 0),
+        "the early shipment waits"
+    );
     assert_eq!(
         parked(&app).await,
         vec![
@@ -96,9 +108,11 @@ async fn a_shipment_before_its_order_is_parked_while_everything_else_flows_and_a
         "the shipment waits for its order; its delivery queues behind it"
     );
     let total = 2 + (same.len() + other.len()) as i64;
-    wait_until("every offset to be committed: nothing holds a partition", PATIENCE, || async {
-        (app.committed_total("shipments-consumer", SHIPMENTS).await == total).then_some(())
-    })
+    wait_until(
+        "every offset to be committed: nothing holds a partition",
+        PATIENCE,
+        || async { (app.committed_total("shipments-consumer", SHIPMENTS).await == total).then_some(()) },
+    )
     .await;
     let metrics = shipments.metrics().await;
     assert_eq!(
@@ -110,9 +124,11 @@ async fn a_shipment_before_its_order_is_parked_while_everything_else_flows_and_a
     // The order arrives: the shipment, then its delivery, are applied.
     app.publish(ORDERS, &order_placed("o-late", &late, "en", &[("LAMP-1", InStock)]))
         .await;
-    wait_until("the parked shipment and its delivery to be applied", PATIENCE, || async {
-        (stored_shipments(&app, "o-late").await == (1, 1)).then_some(())
-    })
+    wait_until(
+        "the parked shipment and its delivery to be applied",
+        PATIENCE,
+        || async { (stored_shipments(&app, "o-late").await == (1, 1)).then_some(()) },
+    )
     .await;
     wait_until("the parking lot to empty", PATIENCE, || async {
         parked(&app).await.is_empty().then_some(())
@@ -129,13 +145,20 @@ async fn a_shipment_before_its_order_is_parked_while_everything_else_flows_and_a
         .get(0);
     assert_eq!(shipped_emails, 1, "the shipped email is decided once");
     let metrics = shipments.metrics().await;
-    assert_eq!(metric_sum(&metrics, "backorder_dead_letters_total", ""), 0.0, "nothing dead-lettered");
+    assert_eq!(
+        metric_sum(&metrics, "backorder_dead_letters_total", ""),
+        0.0,
+        "nothing dead-lettered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shipment_whose_order_never_arrives_is_dead_lettered_with_the_reason_after_the_configured_time() {
     let app = TestApp::spawn().await;
-    let env = [("BACKORDER_TIMER_POLL_MS", "100"), ("BACKORDER_PARK_MAX_AGE_SECS", "7200")];
+    let env = [
+        ("BACKORDER_TIMER_POLL_MS", "100"),
+        ("BACKORDER_PARK_MAX_AGE_SECS", "7200"),
+    ];
     let shipments = app.start_service_with("shipments-consumer", &env).await;
     ship(&app, &dispatched(&app, "o-never", "s-never", &["l1"]).await).await;
     wait_until("the shipment to be parked", PATIENCE, || async {
@@ -160,7 +183,10 @@ async fn a_shipment_whose_order_never_arrives_is_dead_lettered_with_the_reason_a
     advance_hours(&app, 2).await;
     let letters = app.dead_letters(SHIPMENTS, 1).await;
     let reason = &letters[0].1[dead_letter::REASON];
-    assert!(reason.contains("order:o-never") && reason.contains("not stored yet"), "{reason}");
+    assert!(
+        reason.contains("order:o-never") && reason.contains("not stored yet"),
+        "{reason}"
+    );
     assert_eq!(letters[0].1[dead_letter::KIND], "unresolved");
     wait_until("the parking lot to empty", PATIENCE, || async {
         parked(&app).await.is_empty().then_some(())

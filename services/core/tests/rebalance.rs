@@ -181,18 +181,25 @@ async fn a_rebalance_mid_batch_applies_nothing_twice_loses_nothing_and_never_mov
     })
     .await;
     let b = replica(&settings, &topic, &group, 1, &applied);
-    wait_for("the second replica to be given partitions and apply events", Duration::from_secs(30), || {
-        (count_of(1) > 0).then_some(())
-    })
+    wait_for(
+        "the second replica to be given partitions and apply events",
+        Duration::from_secs(30),
+        || (count_of(1) > 0).then_some(()),
+    )
     .await;
     let c = replica(&settings, &topic, &group, 2, &applied);
-    wait_for("the third replica to be given partitions and apply events", Duration::from_secs(30), || {
-        (count_of(2) > 0).then_some(())
-    })
+    wait_for(
+        "the third replica to be given partitions and apply events",
+        Duration::from_secs(30),
+        || (count_of(2) > 0).then_some(()),
+    )
     .await;
     let applied_by_a_before_leaving = count_of(0);
     a.begin_shutdown();
-    assert!(a.wait_for_tasks(Duration::from_secs(20)).await, "replica A left the group");
+    assert!(
+        a.wait_for_tasks(Duration::from_secs(20)).await,
+        "replica A left the group"
+    );
     let in_flight_after_a_left = applied.lock().unwrap().len();
     feeder.await.unwrap();
     assert!(
@@ -212,10 +219,14 @@ async fn a_rebalance_mid_batch_applies_nothing_twice_loses_nothing_and_never_mov
         .create()
         .unwrap();
     let topic_for_reader = topic.clone();
-    let final_commits = wait_for("the group's offsets to cover every event", Duration::from_secs(30), || {
-        let offsets = committed(&reader, &topic_for_reader);
-        (offsets.values().sum::<i64>() == EVENTS as i64).then_some(offsets)
-    })
+    let final_commits = wait_for(
+        "the group's offsets to cover every event",
+        Duration::from_secs(30),
+        || {
+            let offsets = committed(&reader, &topic_for_reader);
+            (offsets.values().sum::<i64>() == EVENTS as i64).then_some(offsets)
+        },
+    )
     .await;
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

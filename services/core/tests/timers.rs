@@ -18,9 +18,14 @@ use chrono::{DateTime, Utc};
 async fn database() -> Pool {
     let admin_url = stack_env_value("BACKORDER_PG_ADMIN_URL").expect("start the local stack with `make up`");
     let name = format!("core_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.unwrap();
+    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
-    admin.execute(&format!("CREATE DATABASE \"{name}\""), &[]).await.unwrap();
+    admin
+        .execute(&format!("CREATE DATABASE \"{name}\""), &[])
+        .await
+        .unwrap();
     let base = admin_url.rsplit_once('/').unwrap().0;
     let pool = backorder_core::db::pool(&format!("{base}/{name}"), 4).unwrap();
     backorder_core::db::migrate(&pool).await.unwrap();
@@ -89,7 +94,10 @@ async fn a_timer_that_fails_for_good_is_set_aside_and_the_others_of_its_kind_sti
     let deadline = Instant::now() + Duration::from_secs(30);
     let states = loop {
         let rows = client
-            .query("SELECT timer_key, state, last_error FROM timers ORDER BY timer_key", &[])
+            .query(
+                "SELECT timer_key, state, last_error FROM timers ORDER BY timer_key",
+                &[],
+            )
             .await
             .unwrap();
         let states: Vec<(String, String, Option<String>)> =
@@ -117,5 +125,9 @@ async fn a_timer_that_fails_for_good_is_set_aside_and_the_others_of_its_kind_sti
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(decided, vec!["test:a", "test:b", "test:c"], "the failed timer's writes rolled back");
+    assert_eq!(
+        decided,
+        vec!["test:a", "test:b", "test:c"],
+        "the failed timer's writes rolled back"
+    );
 }

@@ -38,6 +38,17 @@ pub fn win_back(customer_id: &str) -> String {
     format!("{WIN_BACK}:{customer_id}")
 }
 
+/// What a parked event waits for when it needs the order stored (see
+/// `backorder_core::kafka::parking`); the orders handler announces it.
+pub fn order_state(order_id: &str) -> String {
+    format!("order:{order_id}")
+}
+
+/// What a parked event waits for when it needs a shipment's dispatch stored.
+pub fn shipment_state(shipment_id: &str) -> String {
+    format!("shipment:{shipment_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,15 +59,4 @@ mod tests {
         assert!(!nurture("o-10", 1).starts_with(&nurture_prefix("o-1")));
         assert!(!followup("o-10", "s").starts_with(&followup_prefix("o-1")));
     }
-}
-
-/// What a parked event waits for when it needs the order stored (see
-/// `backorder_core::kafka::parking`); the orders handler announces it.
-pub fn order_state(order_id: &str) -> String {
-    format!("order:{order_id}")
-}
-
-/// What a parked event waits for when it needs a shipment's dispatch stored.
-pub fn shipment_state(shipment_id: &str) -> String {
-    format!("shipment:{shipment_id}")
 }

@@ -118,7 +118,11 @@ impl ParkingLot {
                 .unwrap_or_default();
             // Queued behind an earlier event of its key: due at once, so it
             // is tried as soon as it becomes the oldest of its key.
-            let next_retry_at = if event.waiting_for.is_some() { now + RETRY_MIN } else { now };
+            let next_retry_at = if event.waiting_for.is_some() {
+                now + RETRY_MIN
+            } else {
+                now
+            };
             tx.execute(
                 &statement,
                 &[
@@ -147,7 +151,10 @@ impl ParkingLot {
     /// moment the event is dead-lettered.
     pub(crate) fn next_retry(&self, now: DateTime<Utc>, attempts: i32, dead_letter_at: DateTime<Utc>) -> DateTime<Utc> {
         let factor = 1i32.checked_shl(attempts.clamp(0, 20) as u32).unwrap_or(i32::MAX);
-        let delay = RETRY_MIN.checked_mul(factor).unwrap_or(self.retry_max).min(self.retry_max);
+        let delay = RETRY_MIN
+            .checked_mul(factor)
+            .unwrap_or(self.retry_max)
+            .min(self.retry_max);
         (now + delay).min(dead_letter_at)
     }
 }

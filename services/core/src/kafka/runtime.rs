@@ -25,13 +25,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::Message;
 use tracing::{Instrument, info_span};
 
-use super::dead_letter::{DeadLetterKind, dead_letter};
+use super::dead_letter::{DeadLetter, DeadLetterKind, dead_letter};
 use super::parking::{self, ParkingLot, ToPark};
 use super::producer::{OutboundRecord, Producer};
 use super::rebalance::{Partitions, RebalanceContext, offset_list};
@@ -63,6 +63,11 @@ pub enum HandlerError {
     /// parks it under its key and moves on; it is retried when
     /// `waiting_for` arrives (see [`super::parking::state_arrived`]) or on
     /// a schedule, and dead-lettered with `reason` when it waited too long.
+    /// The database schema is behind this build (a table or column is
+    /// missing). No event is at fault: the runtime holds the partition and
+    /// retries, with readiness down, and dead-letters nothing.
+    #[error("database schema behind the code: {0}")]
+    SchemaBehind(String),
     #[error("waiting for {waiting_for}: {reason}")]
     Missing {
         /// What would let it proceed, e.g. `order:o-1`.
@@ -79,6 +84,14 @@ impl HandlerError {
             reason: reason.into(),
         }
     }
+}
+
+/// Why a message did not decode into an event.
+enum Undecoded {
+    /// Bad bytes or an invalid event: dead-letter it.
+    Bad(DeadLetterKind, String),
+    /// Shutdown came while the schema registry was unavailable.
+    Shutdown,
 }
 
 /// Why applying events failed for good (after transient retries).
@@ -235,7 +248,8 @@ impl<H: Handler> Runtime<H> {
                 };
                 if !self.partitions.still_owned(partition, epoch) {
                     tracing::info!(topic = %self.topic, partition, first_offset = first.offset(), "partition revoked while its batch was gathered; its next owner replays it");
-                    metrics::counter!("backorder_consumer_revoked_batches_total", "topic" => self.topic.clone()).increment(1);
+                    metrics::counter!("backorder_consumer_revoked_batches_total", "topic" => self.topic.clone())
+                        .increment(1);
                     continue;
                 }
                 let span = info_span!(
@@ -333,15 +347,15 @@ impl<H: Handler> Runtime<H> {
         let mut dead_letters = Vec::new();
         for message in messages {
             match self.decode(message).await {
-                Ok(Some(incoming)) => {
+                Ok(incoming) => {
                     events.push(incoming);
                     sources.push(message);
                 }
-                Ok(None) => {}
-                Err((kind, reason)) => {
+                Err(Undecoded::Bad(kind, reason)) => {
                     tracing::warn!(offset = message.offset(), kind = kind.as_str(), %reason, "dead-lettering message");
                     dead_letters.push(dead_letter(message, kind, &reason));
                 }
+                Err(Undecoded::Shutdown) => return BatchOutcome::Abandoned,
             }
         }
         // Invariant 4: an event whose key has an earlier event parked
@@ -350,7 +364,7 @@ impl<H: Handler> Runtime<H> {
             return BatchOutcome::Abandoned;
         };
         let mut to_park: Vec<ToPark<'_>> = Vec::new();
-        let mut outputs = if parked_keys.is_empty() {
+        let outputs = if parked_keys.is_empty() {
             match self.apply_with_retry(&events).await {
                 Some(Ok(outputs)) => outputs,
                 Some(Err(failure)) => {
@@ -377,8 +391,7 @@ impl<H: Handler> Runtime<H> {
         if !to_park.is_empty() && !self.park_with_retry(&to_park).await {
             return BatchOutcome::Abandoned;
         }
-        outputs.append(&mut dead_letters);
-        if !self.produce_with_retry(&outputs).await {
+        if !self.produce_with_retry(&outputs, &dead_letters).await {
             return BatchOutcome::Abandoned;
         }
         metrics::counter!("backorder_consumer_events_total", "topic" => self.topic.clone(), "outcome" => "applied")
@@ -401,13 +414,16 @@ impl<H: Handler> Runtime<H> {
         sources: &[&'m OwnedMessage],
         parked_keys: &mut HashSet<String>,
         to_park: &mut Vec<ToPark<'m>>,
-        dead_letters: &mut Vec<OutboundRecord>,
+        dead_letters: &mut Vec<DeadLetter>,
     ) -> Option<Vec<OutboundRecord>> {
         let mut outputs = Vec::new();
         for (incoming, message) in events.iter().zip(sources) {
             let key = incoming.event.business_id();
             if parked_keys.contains(key) {
-                tracing::info!(offset = incoming.offset, "an earlier event of this key is parked; parking behind it");
+                tracing::info!(
+                    offset = incoming.offset,
+                    "an earlier event of this key is parked; parking behind it"
+                );
                 to_park.push(ToPark {
                     message,
                     key: key.to_string(),
@@ -452,7 +468,7 @@ impl<H: Handler> Runtime<H> {
             match lot.parked_keys(&self.topic, &keys).await {
                 Ok(parked) => return Some(parked),
                 Err(error) => {
-                    metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "transient").increment(1);
+                    self.note_db_failure(&error);
                     let delay = backoff.next_delay();
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "could not read parked keys; holding the partition");
                     if !self.sleep_unless_shutdown(delay).await {
@@ -460,6 +476,23 @@ impl<H: Handler> Runtime<H> {
                     }
                 }
             }
+        }
+    }
+
+    /// Counts a database failure of the runtime's own statements (parking)
+    /// the way handler failures are counted; a schema behind the code also
+    /// turns readiness off, as in [`Self::apply_with_retry`].
+    fn note_db_failure(&self, error: &crate::db::DbError) {
+        if crate::db::classify(error) == crate::db::ErrorClass::SchemaBehind {
+            metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "schema")
+                .increment(1);
+            if !self.lifecycle.readiness.is_schema_behind() {
+                tracing::error!(%error, "the database schema is behind this build: run the migrations (`backorderctl migrate`); holding the partition, not ready, nothing dead-lettered");
+            }
+            self.lifecycle.readiness.set_schema_behind(true);
+        } else {
+            metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "transient")
+                .increment(1);
         }
     }
 
@@ -473,7 +506,7 @@ impl<H: Handler> Runtime<H> {
             match lot.park(events).await {
                 Ok(()) => return true,
                 Err(error) => {
-                    metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "transient").increment(1);
+                    self.note_db_failure(&error);
                     let delay = backoff.next_delay();
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "could not park events; holding the partition");
                     if !self.sleep_unless_shutdown(delay).await {
@@ -500,8 +533,12 @@ impl<H: Handler> Runtime<H> {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(error) => {
-                        metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "parking").increment(1);
-                        tracing::warn!(topic = %self.topic, %error, "retrying parked events failed; trying again later");
+                        // A schema behind the code is reported by the main
+                        // loop; here it would only repeat every poll.
+                        if crate::db::classify(&error) != crate::db::ErrorClass::SchemaBehind {
+                            metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "parking").increment(1);
+                            tracing::warn!(topic = %self.topic, %error, "retrying parked events failed; trying again later");
+                        }
                         break;
                     }
                 }
@@ -530,9 +567,14 @@ impl<H: Handler> Runtime<H> {
             attempts = parked.attempts,
         );
         let resolution = match self.decode(message).instrument(span.clone()).await {
-            Err((kind, reason)) => Err(dead_letter(message, kind, &reason)),
-            Ok(None) => Ok(Vec::new()),
-            Ok(Some(incoming)) => match self.handler.handle(std::slice::from_ref(&incoming)).instrument(span.clone()).await {
+            Err(Undecoded::Bad(kind, reason)) => Err(dead_letter(message, kind, &reason)),
+            Err(Undecoded::Shutdown) => return Ok(false),
+            Ok(incoming) => match self
+                .handler
+                .handle(std::slice::from_ref(&incoming))
+                .instrument(span.clone())
+                .await
+            {
                 Ok(outputs) => Ok(outputs),
                 Err(HandlerError::Missing { waiting_for, reason }) if now < parked.dead_letter_at => {
                     let next = lot.next_retry(now, parked.attempts + 1, parked.dead_letter_at);
@@ -560,57 +602,69 @@ impl<H: Handler> Runtime<H> {
                     tracing::warn!(parent: &span, %reason, "handler rejected parked event; dead-lettering");
                     Err(dead_letter(message, DeadLetterKind::Rejected, &reason))
                 }
-                Err(HandlerError::Transient(reason)) => {
-                    tracing::warn!(parent: &span, %reason, "transient failure retrying a parked event; later");
+                Err(error @ (HandlerError::Transient(_) | HandlerError::SchemaBehind(_))) => {
+                    tracing::warn!(parent: &span, %error, "could not retry a parked event now; later");
                     return Ok(false);
                 }
             },
         };
-        let (outputs, outcome) = match resolution {
-            Ok(outputs) => (outputs, "resolved"),
-            Err(letter) => (vec![letter], "dead_lettered"),
+        let (outputs, letters, outcome) = match resolution {
+            Ok(outputs) => (outputs, Vec::new(), "resolved"),
+            Err(letter) => (Vec::new(), vec![letter], "dead_lettered"),
         };
         // Outputs acknowledged before the row goes: a crash in between
         // retries the event, and handlers are idempotent.
-        if !self.produce_with_retry(&outputs).await {
+        if !self.produce_with_retry(&outputs, &letters).await {
             return Ok(false);
         }
-        tx.execute("DELETE FROM parked_events WHERE id = $1", &[&parked.id]).await?;
+        tx.execute("DELETE FROM parked_events WHERE id = $1", &[&parked.id])
+            .await?;
         tx.commit().await?;
         tracing::info!(parent: &span, outcome, "parked event done");
-        metrics::counter!("backorder_parked_events_total", "topic" => self.topic.clone(), "outcome" => outcome).increment(1);
+        metrics::counter!("backorder_parked_events_total", "topic" => self.topic.clone(), "outcome" => outcome)
+            .increment(1);
         Ok(true)
     }
 
-    /// Decodes and validates one message. `Ok(None)`: an empty tombstone,
-    /// which carries no event and is skipped.
-    async fn decode(&self, message: &OwnedMessage) -> Result<Option<Incoming<H::Event>>, (DeadLetterKind, String)> {
+    /// Decodes and validates one message. A registry outage is retried (it
+    /// is never the message's fault) until shutdown.
+    async fn decode(&self, message: &OwnedMessage) -> Result<Incoming<H::Event>, Undecoded> {
+        // A message without a payload carries no event; on an event topic
+        // it is a producer's mistake, so it is dead-lettered, not skipped.
         let Some(payload) = message.payload() else {
-            return Ok(None);
+            return Err(Undecoded::Bad(
+                DeadLetterKind::Empty,
+                "the message has no payload".into(),
+            ));
         };
+        let mut backoff = Backoff::new(&self.options);
         let event: H::Event = loop {
             match self.codec.decode(payload).await {
                 Ok(event) => break event,
                 Err(error) if error.is_transient() => {
-                    tracing::warn!(%error, "schema registry unavailable; retrying");
-                    tokio::time::sleep(self.options.max_backoff).await;
+                    metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "transient").increment(1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "schema registry unavailable; retrying");
+                    if !self.sleep_unless_shutdown(delay).await {
+                        return Err(Undecoded::Shutdown);
+                    }
                 }
-                Err(error) => return Err((DeadLetterKind::Undecodable, error.to_string())),
+                Err(error) => return Err(Undecoded::Bad(DeadLetterKind::Undecodable, error.to_string())),
             }
         };
         event
             .validate()
-            .map_err(|e| (DeadLetterKind::Invalid, format!("invalid event: {e}")))?;
+            .map_err(|e| Undecoded::Bad(DeadLetterKind::Invalid, format!("invalid event: {e}")))?;
         tracing::debug!(
             event_id = event.event_id(),
             business_id = event.business_id(),
             "decoded"
         );
-        Ok(Some(Incoming {
+        Ok(Incoming {
             event,
             partition: message.partition(),
             offset: message.offset(),
-        }))
+        })
     }
 
     /// Applies events, retrying transient failures until they succeed or
@@ -622,10 +676,26 @@ impl<H: Handler> Runtime<H> {
         let mut backoff = Backoff::new(&self.options);
         loop {
             match self.handler.handle(events).await {
-                Ok(outputs) => return Some(Ok(outputs)),
+                Ok(outputs) => {
+                    if self.lifecycle.readiness.is_schema_behind() {
+                        tracing::info!("the database schema caught up; ready again");
+                        self.lifecycle.readiness.set_schema_behind(false);
+                    }
+                    return Some(Ok(outputs));
+                }
                 Err(HandlerError::Permanent(reason)) => return Some(Err(Failure::Permanent(reason))),
                 Err(HandlerError::Missing { waiting_for, reason }) if self.options.parking.is_some() => {
                     return Some(Err(Failure::Missing { waiting_for, reason }));
+                }
+                Err(HandlerError::SchemaBehind(reason)) => {
+                    metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "schema").increment(1);
+                    if !self.lifecycle.readiness.is_schema_behind() {
+                        tracing::error!(%reason, "the database schema is behind this build: run the migrations (`backorderctl migrate`); holding the partition, not ready, nothing dead-lettered");
+                    }
+                    self.lifecycle.readiness.set_schema_behind(true);
+                    if !self.sleep_unless_shutdown(self.options.max_backoff).await {
+                        return None;
+                    }
                 }
                 // Nowhere to park: wait for the state, holding the partition.
                 Err(error @ (HandlerError::Transient(_) | HandlerError::Missing { .. })) => {
@@ -641,15 +711,24 @@ impl<H: Handler> Runtime<H> {
         }
     }
 
-    /// Produces outputs until acknowledged, or shutdown (false).
-    async fn produce_with_retry(&self, outputs: &[OutboundRecord]) -> bool {
-        if outputs.is_empty() {
+    /// Produces outputs and dead letters until acknowledged, or shutdown
+    /// (false). Dead letters are counted once, after the acknowledgement.
+    async fn produce_with_retry(&self, outputs: &[OutboundRecord], letters: &[DeadLetter]) -> bool {
+        if outputs.is_empty() && letters.is_empty() {
             return true;
         }
         let mut backoff = Backoff::new(&self.options);
         loop {
-            match self.producer.send_all(outputs).await {
-                Ok(_) => return true,
+            let sent = futures::future::try_join(
+                self.producer.send_all(outputs),
+                self.producer.send_dead_letters(letters),
+            )
+            .await;
+            match sent {
+                Ok(_) => {
+                    letters.iter().for_each(DeadLetter::count);
+                    return true;
+                }
                 Err(error) => {
                     metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "produce").increment(1);
                     let delay = backoff.next_delay();
@@ -733,15 +812,17 @@ impl<E: TopicEvent> Handler for AcknowledgeOnly<E> {
     }
 }
 
-/// Database failures are transient when the connection is at fault (the
-/// runtime holds the partition and retries) and permanent otherwise (the
-/// runtime isolates the event at fault and dead-letters it).
+/// Database failures as [`crate::db::classify`] sees them: transient (the
+/// runtime holds the partition and retries), a schema behind the code
+/// (held, not ready, nothing dead-lettered) or permanent (the runtime
+/// isolates the event at fault and dead-letters it).
 impl From<crate::db::DbError> for HandlerError {
     fn from(error: crate::db::DbError) -> Self {
-        if crate::db::is_transient(&error) {
-            HandlerError::Transient(error.to_string())
-        } else {
-            HandlerError::Permanent(error.to_string())
+        use crate::db::ErrorClass;
+        match crate::db::classify(&error) {
+            ErrorClass::Transient => HandlerError::Transient(error.to_string()),
+            ErrorClass::SchemaBehind => HandlerError::SchemaBehind(error.to_string()),
+            ErrorClass::Permanent => HandlerError::Permanent(error.to_string()),
         }
     }
 }
