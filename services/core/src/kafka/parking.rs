@@ -55,6 +55,18 @@ pub struct ToPark<'a> {
     pub reason: String,
 }
 
+impl<'a> ToPark<'a> {
+    /// `message`, queued behind an earlier parked event of `key`.
+    pub fn behind(message: &'a OwnedMessage, key: &str) -> Self {
+        Self {
+            message,
+            key: key.to_string(),
+            waiting_for: None,
+            reason: "queued behind an earlier parked event of the same key".to_string(),
+        }
+    }
+}
+
 /// A parked event due for a retry, with its original message rebuilt.
 pub struct Parked {
     pub id: i64,

@@ -364,29 +364,39 @@ impl<H: Handler> Runtime<H> {
             return BatchOutcome::Abandoned;
         };
         let mut to_park: Vec<ToPark<'_>> = Vec::new();
-        let outputs = if parked_keys.is_empty() {
-            match self.apply_with_retry(&events).await {
-                Some(Ok(outputs)) => outputs,
-                Some(Err(failure)) => {
-                    tracing::debug!(reason = failure.reason(), "batch failed; isolating the events at fault");
-                    match self
-                        .apply_one_by_one(&events, &sources, &mut parked_keys, &mut to_park, &mut dead_letters)
-                        .await
-                    {
-                        Some(outputs) => outputs,
-                        None => return BatchOutcome::Abandoned,
-                    }
-                }
-                None => return BatchOutcome::Abandoned,
-            }
+        let decoded = events.len();
+        let (events, sources) = if parked_keys.is_empty() {
+            (events, sources)
         } else {
-            match self
-                .apply_one_by_one(&events, &sources, &mut parked_keys, &mut to_park, &mut dead_letters)
-                .await
-            {
-                Some(outputs) => outputs,
-                None => return BatchOutcome::Abandoned,
+            let mut ready = (Vec::with_capacity(events.len()), Vec::with_capacity(events.len()));
+            for (incoming, message) in events.into_iter().zip(sources) {
+                let key = incoming.event.business_id();
+                if parked_keys.contains(key) {
+                    tracing::info!(
+                        offset = incoming.offset,
+                        "an earlier event of this key is parked; parking behind it"
+                    );
+                    to_park.push(ToPark::behind(message, key));
+                } else {
+                    ready.0.push(incoming);
+                    ready.1.push(message);
+                }
             }
+            ready
+        };
+        let outputs = match self.apply_with_retry(&events).await {
+            Some(Ok(outputs)) => outputs,
+            Some(Err(failure)) => {
+                tracing::debug!(reason = failure.reason(), "batch failed; isolating the events at fault");
+                match self
+                    .apply_one_by_one(&events, &sources, &mut parked_keys, &mut to_park, &mut dead_letters)
+                    .await
+                {
+                    Some(outputs) => outputs,
+                    None => return BatchOutcome::Abandoned,
+                }
+            }
+            None => return BatchOutcome::Abandoned,
         };
         if !to_park.is_empty() && !self.park_with_retry(&to_park).await {
             return BatchOutcome::Abandoned;
@@ -395,7 +405,7 @@ impl<H: Handler> Runtime<H> {
             return BatchOutcome::Abandoned;
         }
         metrics::counter!("backorder_consumer_events_total", "topic" => self.topic.clone(), "outcome" => "applied")
-            .increment(events.len().saturating_sub(to_park.len()) as u64);
+            .increment(decoded.saturating_sub(to_park.len()) as u64);
         if !to_park.is_empty() {
             metrics::counter!("backorder_consumer_events_total", "topic" => self.topic.clone(), "outcome" => "parked")
                 .increment(to_park.len() as u64);
@@ -403,10 +413,10 @@ impl<H: Handler> Runtime<H> {
         BatchOutcome::Done
     }
 
-    /// Applies events one at a time: after a batch failed for good (to find
-    /// the events at fault), or when some keys are parked. An event of a
-    /// parked key parks behind it; one the handler cannot apply yet is
-    /// parked (its key from then on too); one it rejects is dead-lettered.
+    /// Applies events one at a time after a batch failed for good, to find
+    /// the events at fault. An event of a key parked meanwhile parks behind
+    /// it; one the handler cannot apply yet is parked (its key from then on
+    /// too); one it rejects is dead-lettered.
     /// None: shutdown.
     async fn apply_one_by_one<'m>(
         &self,
@@ -424,12 +434,7 @@ impl<H: Handler> Runtime<H> {
                     offset = incoming.offset,
                     "an earlier event of this key is parked; parking behind it"
                 );
-                to_park.push(ToPark {
-                    message,
-                    key: key.to_string(),
-                    waiting_for: None,
-                    reason: "queued behind an earlier parked event of the same key".to_string(),
-                });
+                to_park.push(ToPark::behind(message, key));
                 continue;
             }
             match self.apply_with_retry(std::slice::from_ref(incoming)).await? {
