@@ -153,7 +153,8 @@ async fn a_shipment_before_its_order_is_parked_while_everything_else_flows_and_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shipment_whose_order_never_arrives_is_dead_lettered_with_the_reason_after_the_configured_time() {
+async fn a_shipment_whose_order_never_arrives_is_dead_lettered_after_the_configured_time_and_replayed_once_after_a_fix()
+{
     let app = TestApp::spawn().await;
     let env = [
         ("BACKORDER_TIMER_POLL_MS", "100"),
@@ -193,6 +194,78 @@ async fn a_shipment_whose_order_never_arrives_is_dead_lettered_with_the_reason_a
     })
     .await;
     assert_eq!(stored_shipments(&app, "o-never").await, (0, 0));
+
+    // The fix: the order turns up after all. The operator lists the dead
+    // letter and re-publishes it; it is processed once, even when replayed
+    // twice.
+    let listed = backorderctl(&app, &["dlq", "list", SHIPMENTS, "--idle", "2s"]).await;
+    assert!(
+        listed.contains("unresolved") && listed.contains("order:o-never"),
+        "{listed}"
+    );
+    assert!(listed.contains("1 dead letters"), "{listed}");
+    let dry = backorderctl(&app, &["dlq", "replay", SHIPMENTS, "--dry-run", "--idle", "2s"]).await;
+    assert!(dry.contains("dry run, nothing published"), "{dry}");
+    let orders = app.start_service("orders-consumer").await;
+    app.publish(
+        ORDERS,
+        &order_placed("o-never", &app.recipient("never"), "en", &[("MUG-1", InStock)]),
+    )
+    .await;
+    wait_until("the order to be stored", PATIENCE, || async {
+        let m = orders.metrics().await;
+        (metric_sum(&m, "backorder_consumer_events_total", "outcome=\"applied\"") >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stored_shipments(&app, "o-never").await,
+        (0, 0),
+        "the dry run published nothing"
+    );
+    for _ in 0..2 {
+        let replayed = backorderctl(&app, &["dlq", "replay", SHIPMENTS, "--idle", "2s"]).await;
+        assert!(replayed.contains("re-published 1 of 1"), "{replayed}");
+    }
+    wait_until("the replayed shipments to be consumed", PATIENCE, || async {
+        (app.committed_total("shipments-consumer", SHIPMENTS).await == 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stored_shipments(&app, "o-never").await,
+        (1, 0),
+        "processed after the fix"
+    );
+    let client = app.pool.get().await.unwrap();
+    let shipped: i64 = client
+        .query_one(
+            "SELECT count(*) FROM email_decisions WHERE order_id = 'o-never' AND template = 'shipped'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shipped, 1, "one shipped email however often it is replayed");
+}
+
+/// Runs `backorderctl` against this test's stack; returns its stdout.
+async fn backorderctl(app: &TestApp, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(backorder_tests::process::binary("backorderctl"))
+        .args(args)
+        .env_clear()
+        .env("KAFKA_BOOTSTRAP_SERVERS", &app.settings.kafka_bootstrap_servers)
+        .env("DATABASE_URL", &app.settings.database_url)
+        .env("BACKORDER_TOPIC_PREFIX", &app.settings.topic_prefix)
+        .env("BACKORDER_STACK_ENV", "/nonexistent")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "backorderctl {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 async fn advance_hours(app: &TestApp, hours: i64) {

@@ -10,8 +10,10 @@
 //! - [`clock`]: show or move the controlled clock.
 //! - [`emails`]: list the sender's ledger, recipients masked.
 //! - [`report`]: compare backorder buyers with the other customers.
+//! - [`dlq`]: list dead letters and re-publish them after a fix.
 
 pub mod clock;
+pub mod dlq;
 pub mod emails;
 pub mod migrate;
 pub mod publish;
@@ -101,6 +103,12 @@ pub enum Command {
         #[command(subcommand)]
         command: report::ReportCommand,
     },
+    /// Dead letters: `dlq list TOPIC` shows them (never payloads), `dlq
+    /// replay TOPIC` re-publishes them to TOPIC after a fix (`--dry-run`).
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
 }
 
 /// Everything that can go wrong, worded for the person at the terminal.
@@ -151,6 +159,12 @@ pub enum CtlError {
         #[source]
         source: Box<ProduceError>,
     },
+    #[error("Kafka: could not {what}: {}", with_causes(source))]
+    Kafka {
+        what: String,
+        #[source]
+        source: backorder_core::rdkafka::error::KafkaError,
+    },
     #[error("could not write the output: {0}")]
     Output(#[from] io::Error),
 }
@@ -183,6 +197,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Clock { command } => clock::run(command, &Settings::load()?, &mut out).await,
         Command::Emails(args) => emails::run(args, &Settings::load()?, &mut out).await,
         Command::Report { command } => report::run(command, &Settings::load()?, &mut out).await,
+        Command::Dlq { command } => dlq::run(command, &Settings::load()?, &mut out).await,
     }?;
     out.flush()?;
     Ok(())
