@@ -151,6 +151,10 @@ async fn with_postgres_down_the_offset_holds_and_the_order_is_processed_once_whe
         (app.committed_total("orders-consumer", ORDERS).await == 1).then_some(())
     })
     .await;
+    wait_until("the sender to consume the request", PATIENCE, || async {
+        (app.committed_total("sender", EMAIL_REQUESTS).await >= 1).then_some(())
+    })
+    .await;
     assert_eq!(app.emails_to(&ada).await.len(), 1);
     let client = app.pool.get().await.unwrap();
     let orders_stored: i64 = client
@@ -184,6 +188,13 @@ async fn sigterm_mid_stream_exits_zero_quickly_and_loses_or_doubles_nothing() {
     let status = status.expect("orders-consumer exited within 10 s of SIGTERM");
     assert!(status.success(), "exit status {status}; log: {}", orders.log_tail());
     assert!(started.elapsed() < Duration::from_secs(10));
+    // Work was in flight when the signal came: the stopped consumer had
+    // committed only part of the stream.
+    let committed_at_exit = app.committed_total("orders-consumer", ORDERS).await;
+    assert!(
+        committed_at_exit < N as i64,
+        "SIGTERM came after all {N} orders were done; the test proves nothing"
+    );
 
     let _orders = app.start_service("orders-consumer").await;
     wait_until("every confirmation at SES", Duration::from_secs(120), || async {

@@ -54,10 +54,52 @@ impl PrivatePostgres {
     pub fn restart(&self) {
         run(&["start", &self.dir.to_string_lossy(), &self.port.to_string()]);
     }
+
+    /// Stops every process of this cluster with SIGSTOP: connections and
+    /// queries hang instead of failing, as with a server that stopped
+    /// answering. [`thaw`](Self::thaw) resumes them.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Sends `signal` to this cluster's postmaster and its children.
+    fn signal(&self, signal: &str) {
+        let Ok(text) = std::fs::read_to_string(self.dir.join("data/postmaster.pid")) else {
+            return;
+        };
+        let Some(postmaster) = text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else {
+            return;
+        };
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, so split
+            // after its closing parenthesis.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(postmaster)
+                && let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok())
+            {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            let _ = Command::new("kill").arg(signal).arg(pid.to_string()).status();
+        }
+    }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
+        self.thaw();
         let _ = Command::new("bash")
             .arg(script())
             .args(["stop", &self.dir.to_string_lossy()])

@@ -11,8 +11,10 @@
 //! - [`emails`]: list the sender's ledger, recipients masked.
 //! - [`report`]: compare backorder buyers with the other customers.
 //! - [`schema`]: schema fingerprints, and decoding one raw message.
+//! - [`dlq`]: list dead letters and re-publish them after a fix.
 
 pub mod clock;
+pub mod dlq;
 pub mod emails;
 pub mod migrate;
 pub mod publish;
@@ -112,6 +114,12 @@ pub enum Command {
     /// Decode one raw message (hex or a file) and name its writer schema.
     #[command(long_about = schema::DECODE_ABOUT)]
     Decode(schema::DecodeArgs),
+    /// Dead letters: `dlq list TOPIC` shows them (never payloads), `dlq
+    /// replay TOPIC` re-publishes them to TOPIC after a fix (`--dry-run`).
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
 }
 
 /// Everything that can go wrong, worded for the person at the terminal.
@@ -164,6 +172,12 @@ pub enum CtlError {
         #[source]
         source: Box<ProduceError>,
     },
+    #[error("Kafka: could not {what}: {}", with_causes(source))]
+    Kafka {
+        what: String,
+        #[source]
+        source: backorder_core::rdkafka::error::KafkaError,
+    },
     #[error("could not write the output: {0}")]
     Output(#[from] io::Error),
 }
@@ -198,6 +212,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Report { command } => report::run(command, &Settings::load()?, &mut out).await,
         Command::Schema { command } => schema::run(command, &mut out).await,
         Command::Decode(args) => schema::run_decode(args, &mut out).await,
+        Command::Dlq { command } => dlq::run(command, &Settings::load()?, &mut out).await,
     }?;
     out.flush()?;
     Ok(())

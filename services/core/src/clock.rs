@@ -53,7 +53,10 @@ impl Clock {
 pub async fn offset(pool: &Pool) -> Result<Duration, DbError> {
     let client = pool.get().await?;
     let row = client.query_opt("SELECT offset_ms FROM clock WHERE id", &[]).await?;
-    let ms: i64 = row.map(|r| r.get(0)).unwrap_or(0);
+    let ms: i64 = match row {
+        Some(row) => row.try_get(0)?,
+        None => 0,
+    };
     Ok(Duration::milliseconds(ms))
 }
 
@@ -76,7 +79,7 @@ pub async fn advance(pool: &Pool, by: Duration) -> Result<DateTime<Utc>, DbError
             &[&by.num_milliseconds()],
         )
         .await?;
-    let ms: i64 = row.get(0);
+    let ms: i64 = row.try_get(0)?;
     Ok(Utc::now() + Duration::milliseconds(ms))
 }
 

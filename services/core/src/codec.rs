@@ -187,6 +187,10 @@ pub enum CodecError {
     Registry { id: u32, reason: String },
     #[error("schema registry rejected {subject}: {reason}")]
     Register { subject: String, reason: String },
+    /// The registry could not answer (down, overloaded, a proxy's error
+    /// page): infrastructure, never the message's fault.
+    #[error("schema registry unavailable while {doing}: {reason}")]
+    RegistryUnavailable { doing: String, reason: String },
     #[error("Avro datum does not match writer schema {record}: {source}")]
     Datum {
         record: String,
@@ -209,7 +213,7 @@ impl CodecError {
     /// True for failures of infrastructure (the registry unreachable) as
     /// opposed to bad bytes: the caller retries instead of dead-lettering.
     pub fn is_transient(&self) -> bool {
-        matches!(self, CodecError::Registry { reason, .. } if reason.starts_with("unreachable"))
+        matches!(self, CodecError::RegistryUnavailable { .. })
     }
 }
 
@@ -576,6 +580,10 @@ impl Registry {
             return Ok(schema);
         }
         let fail = |reason: String| CodecError::Registry { id, reason };
+        let unavailable = |reason: String| CodecError::RegistryUnavailable {
+            doing: format!("fetching schema id {id}"),
+            reason,
+        };
         #[derive(serde::Deserialize)]
         struct SchemaById {
             schema: String,
@@ -585,14 +593,14 @@ impl Registry {
             .get(format!("{}/schemas/ids/{id}", self.url))
             .send()
             .await
-            .map_err(|e| fail(format!("unreachable: {e}")))?;
-        if response.status().is_server_error() {
-            return Err(fail(format!("unreachable: HTTP {}", response.status())));
+            .map_err(|e| unavailable(e.to_string()))?;
+        if response.status().is_server_error() || response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(unavailable(format!("HTTP {}", response.status())));
         }
         if !response.status().is_success() {
             return Err(fail(format!("HTTP {}", response.status())));
         }
-        let body: SchemaById = response.json().await.map_err(|e| fail(e.to_string()))?;
+        let body: SchemaById = response.json().await.map_err(|e| unavailable(e.to_string()))?;
         let schema = Arc::new(Schema::parse_str(&body.schema).map_err(|e| fail(e.to_string()))?);
         if let Ok(mut cache) = self.by_id.write() {
             cache.insert(id, schema.clone());
@@ -608,6 +616,10 @@ impl Registry {
             subject: subject.to_string(),
             reason,
         };
+        let unavailable = |reason: String| CodecError::RegistryUnavailable {
+            doing: format!("registering {subject}"),
+            reason,
+        };
         #[derive(serde::Deserialize)]
         struct Registered {
             id: u32,
@@ -619,11 +631,14 @@ impl Registry {
             .json(&serde_json::json!({ "schema": json }))
             .send()
             .await
-            .map_err(|e| fail(format!("unreachable: {e}")))?;
+            .map_err(|e| unavailable(e.to_string()))?;
+        if response.status().is_server_error() || response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(unavailable(format!("HTTP {}", response.status())));
+        }
         if !response.status().is_success() {
             return Err(fail(format!("HTTP {}", response.status())));
         }
-        let Registered { id } = response.json().await.map_err(|e| fail(e.to_string()))?;
+        let Registered { id } = response.json().await.map_err(|e| unavailable(e.to_string()))?;
         if let Ok(mut ids) = self.ids.write() {
             ids.insert(subject.to_string(), id);
         }
@@ -926,5 +941,19 @@ mod tests {
             with_registry.decode::<OrderEvent>(&single).await.unwrap(),
             OrderEvent::Placed(order())
         );
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_cannot_answer_is_transient_for_encoding_and_decoding() {
+        // Nothing listens on port 1: refused at once.
+        let down = Codec::new(Some("http://127.0.0.1:1")).unwrap();
+        let encoded = down.encode("orders.v1", &order()).await.err().unwrap();
+        assert!(encoded.is_transient(), "{encoded}");
+        let framed = [0x00, 0, 0, 0, 7, 0];
+        let decoded = down.decode::<OrderEvent>(&framed).await.err().unwrap();
+        assert!(decoded.is_transient(), "{decoded}");
+        // Bad bytes stay permanent.
+        let garbage = down.decode::<OrderEvent>(b"\x01junk").await.err().unwrap();
+        assert!(!garbage.is_transient(), "{garbage}");
     }
 }

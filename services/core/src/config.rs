@@ -152,6 +152,22 @@ pub struct Settings {
     pub sender_pause_probe_ms: u64,
     /// `BACKORDER_TIMER_POLL_MS`: how often a service looks for due timers.
     pub timer_poll_ms: u64,
+    /// `BACKORDER_PARK_MAX_AGE_SECS`: how long (on the injectable clock) an
+    /// event may wait, parked, for state from another topic (a shipment for
+    /// an order not stored yet) before it goes to the dead-letter topic.
+    pub park_max_age_secs: u64,
+    /// `BACKORDER_PARK_RETRY_MAX_SECS`: the longest wait between two retries
+    /// of a parked event (they start at one second and double); it is also
+    /// retried at once when the state it waits for is stored.
+    pub park_retry_max_secs: u64,
+    /// `BACKORDER_DRAIN_GRACE_MS`: after SIGTERM, how long in-flight work
+    /// may take before it is abandoned (uncommitted, so replayed) and the
+    /// process exits 0. Below the pod's termination grace period.
+    pub drain_grace_ms: u64,
+    /// `BACKORDER_TOPIC_REPLICATION_FACTOR`: replicas of every topic that
+    /// `backorderctl topics create` creates (3 for a production cluster;
+    /// the local single-broker stack sets 1).
+    pub topic_replication_factor: i32,
 }
 
 /// The link key of the local stack and tests (controlled clock on); never
@@ -206,6 +222,10 @@ impl Default for Settings {
             sns_topic_arns: None,
             sender_pause_probe_ms: 60_000,
             timer_poll_ms: 500,
+            park_max_age_secs: 86_400,
+            park_retry_max_secs: 300,
+            drain_grace_ms: 8_000,
+            topic_replication_factor: 3,
         }
     }
 }

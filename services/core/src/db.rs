@@ -44,38 +44,118 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, DbError> {
 
 /// Applies pending migrations under an advisory lock; returns how many ran.
 pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
+    migrate_to(pool, None).await
+}
+
+/// Like [`migrate`], up to and including `version` when given (tests use
+/// it to build a database whose schema is behind the code).
+pub async fn migrate_to(pool: &Pool, version: Option<u32>) -> Result<usize, DbError> {
     let mut object = pool.get().await?;
     let client: &mut tokio_postgres::Client = &mut object;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
-    let report = embedded::migrations::runner()
-        .run_async(client)
-        .await
-        .map_err(DbError::from);
+    let mut runner = embedded::migrations::runner();
+    if let Some(version) = version {
+        runner = runner.set_target(refinery::Target::Version(version));
+    }
+    let report = runner.run_async(client).await.map_err(DbError::from);
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
     Ok(report?.applied_migrations().len())
 }
 
-/// True when the error is worth retrying (connection lost, server shutting
-/// down, serialization conflicts) rather than a bug in a statement.
-pub fn is_transient(error: &DbError) -> bool {
+/// What a database failure means for whoever hit it. The one place where
+/// PostgreSQL errors are classified; everything else asks [`classify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Worth retrying as is: the connection or server is unavailable, a
+    /// read-only server after a failover (25006), a lock timeout (55P03),
+    /// a serialization failure or deadlock (40001, 40P01).
+    Transient,
+    /// The database schema is behind this build (a missing table 42P01 or
+    /// column 42703): no event is at fault, so nothing may be
+    /// dead-lettered; the service holds its work and reports not ready
+    /// until the migrations are applied.
+    SchemaBehind,
+    /// A statement the data breaks (a constraint, a bad value): retrying
+    /// will not help.
+    Permanent,
+}
+
+/// Classifies `error` (see [`ErrorClass`]).
+pub fn classify(error: &DbError) -> ErrorClass {
     match error {
-        DbError::Connect(_) => true,
-        DbError::Query(e) => {
-            e.is_closed()
-                || e.code().is_none_or(|code| {
-                    let class = &code.code()[..2];
-                    // 08: connection exception, 40: transaction rollback
-                    // (serialization, deadlock), 53: insufficient resources,
-                    // 57: operator intervention (shutdown), 58: system error.
-                    matches!(class, "08" | "40" | "53" | "57" | "58")
-                })
-        }
-        DbError::BadUrl(_) | DbError::Pool(_) | DbError::Migration(_) => false,
+        DbError::Connect(deadpool_postgres::PoolError::Backend(e)) => classify_pg(e),
+        DbError::Connect(_) => ErrorClass::Transient,
+        DbError::Query(e) => classify_pg(e),
+        DbError::BadUrl(_) | DbError::Pool(_) | DbError::Migration(_) => ErrorClass::Permanent,
     }
+}
+
+/// Classifies a tokio-postgres error by its SQLSTATE, or, without one, by
+/// whether an I/O failure (a lost or refused connection) caused it; other
+/// errors without a code (a value that does not convert) are permanent,
+/// so they are not retried forever.
+pub fn classify_pg(error: &tokio_postgres::Error) -> ErrorClass {
+    if error.is_closed() {
+        return ErrorClass::Transient;
+    }
+    let Some(code) = error.code() else {
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            if cause.is::<std::io::Error>() {
+                return ErrorClass::Transient;
+            }
+            source = cause.source();
+        }
+        // tokio-postgres reports a connection that could not be set up or
+        // timed out without an io::Error in the chain.
+        let text = error.to_string();
+        return if text.contains("connection") || text.contains("timeout") {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Permanent
+        };
+    };
+    match code.code() {
+        // read_only_sql_transaction, lock_not_available,
+        // serialization_failure, deadlock_detected
+        "25006" | "55P03" | "40001" | "40P01" => ErrorClass::Transient,
+        // undefined_table, undefined_column
+        "42P01" | "42703" => ErrorClass::SchemaBehind,
+        // 08: connection exception, 53: insufficient resources,
+        // 57: operator intervention (shutdown, cancel), 58: system error.
+        other => match &other[..2] {
+            "08" | "53" | "57" | "58" => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
+        },
+    }
+}
+
+/// True when the error is worth retrying as is (see [`classify`]).
+pub fn is_transient(error: &DbError) -> bool {
+    classify(error) == ErrorClass::Transient
+}
+
+/// The migrations this build embeds that the database has not applied,
+/// as `V<version>__<name>`; empty when the schema is current. A database
+/// without the history table has applied none.
+pub async fn missing_migrations(pool: &Pool) -> Result<Vec<String>, DbError> {
+    let client = pool.get().await?;
+    let applied: Vec<i32> = match client.query("SELECT version FROM refinery_schema_history", &[]).await {
+        Ok(rows) => rows.iter().map(|r| r.try_get::<_, i32>(0)).collect::<Result<_, _>>()?,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let runner = embedded::migrations::runner();
+    Ok(runner
+        .get_migrations()
+        .iter()
+        .filter(|m| !applied.iter().any(|v| i64::from(*v) == i64::from(m.version())))
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect())
 }
 
 /// tokio-postgres prints only "db error"; say what the server said.

@@ -52,5 +52,5 @@ pub async fn last_for_order<C: GenericClient>(client: &C, order_id: &str) -> Res
             &[&order_id],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.try_get(0)?)
 }

@@ -22,6 +22,9 @@ pub struct Readiness {
     draining: AtomicBool,
     /// Set while an external party asked us to stop work (SES paused).
     paused: AtomicBool,
+    /// Set while the database schema is behind this build (migrations not
+    /// applied): the service holds its work instead of dead-lettering.
+    schema_behind: AtomicBool,
 }
 
 impl Readiness {
@@ -45,10 +48,17 @@ impl Readiness {
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
     }
+    pub fn set_schema_behind(&self, behind: bool) {
+        self.schema_behind.store(behind, Ordering::SeqCst);
+    }
+    pub fn is_schema_behind(&self) -> bool {
+        self.schema_behind.load(Ordering::SeqCst)
+    }
     pub fn is_ready(&self) -> bool {
         self.started.load(Ordering::SeqCst)
             && !self.draining.load(Ordering::SeqCst)
             && !self.paused.load(Ordering::SeqCst)
+            && !self.schema_behind.load(Ordering::SeqCst)
     }
     /// A short word for logs and the `/readyz` body.
     pub fn state(&self) -> &'static str {
@@ -56,6 +66,8 @@ impl Readiness {
             "draining"
         } else if !self.started.load(Ordering::SeqCst) {
             "starting"
+        } else if self.schema_behind.load(Ordering::SeqCst) {
+            "schema behind"
         } else if self.paused.load(Ordering::SeqCst) {
             "paused"
         } else {

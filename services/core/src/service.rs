@@ -15,15 +15,17 @@ use crate::clock::Clock;
 use crate::codec::{Codec, CodecError};
 use crate::config::{ConfigError, Settings};
 use crate::db::{self, DbError};
+use crate::kafka::parking::ParkingLot;
 use crate::kafka::producer::ProduceError;
 use crate::kafka::runtime::RuntimeOptions;
 use crate::kafka::{self, Handler, Producer, Topics};
 use crate::lifecycle::Lifecycle;
 use crate::telemetry::{self, TelemetryError};
 
-/// How long `main` waits for in-flight work after SIGTERM. Kubernetes'
-/// default grace period is 30 s; leave room for the process to exit.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(8);
+/// How often a service whose database schema is behind re-checks it, and
+/// how often it says so in the log.
+const SCHEMA_CHECK_EVERY: Duration = Duration::from_millis(500);
+const SCHEMA_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// Start-up and run failures of a service.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +52,6 @@ pub enum ServiceError {
     Signals(#[source] std::io::Error),
     #[error("a task of {service} failed; see the log above")]
     TaskFailed { service: &'static str },
-    #[error("in-flight work did not finish within {0:?}")]
-    DrainTimeout(Duration),
     #[error("could not start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("{service} could not start: {reason}")]
@@ -89,6 +89,34 @@ where
 
 /// How long the exit waits for untracked background work (samplers).
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// Spawns `task` on `lifecycle`'s tracker. An error or a panic marks the
+/// process `failed` and begins shutdown, so a process whose loop died never
+/// keeps reporting ready while doing nothing.
+fn spawn_tracked<F>(lifecycle: &Lifecycle, failed: &Arc<AtomicBool>, what: &'static str, task: F)
+where
+    F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    use futures::FutureExt;
+    let (lifecycle, failed) = (lifecycle.clone(), failed.clone());
+    lifecycle.clone().tasks.spawn(async move {
+        let error = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".to_string());
+                format!("panicked: {message}")
+            }
+        };
+        tracing::error!(task = what, %error, "task failed; shutting down");
+        failed.store(true, Ordering::SeqCst);
+        lifecycle.begin_shutdown();
+    });
+}
 
 /// A started service: everything its loops share.
 #[derive(Clone)]
@@ -158,7 +186,8 @@ impl Service {
     pub fn consume<H: Handler>(&self, base_topic: &str, handler: H) {
         let topic = self.topics.name(base_topic);
         let config = kafka::consumer_config(&self.settings, &self.settings.group_id_for(self.name));
-        let options = RuntimeOptions::from_settings(&self.settings);
+        let parking = ParkingLot::new(self.pool.clone(), self.clock.clone(), &self.settings);
+        let options = RuntimeOptions::from_settings(&self.settings).with_parking(parking);
         // Not tracked: a lag sample blocked on an unreachable broker must
         // not hold up the drain; the sampler ends with the process.
         tokio::spawn(kafka::lag::run_lag_sampler(
@@ -200,38 +229,96 @@ impl Service {
         });
     }
 
-    /// Spawns a tracked task; if it fails, the whole service shuts down and
-    /// exits non-zero (infrastructure errors stop the loop; Kubernetes
-    /// restarts the pod).
+    /// Spawns a tracked task; if it fails or panics, the whole service
+    /// shuts down and exits non-zero (infrastructure errors stop the loop;
+    /// Kubernetes restarts the pod).
     pub fn spawn<F>(&self, what: &'static str, task: F)
     where
         F: std::future::Future<Output = Result<(), String>> + Send + 'static,
     {
-        let lifecycle = self.lifecycle.clone();
-        let failed = self.failed.clone();
-        self.lifecycle.tasks.spawn(async move {
-            if let Err(error) = task.await {
-                tracing::error!(task = what, %error, "task failed; shutting down");
-                failed.store(true, Ordering::SeqCst);
-                lifecycle.begin_shutdown();
+        spawn_tracked(&self.lifecycle, &self.failed, what, task);
+    }
+
+    /// Waits until the database has every migration this build embeds
+    /// (or shutdown): a service must not report ready, and so receive
+    /// traffic, against a schema behind its code. The loops are already
+    /// running meanwhile; they hold their work on the missing tables and
+    /// dead-letter nothing.
+    async fn wait_for_schema(&self) {
+        let mut last_log: Option<std::time::Instant> = None;
+        loop {
+            match db::missing_migrations(&self.pool).await {
+                Ok(missing) if missing.is_empty() => return,
+                Ok(missing) => {
+                    if last_log.is_none_or(|t| t.elapsed() >= SCHEMA_LOG_EVERY) {
+                        tracing::error!(
+                            service = self.name,
+                            ?missing,
+                            "the database schema is behind this build: apply the migrations (`backorderctl migrate`); not ready until then"
+                        );
+                        last_log = Some(std::time::Instant::now());
+                    }
+                }
+                Err(error) => {
+                    if last_log.is_none_or(|t| t.elapsed() >= SCHEMA_LOG_EVERY) {
+                        tracing::warn!(service = self.name, %error, "could not check the database schema; not ready until it can be checked");
+                        last_log = Some(std::time::Instant::now());
+                    }
+                }
             }
-        });
+            tokio::select! {
+                () = self.lifecycle.shutdown.cancelled() => return,
+                () = tokio::time::sleep(SCHEMA_CHECK_EVERY) => {}
+            }
+        }
     }
 
     /// Marks the service ready, waits for SIGTERM/SIGINT (or a failed
     /// task), then waits for in-flight work.
     pub async fn run_until_shutdown(self) -> Result<(), ServiceError> {
+        self.wait_for_schema().await;
         self.lifecycle.readiness.mark_started();
         tracing::info!(service = self.name, "ready");
         self.lifecycle.shutdown.cancelled().await;
-        let drained = self.lifecycle.wait_for_tasks(DRAIN_GRACE).await;
+        let grace = Duration::from_millis(self.settings.drain_grace_ms);
+        let drained = self.lifecycle.wait_for_tasks(grace).await;
         if self.failed.load(Ordering::SeqCst) {
             return Err(ServiceError::TaskFailed { service: self.name });
         }
         if !drained {
-            return Err(ServiceError::DrainTimeout(DRAIN_GRACE));
+            // Work that could not finish (a dependency is down) is
+            // abandoned: nothing of it was committed, so its events are
+            // replayed by the next owner. Leaving the tasks behind is safe,
+            // and SIGTERM still means a clean exit within the grace period.
+            tracing::warn!(
+                service = self.name,
+                grace_ms = self.settings.drain_grace_ms,
+                "in-flight work did not finish within the drain time; abandoned, it will be replayed"
+            );
+            return Ok(());
         }
         tracing::info!(service = self.name, "stopped cleanly");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_marks_the_process_failed_and_begins_shutdown() {
+        let (lifecycle, failed) = (Lifecycle::new(), Arc::new(AtomicBool::new(false)));
+        lifecycle.readiness.mark_started();
+        spawn_tracked(&lifecycle, &failed, "doomed", async {
+            let items: Vec<u8> = Vec::new();
+            // An out-of-bounds index: a bug that panics at run time.
+            let first = items[std::hint::black_box(0)];
+            Err(format!("unreachable: {first}"))
+        });
+        assert!(lifecycle.wait_for_tasks(Duration::from_secs(5)).await);
+        assert!(failed.load(Ordering::SeqCst), "the exit status will be non-zero");
+        assert!(lifecycle.shutdown.is_cancelled());
+        assert!(!lifecycle.readiness.is_ready());
     }
 }

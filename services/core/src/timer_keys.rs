@@ -41,6 +41,17 @@ pub fn win_back(customer_id: &str, order_id: &str) -> String {
     format!("{WIN_BACK}:{customer_id}:{order_id}")
 }
 
+/// What a parked event waits for when it needs the order stored (see
+/// `backorder_core::kafka::parking`); the orders handler announces it.
+pub fn order_state(order_id: &str) -> String {
+    format!("order:{order_id}")
+}
+
+/// What a parked event waits for when it needs a shipment's dispatch stored.
+pub fn shipment_state(shipment_id: &str) -> String {
+    format!("shipment:{shipment_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

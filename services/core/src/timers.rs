@@ -14,6 +14,12 @@
 //!   transaction: it may schedule the next timer), produces the outputs and
 //!   waits for the broker, and only then commits the timers as fired. A
 //!   crash before the commit fires them again, with the same dedup keys.
+//! - Each timer fires inside its own savepoint: one that fails for good
+//!   (a permanent handler error, an unreadable row) is rolled back alone,
+//!   marked `failed` with the reason and counted in
+//!   `backorder_timers_failed_total`, and the others of the round still
+//!   fire. A transient failure (database down) rolls back the round, which
+//!   is retried on the next poll.
 
 use std::future::Future;
 use std::time::Duration;
@@ -182,7 +188,7 @@ async fn fire_due<H: TimerHandler>(
 ) -> Result<usize, RoundError> {
     let now = clock.now().await?;
     let mut client = pool.get().await.map_err(DbError::from)?;
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
     let rows = tx
         .query(
             "SELECT timer_key, kind, due_at, payload FROM timers
@@ -198,16 +204,40 @@ async fn fire_due<H: TimerHandler>(
     }
     let mut outputs = Vec::new();
     let mut keys = Vec::with_capacity(rows.len());
+    let mut failed: Vec<(String, String)> = Vec::new();
     for row in rows {
-        let timer = Timer {
-            key: row.get(0),
-            kind: row.get(1),
-            due_at: row.get(2),
-            payload: row.get(3),
+        let key: String = row.try_get(0).map_err(DbError::from)?;
+        let timer = match read_timer(&row, &key) {
+            Ok(timer) => timer,
+            Err(reason) => {
+                failed.push((key, reason));
+                continue;
+            }
         };
         let span = tracing::info_span!("timer", key = %timer.key, kind = %timer.kind);
-        outputs.extend(handler.fire(&tx, &timer, now).instrument(span).await?);
-        keys.push(timer.key);
+        // A savepoint per timer: a timer that fails for good is rolled back
+        // alone, and the round goes on with the others.
+        let savepoint = tx.savepoint(SAVEPOINT).await?;
+        match handler.fire(&savepoint, &timer, now).instrument(span.clone()).await {
+            Ok(more) => {
+                savepoint.commit().await?;
+                outputs.extend(more);
+                keys.push(timer.key);
+            }
+            Err(HandlerError::Permanent(reason)) => {
+                savepoint.rollback().await?;
+                tracing::warn!(parent: &span, %reason, "timer failed for good; set aside, the others still fire");
+                failed.push((timer.key, reason));
+            }
+            Err(error) => return Err(RoundError::Handler(error)),
+        }
+    }
+    for (key, reason) in &failed {
+        tx.execute(
+            "UPDATE timers SET state = 'failed', fired_at = $2, last_error = $3 WHERE timer_key = $1 AND state = 'pending'",
+            &[key, &now, reason],
+        )
+        .await?;
     }
     tx.execute(
         "UPDATE timers SET state = 'fired', fired_at = $2 WHERE timer_key = ANY($1) AND state = 'pending'",
@@ -219,5 +249,25 @@ async fn fire_due<H: TimerHandler>(
     producer.send_all(&outputs).await?;
     tx.commit().await?;
     metrics::counter!("backorder_timers_fired_total").increment(keys.len() as u64);
-    Ok(keys.len())
+    if !failed.is_empty() {
+        metrics::counter!("backorder_timers_failed_total").increment(failed.len() as u64);
+    }
+    Ok(keys.len() + failed.len())
+}
+
+/// The name of the per-timer savepoint (reused: savepoints nest by name).
+const SAVEPOINT: &str = "timer";
+
+/// A claimed row as a [`Timer`]; Err with the reason when a column does not
+/// read (a schema or data problem that retrying will not fix).
+fn read_timer(row: &tokio_postgres::Row, key: &str) -> Result<Timer, String> {
+    let read = || -> Result<Timer, tokio_postgres::Error> {
+        Ok(Timer {
+            key: key.to_string(),
+            kind: row.try_get(1)?,
+            due_at: row.try_get(2)?,
+            payload: row.try_get(3)?,
+        })
+    };
+    read().map_err(|e| format!("unreadable timer row: {e}"))
 }

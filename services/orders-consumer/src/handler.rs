@@ -6,7 +6,7 @@ use backorder_core::codec::Codec;
 use backorder_core::deadpool_postgres::Pool;
 use backorder_core::email_decisions;
 use backorder_core::events::orders::{Availability, OrderEvent};
-use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, topics};
+use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, parking, topics};
 use backorder_core::links::LinkSigner;
 use backorder_core::service::Service;
 use backorder_core::timers;
@@ -50,6 +50,7 @@ impl Handler for OrdersHandler {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let mut emails = Vec::new();
+        let mut stored_orders = Vec::new();
         for incoming in batch {
             match &incoming.event {
                 OrderEvent::Placed(order) => {
@@ -64,6 +65,7 @@ impl Handler for OrdersHandler {
                     // Requested again on replay: the sender's ledger keeps
                     // one email per dedup key, so this is safe and means a
                     // crash after commit but before produce loses nothing.
+                    stored_orders.push(keys::order_state(&order.order_id));
                     let email = confirmation::order_confirmation(order, &promises, &self.signer);
                     email_decisions::record(&*tx, &email, None, now).await?;
                     emails.push(email);
@@ -106,6 +108,9 @@ impl Handler for OrdersHandler {
                 }
             }
         }
+        // Events other consumers parked waiting for these orders are
+        // retried as soon as this commits (DESIGN invariant 4).
+        parking::state_arrived(&*tx, &stored_orders).await?;
         tx.commit().await?;
         let emails: Vec<&backorder_core::events::internal::EmailRequested> = emails.iter().collect();
         OutboundRecord::encode_all(&self.codec, &self.email_requests_topic, &emails)

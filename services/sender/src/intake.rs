@@ -41,13 +41,10 @@ impl Handler for IntakeHandler {
                 EmailRequestEvent::Requested(r) => r,
             })
             .collect();
-        let inserted = ledger::record_requests(&self.pool, &requests).await.map_err(|e| {
-            if backorder_core::db::is_transient(&e) {
-                HandlerError::Transient(e.to_string())
-            } else {
-                HandlerError::Permanent(e.to_string())
-            }
-        })?;
+        // Classified in one place (core's `db::classify`).
+        let inserted = ledger::record_requests(&self.pool, &requests)
+            .await
+            .map_err(HandlerError::from)?;
         metrics::counter!("backorder_sender_requests_total", "outcome" => "queued").increment(inserted);
         metrics::counter!("backorder_sender_requests_total", "outcome" => "duplicate")
             .increment(requests.len() as u64 - inserted);

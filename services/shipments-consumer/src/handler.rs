@@ -6,7 +6,7 @@ use backorder_core::codec::Codec;
 use backorder_core::deadpool_postgres::Pool;
 use backorder_core::email_decisions;
 use backorder_core::events::shipments::ShipmentEvent;
-use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, topics};
+use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, parking, topics};
 use backorder_core::service::Service;
 use backorder_core::timer_keys as keys;
 use backorder_core::timers::{self, Timer};
@@ -53,18 +53,23 @@ impl Handler for ShipmentsHandler {
             match &incoming.event {
                 ShipmentEvent::Dispatched(shipment) => {
                     let order_id = shipment.order_id.as_str();
-                    // Invariant 4: the order may not be stored yet. Hold the
-                    // partition and retry rather than drop the shipment.
+                    // Invariant 4: the order may not be stored yet. The
+                    // runtime parks the shipment (and later events of the
+                    // order) until it is, and the partition moves on.
                     let Some(contact) = store::order_contact(&tx, order_id).await? else {
-                        return Err(HandlerError::Transient(format!(
-                            "shipment {} is for order {order_id}, which is not stored yet; retrying until it is",
-                            shipment.shipment_id
-                        )));
+                        return Err(HandlerError::missing(
+                            keys::order_state(order_id),
+                            format!(
+                                "shipment {} is for order {order_id}, which is not stored yet",
+                                shipment.shipment_id
+                            ),
+                        ));
                     };
                     store::record_dispatch(&tx, shipment).await?;
                     // Shipped lines leave their campaign at once: no offer
                     // or reminder after the item is on its way.
                     campaigns::end_for_lines(&*tx, order_id, Some(&shipment.line_ids), EndReason::Shipped, now).await?;
+                    parking::state_arrived(&*tx, &[keys::shipment_state(&shipment.shipment_id)]).await?;
                     if !store::has_open_backorder(&tx, order_id).await? {
                         // Nothing left waiting for stock: the nurture cadence ends.
                         timers::cancel_prefix(&*tx, &keys::nurture_prefix(order_id)).await?;
@@ -83,15 +88,19 @@ impl Handler for ShipmentsHandler {
                 ShipmentEvent::Delivered(delivered) => {
                     let order_id = delivered.order_id.as_str();
                     let Some(shipment) = store::shipment(&tx, &delivered.shipment_id).await? else {
-                        return Err(HandlerError::Transient(format!(
-                            "delivery of shipment {} (order {order_id}) arrived before its dispatch was stored; retrying",
-                            delivered.shipment_id
-                        )));
+                        return Err(HandlerError::missing(
+                            keys::shipment_state(&delivered.shipment_id),
+                            format!(
+                                "delivery of shipment {} (order {order_id}) arrived before its dispatch was stored",
+                                delivered.shipment_id
+                            ),
+                        ));
                     };
                     let Some(contact) = store::order_contact(&tx, &shipment.order_id).await? else {
-                        return Err(HandlerError::Transient(format!(
-                            "order {order_id} is not stored yet; retrying"
-                        )));
+                        return Err(HandlerError::missing(
+                            keys::order_state(&shipment.order_id),
+                            format!("order {order_id} is not stored yet"),
+                        ));
                     };
                     if let Some(facts) = store::record_delivery(&tx, delivered).await? {
                         deliveries.push(facts);

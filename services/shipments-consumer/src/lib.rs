@@ -10,12 +10,11 @@
 //!
 //! Order across topics is not guaranteed (DESIGN invariant 4): a shipment
 //! event for an order the orders-consumer has not stored yet (or a delivery
-//! of a shipment not stored yet) fails the batch as *transient*, so the
-//! runtime holds the partition and retries with backoff (up to 10 s apart)
-//! until the order is there. Nothing is dropped or skipped; the cost is that
-//! other orders on that partition wait, which is acceptable because the
-//! orders topic is normally seconds ahead. The hold is visible as
-//! `backorder_consumer_errors_total{kind="transient"}` and in the log.
+//! of a shipment not stored yet) is *missing* state. The shared runtime
+//! parks it (with every later event of the same order behind it) and the
+//! partition keeps flowing; it is retried as soon as the orders-consumer
+//! stores the order (or this consumer the dispatch), else on a schedule,
+//! and dead-lettered with the reason after `BACKORDER_PARK_MAX_AGE_SECS`.
 
 pub mod emails;
 pub mod followups;

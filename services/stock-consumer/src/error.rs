@@ -40,6 +40,11 @@ impl From<StockError> for HandlerError {
     /// permanent, so the runtime isolates and dead-letters that event.
     fn from(error: StockError) -> Self {
         let transient = match &error {
+            // A schema behind the code is neither: the runtime holds the
+            // partition with readiness down and dead-letters nothing.
+            StockError::Db(e) if db::classify(e) == db::ErrorClass::SchemaBehind => {
+                return HandlerError::SchemaBehind(error.to_string());
+            }
             StockError::Db(e) => db::is_transient(e),
             StockError::Codec(e) => e.is_transient(),
             StockError::Produce(_) | StockError::Interrupted { .. } => true,

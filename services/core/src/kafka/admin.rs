@@ -29,6 +29,15 @@ pub enum AdminError {
     Create { topic: String, code: RDKafkaErrorCode },
 }
 
+/// What to create: every topic with the configured replication factor.
+fn new_topics<'a>(settings: &Settings, topics: &'a [(String, i32)]) -> Vec<NewTopic<'a>> {
+    let replication = settings.topic_replication_factor.max(1);
+    topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(replication)))
+        .collect()
+}
+
 /// Creates `topics` (name, partitions) that do not exist yet. Idempotent.
 pub async fn create_topics(settings: &Settings, topics: &[(String, i32)]) -> Result<CreatedTopics, AdminError> {
     let client: AdminClient<DefaultClientContext> =
@@ -38,10 +47,7 @@ pub async fn create_topics(settings: &Settings, topics: &[(String, i32)]) -> Res
                 bootstrap: settings.kafka_bootstrap_servers.clone(),
                 source,
             })?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
+    let new = new_topics(settings, topics);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = client
         .create_topics(&new, &options)
@@ -59,4 +65,25 @@ pub async fn create_topics(settings: &Settings, topics: &[(String, i32)]) -> Res
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_created_with_the_configured_replication_factor() {
+        let settings = Settings {
+            topic_replication_factor: 3,
+            ..Settings::default()
+        };
+        let topics = [("orders.v1".to_string(), 6), ("orders.v1.dlq".to_string(), 1)];
+        for topic in new_topics(&settings, &topics) {
+            assert!(
+                matches!(topic.replication, TopicReplication::Fixed(3)),
+                "{}",
+                topic.name
+            );
+        }
+    }
 }

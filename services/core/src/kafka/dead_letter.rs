@@ -1,11 +1,11 @@
-//! Dead letters: an event that cannot be decoded or is invalid goes, bytes
-//! untouched, to `<topic>.dlq` with the reason and its origin in headers
-//! (DESIGN invariant 3), and a metric counts it.
+//! Dead letters: an event that cannot be decoded, is invalid, is rejected
+//! or has no payload goes, bytes untouched (key and headers as bytes too),
+//! to `<topic>.dlq` with the reason and its origin in headers (DESIGN
+//! invariant 3), and a metric counts it once the broker acknowledged it.
 
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
 
-use super::producer::OutboundRecord;
 use super::topics::Topics;
 
 /// Header names on a dead-lettered record.
@@ -24,6 +24,10 @@ pub enum DeadLetterKind {
     Invalid,
     /// The handler could not apply it for a reason that retrying won't fix.
     Rejected,
+    /// It waited for state from another topic longer than allowed.
+    Unresolved,
+    /// It carries no payload at all (a tombstone on an event topic).
+    Empty,
 }
 
 impl DeadLetterKind {
@@ -32,40 +36,101 @@ impl DeadLetterKind {
             DeadLetterKind::Undecodable => "undecodable",
             DeadLetterKind::Invalid => "invalid",
             DeadLetterKind::Rejected => "rejected",
+            DeadLetterKind::Unresolved => "unresolved",
+            DeadLetterKind::Empty => "empty",
         }
     }
 }
 
-/// The dead-letter record for `message`.
-pub fn dead_letter(message: &OwnedMessage, kind: DeadLetterKind, reason: &str) -> OutboundRecord {
-    let mut headers: Vec<(String, String)> = message
+/// A dead letter: the original message, bytes untouched (key, payload and
+/// every header as bytes, a tombstone stays a tombstone), plus the reason
+/// and origin headers. Counted in `backorder_dead_letters_total` once the
+/// broker acknowledged it ([`DeadLetter::count`]), so a retried produce is
+/// not counted twice.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// `<original topic>.dlq`.
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// The original headers, then the `dlq.*` ones.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub kind: DeadLetterKind,
+    pub original_topic: String,
+}
+
+impl DeadLetter {
+    /// Counts this dead letter; call after the broker acknowledged it.
+    pub fn count(&self) {
+        metrics::counter!(
+            "backorder_dead_letters_total",
+            "topic" => self.original_topic.clone(),
+            "kind" => self.kind.as_str(),
+        )
+        .increment(1);
+    }
+}
+
+/// The dead letter for `message`.
+pub fn dead_letter(message: &OwnedMessage, kind: DeadLetterKind, reason: &str) -> DeadLetter {
+    let mut headers: Vec<(String, Option<Vec<u8>>)> = message
         .headers()
         .map(|h| {
             h.iter()
-                .filter_map(|h| Some((h.key.to_string(), String::from_utf8(h.value?.to_vec()).ok()?)))
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
                 .collect()
         })
         .unwrap_or_default();
-    headers.extend([
-        (REASON.to_string(), reason.to_string()),
-        (KIND.to_string(), kind.as_str().to_string()),
-        (ORIGINAL_TOPIC.to_string(), message.topic().to_string()),
-        (ORIGINAL_PARTITION.to_string(), message.partition().to_string()),
-        (ORIGINAL_OFFSET.to_string(), message.offset().to_string()),
-    ]);
-    metrics::counter!(
-        "backorder_dead_letters_total",
-        "topic" => message.topic().to_string(),
-        "kind" => kind.as_str(),
-    )
-    .increment(1);
-    OutboundRecord {
+    headers.extend(
+        [
+            (REASON, reason.to_string()),
+            (KIND, kind.as_str().to_string()),
+            (ORIGINAL_TOPIC, message.topic().to_string()),
+            (ORIGINAL_PARTITION, message.partition().to_string()),
+            (ORIGINAL_OFFSET, message.offset().to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), Some(v.into_bytes()))),
+    );
+    DeadLetter {
         topic: Topics::dead_letter_of(message.topic()),
-        key: message
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default(),
-        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
         headers,
+        kind,
+        original_topic: message.topic().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders, Timestamp};
+
+    #[test]
+    fn binary_keys_and_headers_and_tombstones_are_kept_as_bytes() {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "trace",
+            value: Some(&[0xff_u8, 0x00, 0xfe][..]),
+        });
+        let message = OwnedMessage::new(
+            None,
+            Some(vec![0xc3, 0x28]),
+            "orders.v1".into(),
+            Timestamp::NotAvailable,
+            2,
+            7,
+            Some(headers),
+        );
+        let letter = dead_letter(&message, DeadLetterKind::Empty, "no payload");
+        assert_eq!(letter.topic, "orders.v1.dlq");
+        assert_eq!(letter.key, Some(vec![0xc3, 0x28]), "a non-UTF-8 key survives");
+        assert_eq!(letter.payload, None, "a tombstone stays a tombstone");
+        assert_eq!(letter.headers[0], ("trace".to_string(), Some(vec![0xff, 0x00, 0xfe])));
+        let reason = letter
+            .headers
+            .iter()
+            .find(|(k, _)| k == REASON)
+            .and_then(|(_, v)| v.clone());
+        assert_eq!(reason, Some(b"no payload".to_vec()));
     }
 }

@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod dead_letter;
 pub mod lag;
+pub mod parking;
 pub mod producer;
+pub mod rebalance;
 pub mod runtime;
 pub mod topics;
 

@@ -11,6 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use super::dead_letter::DeadLetter;
 use crate::codec::{Codec, CodecError};
 use crate::config::Settings;
 use crate::events::AvroRecord;
@@ -64,6 +65,19 @@ pub enum ProduceError {
     },
 }
 
+/// The producer's settings. Idempotent: a retry inside librdkafka (a lost
+/// acknowledgement) never writes a record twice or out of order; it
+/// implies `acks=all`.
+fn producer_config(settings: &Settings) -> rdkafka::ClientConfig {
+    let mut config = super::client_config(settings);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    config
+}
+
 /// A shared, cheaply cloned producer.
 #[derive(Clone)]
 pub struct Producer {
@@ -72,12 +86,7 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(settings: &Settings) -> Result<Self, ProduceError> {
-        let inner = super::client_config(settings)
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create()
-            .map_err(ProduceError::Create)?;
+        let inner = producer_config(settings).create().map_err(ProduceError::Create)?;
         Ok(Self { inner })
     }
 
@@ -110,5 +119,49 @@ impl Producer {
             }
         });
         try_join_all(deliveries).await
+    }
+
+    /// Produces dead letters as they are (bytes keys and headers, a
+    /// tombstone stays one) and returns once the broker acknowledged all.
+    pub async fn send_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), ProduceError> {
+        let deliveries = letters.iter().map(|letter| {
+            let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len());
+            for (key, value) in &letter.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: value.as_deref(),
+                });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&letter.topic).headers(headers);
+            if let Some(key) = &letter.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &letter.payload {
+                record = record.payload(payload.as_slice());
+            }
+            async move {
+                self.inner
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(source, _)| ProduceError::NotAcknowledged {
+                        topic: letter.topic.clone(),
+                        source,
+                    })
+            }
+        });
+        try_join_all(deliveries).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_producer_is_idempotent_and_waits_for_all_replicas() {
+        let config = producer_config(&Settings::default());
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("acks"), Some("all"));
     }
 }

@@ -9,19 +9,32 @@
 //! On shutdown the loop stops fetching, finishes or abandons the batch in
 //! hand (an abandoned batch is simply not committed, so it is replayed) and
 //! returns.
+//!
+//! State from another topic that has not arrived yet does not hold the
+//! partition: the handler says [`HandlerError::Missing`], the event is
+//! parked durably ([`super::parking`]) with later events of its key behind
+//! it, and this loop retries parked events beside its main work.
+//!
+//! Rebalances are observed ([`super::rebalance`]): a batch of a partition
+//! that was revoked while it was gathered is dropped (its next owner
+//! replays it), offsets are committed only for partitions still owned under
+//! the same assignment, and a revoke commits and forgets what this replica
+//! had committed, so a later commit cannot move the new owner back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, OwnedMessage};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::message::OwnedMessage;
 use tracing::{Instrument, info_span};
 
-use super::dead_letter::{DeadLetterKind, dead_letter};
+use super::dead_letter::{DeadLetter, DeadLetterKind, dead_letter};
+use super::parking::{self, ParkingLot, ToPark};
 use super::producer::{OutboundRecord, Producer};
+use super::rebalance::{Partitions, RebalanceContext, offset_list};
 use crate::codec::Codec;
 use crate::events::TopicEvent;
 use crate::lifecycle::Lifecycle;
@@ -45,6 +58,54 @@ pub enum HandlerError {
     /// narrows it down to the message at fault and dead-letters that one.
     #[error("{0}")]
     Permanent(String),
+    /// The event needs state that another topic has not delivered yet
+    /// (DESIGN invariant 4). The runtime narrows it down to the event,
+    /// parks it under its key and moves on; it is retried when
+    /// `waiting_for` arrives (see [`super::parking::state_arrived`]) or on
+    /// a schedule, and dead-lettered with `reason` when it waited too long.
+    /// The database schema is behind this build (a table or column is
+    /// missing). No event is at fault: the runtime holds the partition and
+    /// retries, with readiness down, and dead-letters nothing.
+    #[error("database schema behind the code: {0}")]
+    SchemaBehind(String),
+    #[error("waiting for {waiting_for}: {reason}")]
+    Missing {
+        /// What would let it proceed, e.g. `order:o-1`.
+        waiting_for: String,
+        reason: String,
+    },
+}
+
+impl HandlerError {
+    /// An event that waits for `waiting_for` (e.g. `order:o-1`).
+    pub fn missing(waiting_for: impl Into<String>, reason: impl Into<String>) -> Self {
+        HandlerError::Missing {
+            waiting_for: waiting_for.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a message did not decode into an event.
+enum Undecoded {
+    /// Bad bytes or an invalid event: dead-letter it.
+    Bad(DeadLetterKind, String),
+    /// Shutdown came while the schema registry was unavailable.
+    Shutdown,
+}
+
+/// Why applying events failed for good (after transient retries).
+enum Failure {
+    Permanent(String),
+    Missing { waiting_for: String, reason: String },
+}
+
+impl Failure {
+    fn reason(&self) -> &str {
+        match self {
+            Failure::Permanent(reason) | Failure::Missing { reason, .. } => reason,
+        }
+    }
 }
 
 /// The business logic of one consumer.
@@ -82,6 +143,10 @@ pub struct RuntimeOptions {
     /// First retry delay; doubles up to `max_backoff`, with jitter.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Where events waiting for state from another topic are parked.
+    /// Without it such events hold their partition (retried like a
+    /// transient failure).
+    pub parking: Option<ParkingLot>,
 }
 
 impl RuntimeOptions {
@@ -91,7 +156,14 @@ impl RuntimeOptions {
             linger: Duration::from_millis(settings.batch_linger_ms),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            parking: None,
         }
+    }
+
+    /// Parks events that wait for state from another topic in `lot`.
+    pub fn with_parking(mut self, lot: ParkingLot) -> Self {
+        self.parking = Some(lot);
+        self
     }
 }
 
@@ -105,7 +177,10 @@ pub async fn run_consumer<H: Handler>(
     options: RuntimeOptions,
     lifecycle: Lifecycle,
 ) -> Result<(), RuntimeError> {
-    let consumer: StreamConsumer = consumer_config.create().map_err(RuntimeError::Create)?;
+    let partitions = Partitions::new(topic);
+    let consumer: StreamConsumer<RebalanceContext> = consumer_config
+        .create_with_context(RebalanceContext::new(partitions.clone()))
+        .map_err(RuntimeError::Create)?;
     consumer.subscribe(&[topic]).map_err(|source| RuntimeError::Subscribe {
         topics: vec![topic.to_string()],
         source,
@@ -113,6 +188,7 @@ pub async fn run_consumer<H: Handler>(
     tracing::info!(topic, "consuming");
     let runtime = Runtime {
         consumer,
+        partitions,
         topic: topic.to_string(),
         handler,
         codec,
@@ -120,12 +196,14 @@ pub async fn run_consumer<H: Handler>(
         options,
         lifecycle,
     };
-    runtime.run().await;
+    tokio::join!(runtime.run(), runtime.retry_parked());
     Ok(())
 }
 
 struct Runtime<H: Handler> {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<RebalanceContext>,
+    /// What this replica owns, kept current by the rebalance callbacks.
+    partitions: Partitions,
     /// The topic this loop consumes; used for metric labels and spans.
     topic: String,
     handler: H,
@@ -144,23 +222,36 @@ enum BatchOutcome {
 }
 
 impl<H: Handler> Runtime<H> {
-    async fn run(self) {
+    async fn run(&self) {
         let shutdown = self.lifecycle.shutdown.clone();
-        // What this replica committed last per partition, re-committed
-        // synchronously at shutdown so in-flight async commits cannot be lost.
-        let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
         loop {
             let Some(batch) = self.next_batch().await else {
                 break;
             };
-            let mut by_partition: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
-            for message in batch {
-                by_partition.entry(message.partition()).or_default().push(message);
+            // Per partition: the assignment epoch its messages were received
+            // under (a revoke clears librdkafka's queue, so they share one).
+            let mut by_partition: BTreeMap<i32, (u64, Vec<OwnedMessage>)> = BTreeMap::new();
+            for (epoch, message) in batch {
+                let entry = by_partition
+                    .entry(message.partition())
+                    .or_insert_with(|| (epoch, Vec::new()));
+                if entry.0 != epoch {
+                    // Revoked and assigned again mid-gathering: keep only
+                    // what arrived under the current assignment.
+                    *entry = (epoch, Vec::new());
+                }
+                entry.1.push(message);
             }
-            for (partition, messages) in by_partition {
+            for (partition, (epoch, messages)) in by_partition {
                 let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
                     continue;
                 };
+                if !self.partitions.still_owned(partition, epoch) {
+                    tracing::info!(topic = %self.topic, partition, first_offset = first.offset(), "partition revoked while its batch was gathered; its next owner replays it");
+                    metrics::counter!("backorder_consumer_revoked_batches_total", "topic" => self.topic.clone())
+                        .increment(1);
+                    continue;
+                }
                 let span = info_span!(
                     "batch",
                     topic = %self.topic,
@@ -172,8 +263,12 @@ impl<H: Handler> Runtime<H> {
                 let started = Instant::now();
                 match self.process_partition_batch(&messages).instrument(span.clone()).await {
                     BatchOutcome::Done => {
-                        self.commit(&[(partition, next_offset)], CommitMode::Async);
-                        committed.insert(partition, next_offset);
+                        // Only while the partition is still ours: a commit
+                        // for a revoked partition could move its new owner
+                        // back.
+                        if self.partitions.record_commit(partition, epoch, next_offset) {
+                            self.commit(&[(partition, next_offset)], CommitMode::Async);
+                        }
                         metrics::histogram!("backorder_consumer_batch_duration_seconds", "topic" => self.topic.clone())
                             .record(started.elapsed().as_secs_f64());
                     }
@@ -189,22 +284,27 @@ impl<H: Handler> Runtime<H> {
         }
         // Async commits may still be in flight: commit the same offsets
         // synchronously before leaving the group, so the next owner starts
-        // exactly where this replica stopped.
-        let last: Vec<(i32, i64)> = committed.into_iter().collect();
-        self.commit(&last, CommitMode::Sync);
+        // exactly where this replica stopped. Only partitions still owned:
+        // revoked ones were committed at their revoke and belong to others.
+        self.commit(&self.partitions.owned_commits(), CommitMode::Sync);
         self.consumer.unsubscribe();
         tracing::info!(topic = %self.topic, "consumer stopped");
     }
 
     /// Waits for the first message, then gathers more for up to `linger`.
     /// Returns None on shutdown.
-    async fn next_batch(&self) -> Option<Vec<OwnedMessage>> {
+    /// Each message comes with the assignment epoch of its partition at
+    /// the time it was received.
+    async fn next_batch(&self) -> Option<Vec<(u64, OwnedMessage)>> {
         let shutdown = &self.lifecycle.shutdown;
         let first = loop {
             tokio::select! {
                 () = shutdown.cancelled() => return None,
                 received = self.consumer.recv() => match received {
-                    Ok(message) => break message.detach(),
+                    Ok(message) => match self.tag(message.detach()) {
+                        Some(tagged) => break tagged,
+                        None => continue,
+                    },
                     Err(error) => {
                         tracing::warn!(topic = %self.topic, %error, "Kafka receive error; retrying");
                         metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "receive").increment(1);
@@ -218,7 +318,7 @@ impl<H: Handler> Runtime<H> {
         let deadline = tokio::time::Instant::now() + self.options.linger;
         while batch.len() < self.options.max_batch {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(detach(&message)),
+                Ok(Ok(message)) => batch.extend(self.tag(message.detach())),
                 Ok(Err(error)) => {
                     tracing::warn!(topic = %self.topic, %error, "Kafka receive error");
                     break;
@@ -229,98 +329,382 @@ impl<H: Handler> Runtime<H> {
         Some(batch)
     }
 
+    /// Pairs a message with its partition's assignment epoch; None (the
+    /// message is dropped, its owner replays it) when not owned.
+    fn tag(&self, message: OwnedMessage) -> Option<(u64, OwnedMessage)> {
+        let epoch = self.partitions.epoch(message.partition());
+        if epoch.is_none() {
+            tracing::debug!(topic = %self.topic, partition = message.partition(), offset = message.offset(), "message of a partition not owned; dropped");
+        }
+        Some((epoch?, message))
+    }
+
     async fn process_partition_batch(&self, messages: &[OwnedMessage]) -> BatchOutcome {
         // Valid events, and beside them the message each came from (for a
-        // dead letter should the handler reject it).
+        // dead letter or a parking should the handler need one).
         let mut events: Vec<Incoming<H::Event>> = Vec::with_capacity(messages.len());
         let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(messages.len());
         let mut dead_letters = Vec::new();
         for message in messages {
             match self.decode(message).await {
-                Ok(Some(incoming)) => {
+                Ok(incoming) => {
                     events.push(incoming);
                     sources.push(message);
                 }
-                Ok(None) => {}
-                Err((kind, reason)) => {
+                Err(Undecoded::Bad(kind, reason)) => {
                     tracing::warn!(offset = message.offset(), kind = kind.as_str(), %reason, "dead-lettering message");
                     dead_letters.push(dead_letter(message, kind, &reason));
                 }
+                Err(Undecoded::Shutdown) => return BatchOutcome::Abandoned,
             }
         }
-        let mut outputs = match self.apply_with_retry(&events).await {
-            Some(Ok(outputs)) => outputs,
-            Some(Err(reason)) => {
-                // A permanent failure of the whole batch: find the message at
-                // fault by applying them one at a time.
-                let mut outputs = Vec::new();
-                for (incoming, message) in events.iter().zip(&sources) {
-                    match self.apply_with_retry(std::slice::from_ref(incoming)).await {
-                        Some(Ok(more)) => outputs.extend(more),
-                        Some(Err(reason)) => {
-                            tracing::warn!(offset = incoming.offset, %reason, "handler rejected event; dead-lettering");
-                            dead_letters.push(dead_letter(message, DeadLetterKind::Rejected, &reason));
-                        }
-                        None => return BatchOutcome::Abandoned,
-                    }
+        // Invariant 4: an event whose key has an earlier event parked
+        // queues behind it, so a key's events stay in order.
+        let Some(mut parked_keys) = self.parked_keys(&events).await else {
+            return BatchOutcome::Abandoned;
+        };
+        let mut to_park: Vec<ToPark<'_>> = Vec::new();
+        let decoded = events.len();
+        let (events, sources) = if parked_keys.is_empty() {
+            (events, sources)
+        } else {
+            let mut ready = (Vec::with_capacity(events.len()), Vec::with_capacity(events.len()));
+            for (incoming, message) in events.into_iter().zip(sources) {
+                let key = incoming.event.business_id();
+                if parked_keys.contains(key) {
+                    tracing::info!(
+                        offset = incoming.offset,
+                        "an earlier event of this key is parked; parking behind it"
+                    );
+                    to_park.push(ToPark::behind(message, key));
+                } else {
+                    ready.0.push(incoming);
+                    ready.1.push(message);
                 }
-                tracing::debug!(%reason, "batch isolated");
-                outputs
+            }
+            ready
+        };
+        let outputs = match self.apply_with_retry(&events).await {
+            Some(Ok(outputs)) => outputs,
+            Some(Err(failure)) => {
+                tracing::debug!(reason = failure.reason(), "batch failed; isolating the events at fault");
+                match self
+                    .apply_one_by_one(&events, &sources, &mut parked_keys, &mut to_park, &mut dead_letters)
+                    .await
+                {
+                    Some(outputs) => outputs,
+                    None => return BatchOutcome::Abandoned,
+                }
             }
             None => return BatchOutcome::Abandoned,
         };
-        outputs.append(&mut dead_letters);
-        if !self.produce_with_retry(&outputs).await {
+        if !to_park.is_empty() && !self.park_with_retry(&to_park).await {
+            return BatchOutcome::Abandoned;
+        }
+        if !self.produce_with_retry(&outputs, &dead_letters).await {
             return BatchOutcome::Abandoned;
         }
         metrics::counter!("backorder_consumer_events_total", "topic" => self.topic.clone(), "outcome" => "applied")
-            .increment(events.len() as u64);
+            .increment(decoded.saturating_sub(to_park.len()) as u64);
+        if !to_park.is_empty() {
+            metrics::counter!("backorder_consumer_events_total", "topic" => self.topic.clone(), "outcome" => "parked")
+                .increment(to_park.len() as u64);
+        }
         BatchOutcome::Done
     }
 
-    /// Decodes and validates one message. `Ok(None)`: an empty tombstone,
-    /// which carries no event and is skipped.
-    async fn decode(&self, message: &OwnedMessage) -> Result<Option<Incoming<H::Event>>, (DeadLetterKind, String)> {
-        let Some(payload) = message.payload() else {
-            return Ok(None);
+    /// Applies events one at a time after a batch failed for good, to find
+    /// the events at fault. An event of a key parked meanwhile parks behind
+    /// it; one the handler cannot apply yet is parked (its key from then on
+    /// too); one it rejects is dead-lettered.
+    /// None: shutdown.
+    async fn apply_one_by_one<'m>(
+        &self,
+        events: &[Incoming<H::Event>],
+        sources: &[&'m OwnedMessage],
+        parked_keys: &mut HashSet<String>,
+        to_park: &mut Vec<ToPark<'m>>,
+        dead_letters: &mut Vec<DeadLetter>,
+    ) -> Option<Vec<OutboundRecord>> {
+        let mut outputs = Vec::new();
+        for (incoming, message) in events.iter().zip(sources) {
+            let key = incoming.event.business_id();
+            if parked_keys.contains(key) {
+                tracing::info!(
+                    offset = incoming.offset,
+                    "an earlier event of this key is parked; parking behind it"
+                );
+                to_park.push(ToPark::behind(message, key));
+                continue;
+            }
+            match self.apply_with_retry(std::slice::from_ref(incoming)).await? {
+                Ok(more) => outputs.extend(more),
+                Err(Failure::Missing { waiting_for, reason }) => {
+                    tracing::info!(offset = incoming.offset, %waiting_for, %reason, "state from another topic missing; parking");
+                    parked_keys.insert(key.to_string());
+                    to_park.push(ToPark {
+                        message,
+                        key: key.to_string(),
+                        waiting_for: Some(waiting_for),
+                        reason,
+                    });
+                }
+                Err(Failure::Permanent(reason)) => {
+                    tracing::warn!(offset = incoming.offset, %reason, "handler rejected event; dead-lettering");
+                    dead_letters.push(dead_letter(message, DeadLetterKind::Rejected, &reason));
+                }
+            }
+        }
+        Some(outputs)
+    }
+
+    /// The keys among `events` with a parked event; empty without parking.
+    /// None: shutdown while the database was unavailable.
+    async fn parked_keys(&self, events: &[Incoming<H::Event>]) -> Option<HashSet<String>> {
+        let Some(lot) = &self.options.parking else {
+            return Some(HashSet::new());
         };
+        if events.is_empty() {
+            return Some(HashSet::new());
+        }
+        let keys: Vec<&str> = events.iter().map(|i| i.event.business_id()).collect();
+        let mut backoff = Backoff::new(&self.options);
+        loop {
+            match lot.parked_keys(&self.topic, &keys).await {
+                Ok(parked) => return Some(parked),
+                Err(error) => {
+                    self.note_db_failure(&error);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "could not read parked keys; holding the partition");
+                    if !self.sleep_unless_shutdown(delay).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a database failure of the runtime's own statements (parking)
+    /// the way handler failures are counted; a schema behind the code also
+    /// turns readiness off, as in [`Self::apply_with_retry`].
+    fn note_db_failure(&self, error: &crate::db::DbError) {
+        if crate::db::classify(error) == crate::db::ErrorClass::SchemaBehind {
+            metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "schema")
+                .increment(1);
+            if !self.lifecycle.readiness.is_schema_behind() {
+                tracing::error!(%error, "the database schema is behind this build: run the migrations (`backorderctl migrate`); holding the partition, not ready, nothing dead-lettered");
+            }
+            self.lifecycle.readiness.set_schema_behind(true);
+        } else {
+            metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "transient")
+                .increment(1);
+        }
+    }
+
+    /// Stores `events` in the parking lot until it works, or shutdown (false).
+    async fn park_with_retry(&self, events: &[ToPark<'_>]) -> bool {
+        let Some(lot) = &self.options.parking else {
+            return false;
+        };
+        let mut backoff = Backoff::new(&self.options);
+        loop {
+            match lot.park(events).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    self.note_db_failure(&error);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "could not park events; holding the partition");
+                    if !self.sleep_unless_shutdown(delay).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retries parked events of this topic until shutdown: whenever one is
+    /// due, else every poll interval.
+    async fn retry_parked(&self) {
+        let Some(lot) = &self.options.parking else {
+            return;
+        };
+        let shutdown = &self.lifecycle.shutdown;
+        loop {
+            loop {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                match self.retry_one_parked(lot).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(error) => {
+                        // A schema behind the code is reported by the main
+                        // loop; here it would only repeat every poll.
+                        if crate::db::classify(&error) != crate::db::ErrorClass::SchemaBehind {
+                            metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "parking").increment(1);
+                            tracing::warn!(topic = %self.topic, %error, "retrying parked events failed; trying again later");
+                        }
+                        break;
+                    }
+                }
+            }
+            if !self.sleep_unless_shutdown(lot.poll).await {
+                return;
+            }
+        }
+    }
+
+    /// Retries the most overdue parked event whose key has no older one
+    /// parked. Ok(false): none due (or a transient failure: later).
+    async fn retry_one_parked(&self, lot: &ParkingLot) -> Result<bool, crate::db::DbError> {
+        let now = lot.clock.now().await?;
+        let mut client = lot.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some(parked) = parking::claim_due(&tx, &self.topic, now).await? else {
+            return Ok(false);
+        };
+        let message = &parked.message;
+        let span = info_span!(
+            "parked",
+            topic = %self.topic,
+            partition = message.partition(),
+            offset = message.offset(),
+            attempts = parked.attempts,
+        );
+        let resolution = match self.decode(message).instrument(span.clone()).await {
+            Err(Undecoded::Bad(kind, reason)) => Err(dead_letter(message, kind, &reason)),
+            Err(Undecoded::Shutdown) => return Ok(false),
+            Ok(incoming) => match self
+                .handler
+                .handle(std::slice::from_ref(&incoming))
+                .instrument(span.clone())
+                .await
+            {
+                Ok(outputs) => Ok(outputs),
+                Err(HandlerError::Missing { waiting_for, reason }) if now < parked.dead_letter_at => {
+                    let next = lot.next_retry(now, parked.attempts + 1, parked.dead_letter_at);
+                    tx.execute(
+                        "UPDATE parked_events SET attempts = attempts + 1, next_retry_at = $2, waiting_for = $3, reason = $4
+                          WHERE id = $1",
+                        &[&parked.id, &next, &waiting_for, &reason],
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    tracing::debug!(parent: &span, %waiting_for, next_retry_at = %next, "still waiting");
+                    return Ok(true);
+                }
+                Err(HandlerError::Missing { waiting_for, reason }) => {
+                    let waited = now - parked.parked_at;
+                    let reason = format!(
+                        "waited {}s for {waiting_for} (limit {}s): {reason}",
+                        waited.num_seconds(),
+                        lot.max_age.num_seconds()
+                    );
+                    tracing::warn!(parent: &span, %reason, "parked event waited too long; dead-lettering");
+                    Err(dead_letter(message, DeadLetterKind::Unresolved, &reason))
+                }
+                Err(HandlerError::Permanent(reason)) => {
+                    tracing::warn!(parent: &span, %reason, "handler rejected parked event; dead-lettering");
+                    Err(dead_letter(message, DeadLetterKind::Rejected, &reason))
+                }
+                Err(error @ (HandlerError::Transient(_) | HandlerError::SchemaBehind(_))) => {
+                    tracing::warn!(parent: &span, %error, "could not retry a parked event now; later");
+                    return Ok(false);
+                }
+            },
+        };
+        let (outputs, letters, outcome) = match resolution {
+            Ok(outputs) => (outputs, Vec::new(), "resolved"),
+            Err(letter) => (Vec::new(), vec![letter], "dead_lettered"),
+        };
+        // Outputs acknowledged before the row goes: a crash in between
+        // retries the event, and handlers are idempotent.
+        if !self.produce_with_retry(&outputs, &letters).await {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM parked_events WHERE id = $1", &[&parked.id])
+            .await?;
+        tx.commit().await?;
+        tracing::info!(parent: &span, outcome, "parked event done");
+        metrics::counter!("backorder_parked_events_total", "topic" => self.topic.clone(), "outcome" => outcome)
+            .increment(1);
+        Ok(true)
+    }
+
+    /// Decodes and validates one message. A registry outage is retried (it
+    /// is never the message's fault) until shutdown.
+    async fn decode(&self, message: &OwnedMessage) -> Result<Incoming<H::Event>, Undecoded> {
+        // A message without a payload carries no event; on an event topic
+        // it is a producer's mistake, so it is dead-lettered, not skipped.
+        let Some(payload) = message.payload() else {
+            return Err(Undecoded::Bad(
+                DeadLetterKind::Empty,
+                "the message has no payload".into(),
+            ));
+        };
+        let mut backoff = Backoff::new(&self.options);
         let event: H::Event = loop {
             match self.codec.decode(payload).await {
                 Ok(event) => break event,
                 Err(error) if error.is_transient() => {
-                    tracing::warn!(%error, "schema registry unavailable; retrying");
-                    tokio::time::sleep(self.options.max_backoff).await;
+                    metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "transient").increment(1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "schema registry unavailable; retrying");
+                    if !self.sleep_unless_shutdown(delay).await {
+                        return Err(Undecoded::Shutdown);
+                    }
                 }
-                Err(error) => return Err((DeadLetterKind::Undecodable, error.to_string())),
+                Err(error) => return Err(Undecoded::Bad(DeadLetterKind::Undecodable, error.to_string())),
             }
         };
         event
             .validate()
-            .map_err(|e| (DeadLetterKind::Invalid, format!("invalid event: {e}")))?;
+            .map_err(|e| Undecoded::Bad(DeadLetterKind::Invalid, format!("invalid event: {e}")))?;
         tracing::debug!(
             event_id = event.event_id(),
             business_id = event.business_id(),
             "decoded"
         );
-        Ok(Some(Incoming {
+        Ok(Incoming {
             event,
             partition: message.partition(),
             offset: message.offset(),
-        }))
+        })
     }
 
     /// Applies events, retrying transient failures until they succeed or
     /// shutdown. `None`: shutdown. `Some(Err)`: a permanent failure.
-    async fn apply_with_retry(&self, events: &[Incoming<H::Event>]) -> Option<Result<Vec<OutboundRecord>, String>> {
+    async fn apply_with_retry(&self, events: &[Incoming<H::Event>]) -> Option<Result<Vec<OutboundRecord>, Failure>> {
         if events.is_empty() {
             return Some(Ok(Vec::new()));
         }
         let mut backoff = Backoff::new(&self.options);
         loop {
             match self.handler.handle(events).await {
-                Ok(outputs) => return Some(Ok(outputs)),
-                Err(HandlerError::Permanent(reason)) => return Some(Err(reason)),
-                Err(HandlerError::Transient(reason)) => {
+                Ok(outputs) => {
+                    if self.lifecycle.readiness.is_schema_behind() {
+                        tracing::info!("the database schema caught up; ready again");
+                        self.lifecycle.readiness.set_schema_behind(false);
+                    }
+                    return Some(Ok(outputs));
+                }
+                Err(HandlerError::Permanent(reason)) => return Some(Err(Failure::Permanent(reason))),
+                Err(HandlerError::Missing { waiting_for, reason }) if self.options.parking.is_some() => {
+                    return Some(Err(Failure::Missing { waiting_for, reason }));
+                }
+                Err(HandlerError::SchemaBehind(reason)) => {
+                    metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "schema").increment(1);
+                    if !self.lifecycle.readiness.is_schema_behind() {
+                        tracing::error!(%reason, "the database schema is behind this build: run the migrations (`backorderctl migrate`); holding the partition, not ready, nothing dead-lettered");
+                    }
+                    self.lifecycle.readiness.set_schema_behind(true);
+                    if !self.sleep_unless_shutdown(self.options.max_backoff).await {
+                        return None;
+                    }
+                }
+                // Nowhere to park: wait for the state, holding the partition.
+                Err(error @ (HandlerError::Transient(_) | HandlerError::Missing { .. })) => {
+                    let reason = error.to_string();
                     metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "transient").increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "transient failure; holding the partition");
@@ -332,15 +716,24 @@ impl<H: Handler> Runtime<H> {
         }
     }
 
-    /// Produces outputs until acknowledged, or shutdown (false).
-    async fn produce_with_retry(&self, outputs: &[OutboundRecord]) -> bool {
-        if outputs.is_empty() {
+    /// Produces outputs and dead letters until acknowledged, or shutdown
+    /// (false). Dead letters are counted once, after the acknowledgement.
+    async fn produce_with_retry(&self, outputs: &[OutboundRecord], letters: &[DeadLetter]) -> bool {
+        if outputs.is_empty() && letters.is_empty() {
             return true;
         }
         let mut backoff = Backoff::new(&self.options);
         loop {
-            match self.producer.send_all(outputs).await {
-                Ok(_) => return true,
+            let sent = futures::future::try_join(
+                self.producer.send_all(outputs),
+                self.producer.send_dead_letters(letters),
+            )
+            .await;
+            match sent {
+                Ok(_) => {
+                    letters.iter().for_each(DeadLetter::count);
+                    return true;
+                }
                 Err(error) => {
                     metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "produce").increment(1);
                     let delay = backoff.next_delay();
@@ -365,23 +758,15 @@ impl<H: Handler> Runtime<H> {
         if offsets.is_empty() {
             return;
         }
-        let mut list = TopicPartitionList::new();
-        for (partition, next_offset) in offsets {
-            if let Err(error) = list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next_offset)) {
-                tracing::error!(%error, partition, "could not build the offset list");
-                return;
-            }
-        }
+        let Some(list) = offset_list(&self.topic, offsets) else {
+            return;
+        };
         if let Err(error) = self.consumer.commit(&list, mode) {
             // Typically a rebalance took the partition away; its new owner
             // replays from the last commit and the handlers are idempotent.
             tracing::warn!(%error, ?offsets, "offset commit failed");
         }
     }
-}
-
-fn detach(message: &BorrowedMessage<'_>) -> OwnedMessage {
-    message.detach()
 }
 
 /// Exponential backoff with jitter, without a retry limit: the loop
@@ -432,15 +817,17 @@ impl<E: TopicEvent> Handler for AcknowledgeOnly<E> {
     }
 }
 
-/// Database failures are transient when the connection is at fault (the
-/// runtime holds the partition and retries) and permanent otherwise (the
-/// runtime isolates the event at fault and dead-letters it).
+/// Database failures as [`crate::db::classify`] sees them: transient (the
+/// runtime holds the partition and retries), a schema behind the code
+/// (held, not ready, nothing dead-lettered) or permanent (the runtime
+/// isolates the event at fault and dead-letters it).
 impl From<crate::db::DbError> for HandlerError {
     fn from(error: crate::db::DbError) -> Self {
-        if crate::db::is_transient(&error) {
-            HandlerError::Transient(error.to_string())
-        } else {
-            HandlerError::Permanent(error.to_string())
+        use crate::db::ErrorClass;
+        match crate::db::classify(&error) {
+            ErrorClass::Transient => HandlerError::Transient(error.to_string()),
+            ErrorClass::SchemaBehind => HandlerError::SchemaBehind(error.to_string()),
+            ErrorClass::Permanent => HandlerError::Permanent(error.to_string()),
         }
     }
 }

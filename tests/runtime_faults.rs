@@ -1,0 +1,266 @@
+//! The shared runtime under faults of its dependencies: a database schema
+//! behind the code, and PostgreSQL stopped while SIGTERM arrives. Real
+//! service binaries, broker and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use backorder_core::events::orders::Availability::Backordered;
+use backorder_core::kafka::topics::ORDERS;
+use backorder_tests::private_pg::PrivatePostgres;
+use backorder_tests::process::ServiceProcess;
+use backorder_tests::scenario::{PATIENCE, metric_sum};
+use backorder_tests::{TestApp, order_placed, wait_until};
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+async fn orders_stored(app: &TestApp) -> i64 {
+    let client = app.pool.get().await.unwrap();
+    client
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_migrations_behind_the_code_the_service_is_not_ready_and_dead_letters_nothing() {
+    let app = TestApp::spawn().await;
+    // The schema as an older release left it: the project's first five
+    // migrations, none of the newer ones this build expects.
+    {
+        let client = app.pool.get().await.unwrap();
+        client
+            .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            .await
+            .unwrap();
+    }
+    backorder_core::db::migrate_to(&app.pool, Some(5)).await.unwrap();
+
+    let orders = ServiceProcess::start("orders-consumer", &app.service_env("orders-consumer"), &app.log_dir);
+    let base = format!("http://127.0.0.1:{}", orders.http_port);
+    app.publish(
+        ORDERS,
+        &order_placed("o-1", &app.recipient("ada"), "en", &[("LAMP-01", Backordered)]),
+    )
+    .await;
+    let metrics = wait_until("the consumer to meet the missing table", PATIENCE, || async {
+        let (_, text) = get(&format!("{base}/metrics")).await?;
+        (metric_sum(&text, "backorder_consumer_errors_total", "kind=\"schema\"") >= 1.0).then_some(text)
+    })
+    .await;
+    assert_eq!(
+        metric_sum(&metrics, "backorder_dead_letters_total", ""),
+        0.0,
+        "nothing dead-lettered"
+    );
+    let (status, body) = get(&format!("{base}/readyz")).await.unwrap();
+    assert_eq!(status, 503, "not ready while the schema is behind: {body}");
+    assert_eq!(
+        app.committed_total("orders-consumer", ORDERS).await,
+        0,
+        "the event is held"
+    );
+
+    // The migrations arrive: the service turns ready and applies the event.
+    backorder_core::db::migrate(&app.pool).await.unwrap();
+    wait_until("readiness", PATIENCE, || async {
+        (get(&format!("{base}/readyz")).await?.0 == 200).then_some(())
+    })
+    .await;
+    wait_until("the held order to be applied and committed", PATIENCE, || async {
+        (app.committed_total("orders-consumer", ORDERS).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(orders_stored(&app).await, 1);
+    let metrics = orders.metrics().await;
+    assert_eq!(
+        metric_sum(&metrics, "backorder_dead_letters_total", ""),
+        0.0,
+        "nothing dead-lettered"
+    );
+}
+
+async fn sigterm_with_postgres_down_exits_zero_within_the_drain_time_and_nothing_is_lost(frozen: bool) {
+    let pg = PrivatePostgres::start(&format!("drain-{}", uuid::Uuid::new_v4().simple()));
+    let app = TestApp::spawn_on(&pg.admin_url()).await;
+    let drain = [
+        ("BACKORDER_DRAIN_GRACE_MS", "3000"),
+        ("BACKORDER_TIMER_POLL_MS", "100"),
+        // "decoded" lines show which events the consumer has in hand.
+        ("RUST_LOG", "info,backorder_core::kafka::runtime=debug"),
+    ];
+    let mut orders = app.start_service_with("orders-consumer", &drain).await;
+    let order = |i: usize| {
+        order_placed(
+            &format!("o-{i}"),
+            &app.recipient(&format!("c{i}")),
+            "en",
+            &[("LAMP-01", Backordered)],
+        )
+    };
+    app.publish(ORDERS, &order(0)).await;
+    wait_until("the first order to be applied", PATIENCE, || async {
+        (app.committed_total("orders-consumer", ORDERS).await == 1).then_some(())
+    })
+    .await;
+
+    // Stopped (connections refused) or frozen (every call hangs).
+    if frozen {
+        pg.freeze();
+    } else {
+        pg.stop();
+    }
+    for i in 1..5 {
+        app.publish(ORDERS, &order(i)).await;
+    }
+    // Work is in flight: the consumer holds events it cannot store.
+    let decoded = |log: &str| log.lines().filter(|l| l.contains("\"decoded\"")).count();
+    wait_until("the consumer to hold events it cannot store", PATIENCE, || async {
+        let log = std::fs::read_to_string(&orders.log).ok()?;
+        (decoded(&log) >= 2).then_some(())
+    })
+    .await;
+
+    let started = Instant::now();
+    let status = orders
+        .terminate(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM: {}", orders.log_tail()));
+    assert!(status.success(), "exit status {status}: {}", orders.log_tail());
+    assert!(
+        started.elapsed() < Duration::from_millis(3000 + 1500),
+        "exited within the drain time (3 s) plus process teardown: {:?}",
+        started.elapsed()
+    );
+
+    assert!(
+        app.committed_total("orders-consumer", ORDERS).await < 5,
+        "work was in flight at the signal"
+    );
+    if frozen {
+        pg.thaw();
+    } else {
+        pg.restart();
+    }
+    let _orders = app.start_service_with("orders-consumer", &drain).await;
+    wait_until(
+        "every order to be stored and committed after the restart",
+        PATIENCE,
+        || async { (app.committed_total("orders-consumer", ORDERS).await == 5).then_some(()) },
+    )
+    .await;
+    assert_eq!(orders_stored(&app).await, 5, "nothing lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_postgres_stopped_exits_zero_within_the_drain_time_and_nothing_is_lost() {
+    sigterm_with_postgres_down_exits_zero_within_the_drain_time_and_nothing_is_lost(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_postgres_frozen_exits_zero_within_the_drain_time_and_nothing_is_lost() {
+    sigterm_with_postgres_down_exits_zero_within_the_drain_time_and_nothing_is_lost(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_keep_binary_keys_headers_and_tombstones_as_they_came() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Header, Headers, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+    let app = TestApp::spawn().await;
+    let orders = app.start_service("orders-consumer").await;
+    let topic = app.topics.name(ORDERS);
+    let raw: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &app.settings.kafka_bootstrap_servers)
+        .create()
+        .unwrap();
+    let binary_key: &[u8] = &[0xc3, 0x28, 0x00, 0xff];
+    let binary_header: &[u8] = &[0xff, 0xfe, 0x00];
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "trace-bin",
+        value: Some(binary_header),
+    });
+    raw.send(
+        FutureRecord::to(&topic)
+            .key(binary_key)
+            .payload(&b"\x01 not avro"[..])
+            .headers(headers),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap();
+    raw.send(
+        FutureRecord::<[u8], [u8]>::to(&topic).key(&b"tombstone"[..]),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap();
+    app.publish(
+        ORDERS,
+        &order_placed("o-after", &app.recipient("after"), "en", &[("LAMP-01", Backordered)]),
+    )
+    .await;
+    wait_until("the valid order after them to be applied", PATIENCE, || async {
+        (app.committed_total("orders-consumer", ORDERS).await == 3).then_some(())
+    })
+    .await;
+    assert_eq!(orders_stored(&app).await, 1);
+
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &app.settings.kafka_bootstrap_servers)
+        .set("group.id", format!("{}dlq-bytes", app.settings.topic_prefix))
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(&format!("{topic}.dlq"), 0, Offset::Beginning)
+        .unwrap();
+    reader.assign(&list).unwrap();
+    let mut letters = Vec::new();
+    while letters.len() < 2 {
+        let m = tokio::time::timeout(PATIENCE, reader.recv())
+            .await
+            .expect("two dead letters")
+            .unwrap();
+        let headers: Vec<(String, Option<Vec<u8>>)> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        letters.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec), headers));
+    }
+    let header = |h: &[(String, Option<Vec<u8>>)], k: &str| h.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.clone());
+    let garbage = letters
+        .iter()
+        .find(|(key, ..)| key.as_deref() == Some(binary_key))
+        .expect("the binary key, byte for byte");
+    assert_eq!(garbage.1.as_deref(), Some(&b"\x01 not avro"[..]));
+    assert_eq!(
+        header(&garbage.2, "trace-bin").as_deref(),
+        Some(binary_header),
+        "binary header kept"
+    );
+    let tombstone = letters
+        .iter()
+        .find(|(key, ..)| key.as_deref() == Some(&b"tombstone"[..]))
+        .expect("the tombstone is dead-lettered, not skipped");
+    assert_eq!(tombstone.1, None);
+    assert_eq!(header(&tombstone.2, "dlq.kind").as_deref(), Some(&b"empty"[..]));
+    let metrics = orders.metrics().await;
+    assert_eq!(
+        metric_sum(&metrics, "backorder_dead_letters_total", ""),
+        2.0,
+        "each counted once"
+    );
+}
