@@ -344,7 +344,9 @@ fn probe_port(container: &Value, probe: &Value) -> u64 {
 fn kubernetes_manifests_render_validate_and_match_the_binaries() {
     let renderings = rendered_manifests();
     let known_env = env_names_the_binaries_read();
-    let drain = backorder_core::service::DRAIN_GRACE.as_secs();
+    let drain = backorder_core::config::Settings::default()
+        .drain_grace_ms
+        .div_ceil(1000);
     for (overlay, objects) in &renderings {
         let deployments = of_kind(objects, "Deployment");
         let names: BTreeSet<&str> = deployments.iter().map(|d| str_of(&d["metadata"]["name"])).collect();

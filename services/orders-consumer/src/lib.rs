@@ -6,6 +6,7 @@
 //! - [`confirmation`]: decides the order confirmation (PLAYBOOK email 1).
 //! - [`nurture`]: the nurture cadence of long backorders (PLAYBOOK email 8),
 //!   fired by durable timers this service runs.
+//!
 //! Timer keys of the lifecycle are `backorder_core::timer_keys`.
 
 pub mod confirmation;
