@@ -472,23 +472,11 @@ async fn an_invalid_policy_file_refuses_to_start_naming_the_key() {
         ("unknown-key", "[campaigns]\nmax_offer = 2\n", "max_offer"),
         ("nurture-20", "[nurture]\ninterval_days = 20\n", "nurture.interval_days"),
     ] {
-        let mut env = app.service_env("segmentation");
-        env.insert("BACKORDER_POLICY_FILE".into(), app.write_policy(name, toml));
-        let binary = backorder_tests::process::binary("segmentation");
-        let run = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(binary)
-                .env_clear()
-                .envs(env)
-                .env("BACKORDER_HTTP_ADDR", "127.0.0.1:0")
-                .output()
-        });
-        let output = tokio::time::timeout(PATIENCE, run)
-            .await
-            .expect("exits by itself")
-            .unwrap()
-            .unwrap();
-        assert!(!output.status.success(), "{name} refused");
-        let log = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+        let policy = app.write_policy(name, toml);
+        let (succeeded, log) = app
+            .run_to_exit("segmentation", &[("BACKORDER_POLICY_FILE", policy)])
+            .await;
+        assert!(!succeeded, "{name} refused");
         assert!(log.contains(key), "{name}: the message names {key}: {log}");
     }
 }

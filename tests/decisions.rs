@@ -359,3 +359,89 @@ async fn bad_links_and_second_answers_are_refused_and_a_double_click_decides_onc
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cancel_link_in_a_confirmation_cancels_one_line_and_only_its_emails_stop() {
+    let app = TestApp::spawn().await;
+    let _pipeline = start_pipeline(&app).await;
+    set_clock(&app, Utc.with_ymd_and_hms(2026, 12, 10, 12, 0, 0).unwrap()).await;
+    let now = clock_now(&app).await;
+    for sku in ["KILN", "WHEEL"] {
+        app.publish(STOCK, &catalog(sku, "pottery", &[], 50_000, 0, "EUR"))
+            .await;
+        app.publish(STOCK, &eta_window(sku, day(&app, 60).await, day(&app, 67).await, now))
+            .await;
+    }
+    wait_for_count(&app, "the ETAs", "SELECT count(*) FROM sku_eta", 2).await;
+    let to = app.recipient("cora");
+    app.publish(
+        ORDERS,
+        &order(
+            "o-c",
+            "c-cora",
+            &to,
+            "en-GB",
+            "GB",
+            "EUR",
+            &[("KILN", 50_000, 1, true), ("WHEEL", 30_000, 1, true)],
+            now,
+        ),
+    )
+    .await;
+    let confirmation = wait_for_emails(&app, &to, 1).await.remove(0);
+    let link = link_containing(&confirmation.body, &["/cancel?", "line=l1"]).expect("a cancel link for the kiln");
+    assert!(
+        link_containing(&confirmation.body, &["/cancel?", "line=l2"]).is_some(),
+        "one per backordered line"
+    );
+
+    // One click opens the page (nothing decided yet); the button confirms.
+    let http = reqwest::Client::new();
+    let page = http.get(&link).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("Item KILN") && html.contains("€500.00"),
+        "names the item and the refund: {html}"
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM decisions").await,
+        0,
+        "GET decides nothing"
+    );
+    let form = [
+        ("order", "o-c".to_string()),
+        ("line", "l1".to_string()),
+        ("token", param(&link, "token")),
+    ];
+    let base = link.split("/cancel?").next().unwrap();
+    let confirmed = http.post(format!("{base}/cancel")).form(&form).send().await.unwrap();
+    assert_eq!(confirmed.status().as_u16(), 200);
+
+    // The OMS gets the cancellation of that line; the customer its confirmation.
+    let decisions =
+        records_on_topic::<BackorderDecisionEvent>(&app, topics::BACKORDER_DECISIONS, 1, Duration::from_secs(1)).await;
+    let BackorderDecisionEvent::Decision(decision) = &decisions[0];
+    assert_eq!(
+        (decision.decision, decision.line_id.as_str()),
+        (DecisionKind::Cancel, "l1")
+    );
+    let sent = wait_for_emails(&app, &to, 2).await;
+    assert!(sent[1].subject.starts_with("Cancelled"), "{}", sent[1].subject);
+    assert!(sent[1].body.contains("€500.00"), "the refund: {}", sent[1].body);
+
+    // Twelve days on: the nurture update is about the wheel only.
+    backorder_core::clock::advance(&app.pool, chrono::Duration::days(12))
+        .await
+        .unwrap();
+    let sent = wait_for_emails(&app, &to, 3).await;
+    assert!(
+        sent[2].body.contains("Item WHEEL"),
+        "the other line still hears from us: {}",
+        sent[2].body
+    );
+    assert!(
+        !sent[2].body.contains("Item KILN"),
+        "nothing more about the cancelled line"
+    );
+}

@@ -915,24 +915,11 @@ async fn the_nurture_interval_is_configurable_within_10_to_14_days() {
     assert!(sent[1].body.contains("Gravel bike"));
 
     // Out of range: the service refuses to start, naming the setting.
-    let mut env = app.service_env("orders-consumer");
     let bad = app.write_policy("bad-nurture", "[nurture]\ninterval_days = 20\n");
-    env.insert("BACKORDER_POLICY_FILE".into(), bad);
-    let binary = backorder_tests::process::binary("orders-consumer");
-    let run = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(binary)
-            .env_clear()
-            .envs(env)
-            .env("BACKORDER_HTTP_ADDR", "127.0.0.1:0")
-            .output()
-    });
-    let output = tokio::time::timeout(PATIENCE, run)
-        .await
-        .expect("exits by itself")
-        .unwrap()
-        .unwrap();
-    assert!(!output.status.success());
-    let log = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    let (succeeded, log) = app
+        .run_to_exit("orders-consumer", &[("BACKORDER_POLICY_FILE", bad)])
+        .await;
+    assert!(!succeeded);
     assert!(log.contains("nurture.interval_days = 20"), "{log}");
     assert!(log.contains("10 to 14"), "{log}");
 }

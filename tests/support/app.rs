@@ -141,6 +141,31 @@ impl TestApp {
         path.to_string_lossy().into_owned()
     }
 
+    /// Runs `service` with this test's environment plus `extra` until it
+    /// exits by itself (a refusal to start): whether it succeeded, and its
+    /// log.
+    pub async fn run_to_exit(&self, service: &str, extra: &[(&str, String)]) -> (bool, String) {
+        let mut env = self.service_env(service);
+        for (k, v) in extra {
+            env.insert((*k).to_string(), v.clone());
+        }
+        let binary = crate::process::binary(service);
+        let run = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(binary)
+                .env_clear()
+                .envs(env)
+                .env("BACKORDER_HTTP_ADDR", "127.0.0.1:0")
+                .output()
+        });
+        let output = tokio::time::timeout(std::time::Duration::from_secs(45), run)
+            .await
+            .expect("exits by itself")
+            .expect("the run finished")
+            .expect("the binary started");
+        let log = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), log)
+    }
+
     /// A unique address for `who` in this test.
     pub fn recipient(&self, who: &str) -> String {
         format!("{who}+{}@example.com", self.id)

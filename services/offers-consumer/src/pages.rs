@@ -23,6 +23,7 @@ use backorder_core::domain::{Locale, format, geo};
 use backorder_core::events::offers::{CancellationRequested, OfferResponse};
 use backorder_core::kafka::{OutboundRecord, Producer};
 use backorder_core::links::{LinkSigner, OfferOption};
+use chrono::{DateTime, Utc};
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 
@@ -277,24 +278,57 @@ async fn checked_offer(
     Ok(Ok((offer, option, token)))
 }
 
+/// The start of every offer request: the clock, the offer and the link's
+/// signature. `Err` is already the page to answer with (a refusal in the
+/// customer's language when the link names a known offer, else in the
+/// browser's; 503 when a dependency is down).
+async fn open_offer(
+    state: &PageState,
+    headers: &HeaderMap,
+    offer_id: &str,
+    linked: Option<String>,
+    token: Option<String>,
+) -> Result<(Offer, OfferOption, String, DateTime<Utc>), Response> {
+    let fallback = accepted_language(headers);
+    let now = state.clock.now().await.map_err(|e| state.unavailable(&fallback, &e))?;
+    match checked_offer(state, offer_id, linked, token).await {
+        Ok(Ok((offer, option, token))) => Ok((offer, option, token, now)),
+        Ok(Err((language, rejection))) => {
+            let language = if language == "en" { fallback } else { language };
+            Err(state.refuse(&language, &rejection, "offer"))
+        }
+        Err(e) => Err(state.unavailable(&fallback, &e)),
+    }
+}
+
+/// The start of every cancel request, like [`open_offer`].
+async fn open_cancel(
+    state: &PageState,
+    headers: &HeaderMap,
+    params: CancelParams,
+) -> Result<(decisions::CancelTarget, String, DateTime<Utc>), Response> {
+    let fallback = accepted_language(headers);
+    let now = state.clock.now().await.map_err(|e| state.unavailable(&fallback, &e))?;
+    let token = params.token.clone().unwrap_or_default();
+    match checked_cancel(state, params).await {
+        Ok(Ok(target)) => Ok((target, token, now)),
+        Ok(Err((language, rejection))) => {
+            let language = if language == "en" { fallback } else { language };
+            Err(state.refuse(&language, &rejection, "cancel"))
+        }
+        Err(e) => Err(state.unavailable(&fallback, &e)),
+    }
+}
+
 pub async fn offer_page(
     State(state): State<PageState>,
     Path(offer_id): Path<String>,
     headers: HeaderMap,
     Query(query): Query<OfferQuery>,
 ) -> Response {
-    let fallback = accepted_language(&headers);
-    let now = match state.clock.now().await {
-        Ok(now) => now,
-        Err(e) => return state.unavailable(&fallback, &e),
-    };
-    let (offer, option, token) = match checked_offer(&state, &offer_id, query.option, query.token).await {
-        Ok(Ok(found)) => found,
-        Ok(Err((language, rejection))) => {
-            let language = if language == "en" { fallback } else { language };
-            return state.refuse(&language, &rejection, "offer");
-        }
-        Err(e) => return state.unavailable(&fallback, &e),
+    let (offer, option, token, now) = match open_offer(&state, &headers, &offer_id, query.option, query.token).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
     let language = language_of(&offer.locale);
     if let Err(rejection) = offer.check_open(&option, now) {
@@ -327,19 +361,10 @@ pub async fn offer_confirm(
     headers: HeaderMap,
     Form(form): Form<OfferForm>,
 ) -> Response {
-    let fallback = accepted_language(&headers);
-    let now = match state.clock.now().await {
-        Ok(now) => now,
-        Err(e) => return state.unavailable(&fallback, &e),
-    };
     let chosen = form.option.clone();
-    let (offer, _linked, _token) = match checked_offer(&state, &offer_id, form.linked, form.token).await {
-        Ok(Ok(found)) => found,
-        Ok(Err((language, rejection))) => {
-            let language = if language == "en" { fallback } else { language };
-            return state.refuse(&language, &rejection, "offer");
-        }
-        Err(e) => return state.unavailable(&fallback, &e),
+    let (offer, _linked, _token, now) = match open_offer(&state, &headers, &offer_id, form.linked, form.token).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
     let language = language_of(&offer.locale);
     let chosen = match required(chosen, "option")
@@ -425,15 +450,9 @@ pub async fn cancel_page(
     headers: HeaderMap,
     Query(params): Query<CancelParams>,
 ) -> Response {
-    let fallback = accepted_language(&headers);
-    let token = params.token.clone().unwrap_or_default();
-    let target = match checked_cancel(&state, params).await {
-        Ok(Ok(t)) => t,
-        Ok(Err((language, rejection))) => {
-            let language = if language == "en" { fallback } else { language };
-            return state.refuse(&language, &rejection, "cancel");
-        }
-        Err(e) => return state.unavailable(&fallback, &e),
+    let (target, token, _now) = match open_cancel(&state, &headers, params).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
     metrics::counter!("backorder_offer_page_views_total", "option" => "cancel_line").increment(1);
     let mut view = state.view(&language_of(&target.locale));
@@ -453,19 +472,9 @@ pub async fn cancel_confirm(
     headers: HeaderMap,
     Form(params): Form<CancelParams>,
 ) -> Response {
-    let fallback = accepted_language(&headers);
-    let now = match state.clock.now().await {
-        Ok(now) => now,
-        Err(e) => return state.unavailable(&fallback, &e),
-    };
-    let token = params.token.clone().unwrap_or_default();
-    let target = match checked_cancel(&state, params).await {
-        Ok(Ok(t)) => t,
-        Ok(Err((language, rejection))) => {
-            let language = if language == "en" { fallback } else { language };
-            return state.refuse(&language, &rejection, "cancel");
-        }
-        Err(e) => return state.unavailable(&fallback, &e),
+    let (target, token, now) = match open_cancel(&state, &headers, params).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
     let language = language_of(&target.locale);
     let request = CancellationRequested {

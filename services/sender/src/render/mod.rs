@@ -122,7 +122,8 @@ impl Renderer {
             shop_name: &self.shop_name,
             unsubscribe_url,
         };
-        let context = minijinja::context! { ..Value::from_serialize(data), ..Value::from_serialize(&common) };
+        let data = upgrade_data(template, data);
+        let context = minijinja::context! { ..Value::from_serialize(&*data), ..Value::from_serialize(&common) };
         let render = |suffix: &str| {
             let name = format!("{language}/{template}.{suffix}");
             self.env
@@ -136,6 +137,28 @@ impl Renderer {
             text: render("txt")?,
         })
     }
+}
+
+/// Requests decided by the previous release and still queued in the ledger
+/// at an upgrade carry the template data of that release: a delay notice's
+/// `reason` and `remedy` were plain strings (now one object with a code).
+/// They are brought to today's shape here, in one place, so they render
+/// instead of failing.
+fn upgrade_data<'a>(template: &str, data: &'a serde_json::Value) -> std::borrow::Cow<'a, serde_json::Value> {
+    let old_reason = template == "delay_notice" && data.get("reason").is_some_and(serde_json::Value::is_string);
+    if !old_reason {
+        return std::borrow::Cow::Borrowed(data);
+    }
+    let mut upgraded = data.clone();
+    if let Some(object) = upgraded.as_object_mut() {
+        let text = object.remove("reason").unwrap_or_default();
+        let remedy = object.remove("remedy").unwrap_or_default();
+        object.insert(
+            "reason".into(),
+            serde_json::json!({ "code": null, "text": text, "remedy": remedy, "foreign": false }),
+        );
+    }
+    std::borrow::Cow::Owned(upgraded)
 }
 
 fn current_language(state: &State) -> String {
@@ -240,6 +263,22 @@ mod tests {
             .render("order_confirmation", "fr-FR", "Ada", &confirmation_data("Lamp"), None)
             .unwrap();
         assert!(r.text.contains("Thank you"), "{}", r.text);
+    }
+
+    #[test]
+    fn a_delay_notice_queued_by_the_previous_release_still_renders() {
+        let old = json!({
+            "order_id": "o-1", "items": [{"product_name": "Lamp", "quantity": 1,
+                                          "previous_from": null, "previous_to": null}],
+            "window_from": null, "window_to": null,
+            "reason": "A storm closed the port", "remedy": "We rebooked", "significant": false
+        });
+        let r = renderer().render("delay_notice", "en", "Ada", &old, None).unwrap();
+        assert!(
+            r.text.contains("A storm closed the port") && r.text.contains("We rebooked"),
+            "{}",
+            r.text
+        );
     }
 
     #[test]
