@@ -44,13 +44,15 @@ pub async fn run_backlog_sampler(
 ) {
     loop {
         match sample(&pool, &clock, &kinds).await {
-            Ok((timers, overdue_promises)) => {
+            Ok((timers, overdue_promises, parked)) => {
                 for backlog in timers {
                     metrics::gauge!("backorder_timers_due", "kind" => backlog.kind.clone()).set(backlog.due as f64);
                     metrics::gauge!("backorder_timers_overdue_seconds", "kind" => backlog.kind)
                         .set(backlog.oldest_overdue_seconds);
                 }
                 metrics::gauge!("backorder_promises_overdue").set(overdue_promises as f64);
+                metrics::gauge!("backorder_parked_events").set(parked.count as f64);
+                metrics::gauge!("backorder_parked_oldest_age_seconds").set(parked.oldest_age_seconds);
             }
             Err(error) => tracing::warn!(%error, "backlog sample failed"),
         }
@@ -61,12 +63,34 @@ pub async fn run_backlog_sampler(
     }
 }
 
-async fn sample(pool: &Pool, clock: &Clock, kinds: &[String]) -> Result<(Vec<TimerBacklog>, i64), DbError> {
+async fn sample(pool: &Pool, clock: &Clock, kinds: &[String]) -> Result<(Vec<TimerBacklog>, i64, ParkedBacklog), DbError> {
     let now = clock.now().await?;
     let client = pool.get().await?;
     let timers = timer_backlog(&client, kinds, now).await?;
     let promises = overdue_promises(&client, now).await?;
-    Ok((timers, promises))
+    let parked = parked_backlog(&client, now).await?;
+    Ok((timers, promises, parked))
+}
+
+/// Events parked for state from another topic (every topic): how many,
+/// and how long the oldest has waited. Global, like overdue promises.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParkedBacklog {
+    pub count: i64,
+    pub oldest_age_seconds: f64,
+}
+
+pub async fn parked_backlog(client: &tokio_postgres::Client, now: DateTime<Utc>) -> Result<ParkedBacklog, DbError> {
+    let row = client
+        .query_one(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM ($1 - min(parked_at))), 0)::float8 FROM parked_events",
+            &[&now],
+        )
+        .await?;
+    Ok(ParkedBacklog {
+        count: row.try_get(0)?,
+        oldest_age_seconds: row.try_get::<_, f64>(1)?.max(0.0),
+    })
 }
 
 /// The backlog of every kind in `kinds`, zero for kinds with nothing due
