@@ -63,7 +63,11 @@ pub async fn run_backlog_sampler(
     }
 }
 
-async fn sample(pool: &Pool, clock: &Clock, kinds: &[String]) -> Result<(Vec<TimerBacklog>, i64, ParkedBacklog), DbError> {
+async fn sample(
+    pool: &Pool,
+    clock: &Clock,
+    kinds: &[String],
+) -> Result<(Vec<TimerBacklog>, i64, ParkedBacklog), DbError> {
     let now = clock.now().await?;
     let client = pool.get().await?;
     let timers = timer_backlog(&client, kinds, now).await?;
