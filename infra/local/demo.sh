@@ -104,14 +104,14 @@ PY
 log "waiting for the decision confirmation (the switch also went to backorder-decisions.v1 for the OMS)"
 wait_for_emails 8
 
-log "three days after the delivery: the follow-up"
+log "three days after the delivery: the follow-up; Jiwoo's offer expired unanswered after 72 hours: its reminder"
 "$CTL" clock advance 3d
-wait_for_emails 9
+wait_for_emails 10
 
 log "the lamps arrive"
 "$CTL" publish "$SCRIPT_DIR/demo-restock.jsonl"
 log "waiting for the arrival notice of the backorder still waiting (Bernd switched) and back-in-stock emails for the units left"
-wait_for_emails 11
+wait_for_emails 12
 
 log "the sender's ledger"
 "$CTL" emails
