@@ -480,3 +480,93 @@ async fn an_invalid_policy_file_refuses_to_start_naming_the_key() {
         assert!(log.contains(key), "{name}: the message names {key}: {log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promise_that_passes_in_silence_is_told_once_after_the_grace_and_a_new_eta_prevents_it() {
+    let app = TestApp::spawn().await;
+    let _services = start_pipeline(&app).await;
+    december(&app).await;
+    let now = clock_now(&app).await;
+    for product in [
+        catalog("TENT", "camping", &[], 20_000, 0, "EUR"),
+        catalog("STOVE", "cooking-outdoors", &[], 8_000, 0, "EUR"),
+    ] {
+        app.publish(STOCK, &product).await;
+    }
+    for sku in ["TENT", "STOVE"] {
+        app.publish(STOCK, &eta_window(sku, day(&app, 5).await, day(&app, 8).await, now))
+            .await;
+    }
+    wait_for_count(&app, "the ETAs", "SELECT count(*) FROM sku_eta", 2).await;
+    let (late, news) = (app.recipient("late"), app.recipient("news"));
+    app.publish(
+        ORDERS,
+        &order(
+            "o-late",
+            "c-late",
+            &late,
+            "en-GB",
+            "GB",
+            "EUR",
+            &[("TENT", 20_000, 1, true)],
+            now,
+        ),
+    )
+    .await;
+    app.publish(
+        ORDERS,
+        &order(
+            "o-news",
+            "c-news",
+            &news,
+            "en-GB",
+            "GB",
+            "EUR",
+            &[("STOVE", 8_000, 1, true)],
+            now,
+        ),
+    )
+    .await;
+    wait_for_promises(&app, 2).await;
+    wait_for_emails(&app, &late, 1).await;
+    wait_for_emails(&app, &news, 1).await;
+
+    // Before its window ends, the stove's supplier gives news: two days
+    // later (a small slip: a delay notice), and the overdue timer moves.
+    slip(&app, "STOVE", 5, 10).await;
+    wait_for_emails(&app, &news, 2).await;
+
+    // Day 9: the tent's window (ending day 8) is within its grace: nothing.
+    backorder_core::clock::advance(&app.pool, chrono::Duration::days(9))
+        .await
+        .unwrap();
+    timer_loop_caught_up(&app, "promise-overdue").await;
+    assert_eq!(app.emails_to(&late).await.len(), 1, "nothing within the grace");
+
+    // Day 10: one honest "it is late and we have no new date", with the options.
+    backorder_core::clock::advance(&app.pool, chrono::Duration::days(1))
+        .await
+        .unwrap();
+    let sent = wait_for_emails(&app, &late, 2).await;
+    let body = &sent[1].body;
+    assert!(body.contains("has passed"), "the overdue reason: {body}");
+    assert!(body.contains("we don't know yet"), "an honest unknown: {body}");
+    assert!(unescape(body).contains("/offers/"), "the options, one click each");
+
+    // Day 11: none twice; the stove, whose window moved, is not late yet.
+    backorder_core::clock::advance(&app.pool, chrono::Duration::days(1))
+        .await
+        .unwrap();
+    timer_loop_caught_up(&app, "promise-overdue").await;
+    wait_for_sender_idle(&app).await;
+    assert_eq!(app.emails_to(&late).await.len(), 2, "told once");
+    assert_eq!(
+        app.emails_to(&news).await.len(),
+        2,
+        "the new ETA prevented an overdue notice"
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM email_ledger WHERE template = 'delay_offer'").await,
+        1
+    );
+}

@@ -29,6 +29,7 @@ pub mod lifecycle;
 pub mod links;
 pub mod order_lines;
 pub mod policy;
+pub mod promises;
 pub mod service;
 pub mod telemetry;
 pub mod timer_keys;

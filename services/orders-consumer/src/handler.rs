@@ -8,6 +8,7 @@ use backorder_core::email_decisions;
 use backorder_core::events::orders::{Availability, OrderEvent};
 use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, parking, topics};
 use backorder_core::links::LinkSigner;
+use backorder_core::promises;
 use backorder_core::service::Service;
 use backorder_core::timers;
 
@@ -23,6 +24,8 @@ pub struct OrdersHandler {
     nurture: NurturePolicy,
     /// Signs the one-click cancel links of backordered lines.
     signer: LinkSigner,
+    /// Days after a promised window before it is overdue (policy).
+    overdue_grace_days: i64,
     /// Full name of `email-requests.v1` (with the configured prefix).
     email_requests_topic: String,
 }
@@ -31,6 +34,7 @@ impl OrdersHandler {
     pub fn new(service: &Service, nurture: NurturePolicy, signer: LinkSigner) -> Self {
         Self {
             signer,
+            overdue_grace_days: service.policy.delays.overdue_grace_days,
             pool: service.pool.clone(),
             codec: service.codec.clone(),
             clock: service.clock.clone(),
@@ -61,6 +65,12 @@ impl Handler for OrdersHandler {
                     let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
                     store::record_co_purchases(&tx, &order.customer.customer_id, &order.order_id, &skus).await?;
                     let promises = store::promise_backordered_lines(&tx, &order.order_id).await?;
+                    // Each known promise gets its overdue timer.
+                    let ends: Vec<(&str, &str, Option<chrono::NaiveDate>)> = promises
+                        .iter()
+                        .map(|(id, p)| (order.order_id.as_str(), id.as_str(), p.to))
+                        .collect();
+                    promises::schedule_overdue(&*tx, &ends, self.overdue_grace_days).await?;
                     tracing::info!(order_id = %order.order_id, new, has_backorder, "order recorded");
                     // Requested again on replay: the sender's ledger keeps
                     // one email per dedup key, so this is safe and means a

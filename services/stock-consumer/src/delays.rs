@@ -20,6 +20,7 @@ use backorder_core::events::internal::{BackorderDelayed, DelayedLine};
 use backorder_core::events::stock::SupplierEtaChanged;
 use backorder_core::kafka::{HandlerError, OutboundRecord, topics};
 use backorder_core::links::LinkSigner;
+use backorder_core::promises;
 use backorder_core::service::Service;
 use backorder_core::timers::{self, Timer, TimerHandler};
 use backorder_core::tokio_postgres::Transaction;
@@ -146,6 +147,8 @@ pub struct DelayTimers {
     signer: LinkSigner,
     /// A slip is significant past this many days (policy file).
     significant_slip_days: i64,
+    /// Days after a promised window before it is overdue (policy file).
+    overdue_grace_days: i64,
     email_topic: String,
     delays_topic: String,
 }
@@ -156,6 +159,7 @@ impl DelayTimers {
             codec: service.codec.clone(),
             signer,
             significant_slip_days: service.policy.delays.significant_slip_days,
+            overdue_grace_days: service.policy.delays.overdue_grace_days,
             email_topic: service.topics.name(topics::EMAIL_REQUESTS),
             delays_topic: service.topics.name(topics::BACKORDER_DELAYS),
         }
@@ -335,6 +339,13 @@ impl DelayTimers {
             &[&moved_orders, &moved_lines, &new.from, &new.to],
         )
         .await?;
+        // The promise moved: so does (or goes) its overdue timer.
+        let ends: Vec<(&str, &str, Option<chrono::NaiveDate>)> = moved_orders
+            .iter()
+            .zip(&moved_lines)
+            .map(|(o, l)| (o.as_str(), l.as_str(), new.to))
+            .collect();
+        promises::schedule_overdue(tx, &ends, self.overdue_grace_days).await?;
 
         // A significant slip of any line of an order: one BackorderDelayed
         // carrying all its slipped lines, and segmentation sends the one

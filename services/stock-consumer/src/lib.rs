@@ -8,6 +8,8 @@
 //!   carts (PLAYBOOK 9); the partial-line policy is documented there.
 //! - [`delays`]: `SupplierEtaChanged` -> debounced delay notices
 //!   (PLAYBOOK 5) and `backorder-delays.v1` events.
+//! - [`overdue`]: a promised window that passed without stock or news is
+//!   told at once (a significant slip, for segmentation).
 //! - [`policy`]: thresholds and the comparison of a new window with a promise.
 //! - [`emails`]: dedup keys, template data, decision records.
 
@@ -17,6 +19,7 @@ pub mod delays;
 pub mod emails;
 pub mod error;
 pub mod handler;
+pub mod overdue;
 pub mod policy;
 
 use backorder_core::kafka::topics;
@@ -27,6 +30,7 @@ pub async fn start(service: &Service) -> Result<(), ServiceError> {
     let signer = service.settings.link_signer()?;
     service.serve_http(axum::Router::new()).await?;
     service.run_timers(delays::DelayTimers::new(service, signer));
+    service.run_timers(overdue::OverdueTimers::new(service));
     service.consume(topics::STOCK, handler::StockHandler::new(service));
     Ok(())
 }
