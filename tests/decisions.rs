@@ -143,9 +143,12 @@ async fn a_customer_switches_to_the_alternative_in_a_real_browser_and_hears_noth
         .click()
         .await
         .expect("confirm");
+    // The form's POST navigates: wait (with a deadline) for the next page.
     let status = browser
         .client
-        .find(Locator::Css("[role=status]"))
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css("[role=status]"))
         .await
         .expect("the confirmation page");
     assert!(status.text().await.unwrap().contains("o-1"));
