@@ -99,9 +99,7 @@ pub async fn end_for_lines<C: GenericClient>(
             &[&keys],
         )
         .await?;
-    for _ in &ended {
-        metrics::counter!("backorder_campaign_exits_total", "reason" => reason.as_str()).increment(1);
-    }
+    metrics::counter!("backorder_campaign_exits_total", "reason" => reason.as_str()).increment(ended.len() as u64);
     tracing::info!(
         order_id,
         reason = reason.as_str(),

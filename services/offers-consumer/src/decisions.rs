@@ -132,10 +132,16 @@ impl Offer {
         token: &str,
         at: DateTime<Utc>,
     ) -> Result<(), Rejection> {
+        self.verify(signer, option, token)?;
+        self.check_open(option, at)
+    }
+
+    /// Whether `token` is this offer's customer's signature of `option`
+    /// (the pages check it before anything else is shown).
+    pub fn verify(&self, signer: &LinkSigner, option: &OfferOption, token: &str) -> Result<(), Rejection> {
         signer
             .verify_offer_token(token, &self.offer_id, &self.customer_id, option, self.expires_at)
-            .map_err(|_| Rejection::Forged)?;
-        self.check_open(option, at)
+            .map_err(|_| Rejection::Forged)
     }
 
     /// The checks after the signature: option, state, time, lines.

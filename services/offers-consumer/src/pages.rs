@@ -268,11 +268,7 @@ async fn checked_offer(
         return Ok(Err(("en".into(), Rejection::UnknownOffer)));
     };
     let language = language_of(&offer.locale);
-    if let Err(r) = state
-        .signer
-        .verify_offer_token(&token, &offer.offer_id, &offer.customer_id, &option, offer.expires_at)
-        .map_err(|_| Rejection::Forged)
-    {
+    if let Err(r) = offer.verify(&state.signer, &option, &token) {
         return Ok(Err((language, r)));
     }
     Ok(Ok((offer, option, token)))

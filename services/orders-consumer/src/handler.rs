@@ -8,6 +8,7 @@ use backorder_core::email_decisions;
 use backorder_core::events::orders::{Availability, OrderEvent};
 use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, parking, topics};
 use backorder_core::links::LinkSigner;
+use backorder_core::order_lines;
 use backorder_core::promises;
 use backorder_core::service::Service;
 use backorder_core::timers;
@@ -103,7 +104,7 @@ impl Handler for OrdersHandler {
                     // all cancelled. Timers also re-check when they fire,
                     // which covers a delivery stored after this cancellation.
                     let mut stopped = 0;
-                    if !store::has_open_backorder(&tx, &cancel.order_id).await? {
+                    if !order_lines::has_open_backorder(&*tx, &cancel.order_id).await? {
                         stopped += timers::cancel_prefix(&*tx, &keys::nurture_prefix(&cancel.order_id)).await?;
                     }
                     for shipment_id in store::fully_cancelled_shipments(&tx, &cancel.order_id).await? {

@@ -172,11 +172,6 @@ pub async fn cancel_lines(tx: &Transaction<'_>, cancel: &OrderCancelled) -> Resu
     Ok(changed)
 }
 
-/// Whether the order still has a backordered line waiting for stock.
-pub async fn has_open_backorder(tx: &Transaction<'_>, order_id: &str) -> Result<bool, Error> {
-    backorder_core::order_lines::has_open_backorder(tx, order_id).await
-}
-
 /// The order's shipments whose every line had its cancellation asked for.
 pub async fn fully_cancelled_shipments(tx: &Transaction<'_>, order_id: &str) -> Result<Vec<String>, Error> {
     let rows = tx

@@ -91,7 +91,7 @@ impl OfferExpiryTimers {
             );
             return Ok(None);
         }
-        let email = offers::send_offer(tx, &campaign_id, seq + 1, now, &self.policy, &self.signer).await?;
+        let email = offers::send_offer(tx, &campaign_id, seq + 1, None, now, &self.policy, &self.signer).await?;
         Ok(Some(email))
     }
 }

@@ -172,11 +172,12 @@ impl DelaysHandler {
         )
         .await?;
         insert_lines(tx, &campaign_id, &delay.order_id, &lines).await?;
-        let email = offers::send_offer(tx, &campaign_id, 1, now, &self.policy, &self.signer).await?;
+        let alternatives = found.len();
+        let email = offers::send_offer(tx, &campaign_id, 1, Some(found), now, &self.policy, &self.signer).await?;
         let offer_id = offers::offer_id(&campaign_id, 1);
         record_slip(tx, delay, &campaign_id, Some(&offer_id), now).await?;
         metrics::counter!("backorder_campaign_slips_total", "outcome" => "campaign_started").increment(1);
-        tracing::info!(order_id = %delay.order_id, campaign_id, kind = kind.as_str(), alternatives = found.len(), "campaign started");
+        tracing::info!(order_id = %delay.order_id, campaign_id, kind = kind.as_str(), alternatives, "campaign started");
         Ok(Some(email))
     }
 }

@@ -101,12 +101,14 @@ struct CampaignRow {
 
 /// Sends offer `seq` of `campaign_id` at `now`: stores it (a replay finds
 /// it and returns the same request), schedules its expiry and records the
-/// decision. Alternatives are looked up again for every offer, so a
-/// reminder never offers what sold out meanwhile.
+/// decision. Alternatives are looked up again for every reminder, so it
+/// never offers what sold out meanwhile; the first offer takes `routed`,
+/// what routing found moments before in the same transaction.
 pub async fn send_offer(
     tx: &Transaction<'_>,
     campaign_id: &str,
     seq: i32,
+    routed: Option<Vec<Alternative>>,
     now: DateTime<Utc>,
     policy: &CampaignPolicy,
     signer: &LinkSigner,
@@ -144,8 +146,9 @@ pub async fn send_offer(
         delayed.push(line);
     }
     let expires_at = now + policy.offer_expiry();
-    let found = match campaign.kind {
-        CampaignKind::Alternative => {
+    let found = match (routed, campaign.kind) {
+        (Some(found), _) => found,
+        (None, CampaignKind::Alternative) => {
             routing::alternatives(
                 tx,
                 &delayed,
@@ -156,7 +159,7 @@ pub async fn send_offer(
             )
             .await?
         }
-        CampaignKind::StoreCredit => Vec::new(),
+        (None, CampaignKind::StoreCredit) => Vec::new(),
     };
     // The store-credit campaign offers credit; so does an alternative
     // campaign whose alternatives all sold out before this reminder.

@@ -7,6 +7,7 @@ use backorder_core::deadpool_postgres::Pool;
 use backorder_core::email_decisions;
 use backorder_core::events::shipments::ShipmentEvent;
 use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, parking, topics};
+use backorder_core::order_lines;
 use backorder_core::service::Service;
 use backorder_core::timer_keys as keys;
 use backorder_core::timers::{self, Timer};
@@ -70,7 +71,7 @@ impl Handler for ShipmentsHandler {
                     // or reminder after the item is on its way.
                     campaigns::end_for_lines(&*tx, order_id, Some(&shipment.line_ids), EndReason::Shipped, now).await?;
                     parking::state_arrived(&*tx, &[keys::shipment_state(&shipment.shipment_id)]).await?;
-                    if !store::has_open_backorder(&tx, order_id).await? {
+                    if !order_lines::has_open_backorder(&*tx, order_id).await? {
                         // Nothing left waiting for stock: the nurture cadence ends.
                         timers::cancel_prefix(&*tx, &keys::nurture_prefix(order_id)).await?;
                     }

@@ -137,11 +137,6 @@ pub async fn backordered_lines(tx: &Transaction<'_>, order_id: &str) -> Result<V
     Ok(rows.iter().map(line_view).collect())
 }
 
-/// Whether the order still has a backordered line waiting for stock.
-pub async fn has_open_backorder(tx: &Transaction<'_>, order_id: &str) -> Result<bool, Error> {
-    backorder_core::order_lines::has_open_backorder(tx, order_id).await
-}
-
 /// A stored shipment.
 #[derive(Debug, Clone)]
 pub struct Shipment {
