@@ -339,7 +339,15 @@ async fn store_credit_offers_repeat_every_72_hours_at_most_three_times_and_stop_
         .unwrap();
     timer_loop_caught_up(&app, "offer-expiry").await;
     wait_for_sender_idle(&app).await;
-    assert_eq!(app.emails_to(&people[0]).await.len(), 4, "three offers, never a fourth");
+    // By now (day 12) the nurture cadence may have resumed for the line
+    // still waiting: count the offer emails (first and reminders) only.
+    let offer_emails = app
+        .emails_to(&people[0])
+        .await
+        .into_iter()
+        .filter(|e| e.subject.contains("delayed") || e.subject.starts_with("Reminder"))
+        .count();
+    assert_eq!(offer_emails, 3, "three offers, never a fourth");
     let states: Vec<String> = offers(&app, "o-wait").await.into_iter().map(|o| o.1).collect();
     assert_eq!(states, ["expired", "expired", "expired"]);
     // The shipped and the cancelled order got nothing after their first offer
