@@ -223,44 +223,7 @@ impl TestApp {
 
     /// Per partition: (partition, committed offset if any).
     pub async fn committed_by_partition(&self, service: &str, base_topic: &str) -> Vec<(i32, Option<i64>)> {
-        let topic = self.topics.name(base_topic);
-        let group = self.group(service);
-        let bootstrap = self.settings.kafka_bootstrap_servers.clone();
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("group.id", &group)
-                .set("enable.auto.commit", "false")
-                .create()
-                .expect("offset reader");
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .expect("metadata");
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            let mut list = TopicPartitionList::new();
-            for p in &partitions {
-                list.add_partition(&topic, *p);
-            }
-            let committed = consumer
-                .committed_offsets(list, Duration::from_secs(10))
-                .expect("committed offsets");
-            partitions
-                .iter()
-                .map(|p| {
-                    let committed = match committed.find_partition(&topic, *p).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => Some(o),
-                        _ => None,
-                    };
-                    (*p, committed)
-                })
-                .collect()
-        })
-        .await
-        .expect("offset reader task")
+        committed_by_partition_of(&self.settings, &self.group(service), &self.topics.name(base_topic)).await
     }
 
     /// Every record on `base_topic`'s dead-letter topic: (payload, headers).
@@ -303,6 +266,59 @@ impl TestApp {
         }
         out
     }
+}
+
+/// `group`'s committed offsets on the full `topic` name, per partition:
+/// (partition, committed offset if any).
+pub async fn committed_by_partition_of(settings: &Settings, group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
+    let topic = topic.to_string();
+    let group = group.to_string();
+    let bootstrap = settings.kafka_bootstrap_servers.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offset reader");
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("metadata");
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut list = TopicPartitionList::new();
+        for p in &partitions {
+            list.add_partition(&topic, *p);
+        }
+        let committed = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .expect("committed offsets");
+        partitions
+            .iter()
+            .map(|p| {
+                let committed = match committed.find_partition(&topic, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                };
+                (*p, committed)
+            })
+            .collect()
+    })
+    .await
+    .expect("offset reader task")
+}
+
+/// The sum of [`committed_by_partition_of`]: how many messages of a topic
+/// created empty `group` has durably consumed.
+pub async fn committed_total_of(settings: &Settings, group: &str, topic: &str) -> i64 {
+    committed_by_partition_of(settings, group, topic)
+        .await
+        .iter()
+        .map(|(_, committed)| committed.unwrap_or(0))
+        .sum()
 }
 
 /// An `OrderPlaced` for `recipient` with one line per `(sku, availability)`.
