@@ -374,7 +374,7 @@ pub async fn recipient_of(pool: &Pool, dedup_key: &str) -> Result<Option<String>
     let row = client
         .query_opt("SELECT recipient FROM email_ledger WHERE dedup_key = $1", &[&dedup_key])
         .await?;
-    Ok(row.map(|r| r.get(0)))
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
 /// Puts `address` on the suppression list for `reason`; returns whether it
@@ -408,5 +408,5 @@ pub async fn queue_stats(pool: &Pool) -> Result<(i64, f64), DbError> {
             &[],
         )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
