@@ -576,7 +576,11 @@ async fn a_marketing_email_decided_at_half_past_eleven_in_seoul_goes_at_eight_lo
     assert_eq!(moto_counts(&app).await.get(&app.recipient("kim")), Some(&3));
     let metrics = sender.metrics().await;
     assert!(
-        metric(&metrics, "backorder_sender_quiet_hours_deferred_total", "order_confirmation") >= 1.0,
+        metric(
+            &metrics,
+            "backorder_sender_quiet_hours_deferred_total",
+            "order_confirmation"
+        ) >= 1.0,
         "the deferral is counted"
     );
 }

@@ -403,8 +403,10 @@ async fn cancelling_a_served_line_gives_its_units_to_the_next_waiting_line_and_i
 
     // Two customers wait for two vases each; "first" ordered earlier.
     let (first, second) = (app.recipient("first"), app.recipient("second"));
-    app.publish(ORDERS, &backorder("first", &first, "en", "VASE", 2, 2)).await;
-    app.publish(ORDERS, &backorder("second", &second, "en", "VASE", 1, 2)).await;
+    app.publish(ORDERS, &backorder("first", &first, "en", "VASE", 2, 2))
+        .await;
+    app.publish(ORDERS, &backorder("second", &second, "en", "VASE", 1, 2))
+        .await;
     wait_for_count(&app, "two orders stored", "SELECT count(*) FROM orders", 2).await;
     app.publish(STOCK, &arrival("v-1", "VASE", 2)).await;
     wait_arrival_done(&app, "v-1").await;
@@ -494,7 +496,8 @@ async fn an_arrival_nobody_waits_for_tells_carts_only_after_the_settle_time_and_
 
     // An order that was on its way arrives during the settle time.
     let late = app.recipient("late");
-    app.publish(ORDERS, &backorder("late", &late, "en", "TEAPOT", 0, 1)).await;
+    app.publish(ORDERS, &backorder("late", &late, "en", "TEAPOT", 0, 1))
+        .await;
     wait_for_count(&app, "the late order stored", "SELECT count(*) FROM orders", 1).await;
     assert_eq!(
         count(&app, "SELECT count(*) FROM back_in_stock_notices").await,

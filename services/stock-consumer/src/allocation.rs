@@ -519,7 +519,12 @@ async fn finalize(
             )
             .await?;
             metrics::counter!("backorder_stock_settling_units_total").increment(u64::try_from(left).unwrap_or(0));
-            tracing::info!(arrival_id, sku, units = left, "nobody waits: the units settle before carts hear of them");
+            tracing::info!(
+                arrival_id,
+                sku,
+                units = left,
+                "nobody waits: the units settle before carts hear of them"
+            );
             true
         }
         _ => false,

@@ -37,7 +37,10 @@ impl ReleaseTimers {
         let bad = || StockError::BadTimer { key: timer.key.clone() };
         let sku = field("sku").ok_or_else(bad)?;
         let (arrival_id, kind) = if timer.kind == SETTLE_TIMER {
-            (settle_arrival_id(&field("arrival_id").ok_or_else(bad)?), ArrivalKind::Settle)
+            (
+                settle_arrival_id(&field("arrival_id").ok_or_else(bad)?),
+                ArrivalKind::Settle,
+            )
         } else {
             let (Some(order_id), Some(line_id)) = (field("order_id"), field("line_id")) else {
                 return Err(bad());

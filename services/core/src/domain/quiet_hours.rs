@@ -79,7 +79,11 @@ mod tests {
         // 08:00 and 20:59 KST are allowed.
         assert_eq!(NIGHT.next_allowed(utc("2026-12-01T23:00:00Z"), Tz::Asia__Seoul), None);
         assert_eq!(NIGHT.next_allowed(utc("2026-12-02T11:59:00Z"), Tz::Asia__Seoul), None);
-        assert!(NIGHT.next_allowed(utc("2026-12-02T12:00:00Z"), Tz::Asia__Seoul).is_some());
+        assert!(
+            NIGHT
+                .next_allowed(utc("2026-12-02T12:00:00Z"), Tz::Asia__Seoul)
+                .is_some()
+        );
     }
 
     #[test]
