@@ -578,7 +578,7 @@ async fn a_marketing_email_decided_at_half_past_eleven_in_seoul_goes_at_eight_lo
     assert!(
         metric(
             &metrics,
-            "backorder_sender_quiet_hours_deferred_total",
+            "backorder_sender_quiet_time_deferrals_total",
             "order_confirmation"
         ) >= 1.0,
         "the deferral is counted"

@@ -412,7 +412,7 @@ impl Delivery {
         if this.quiet_hours.holds(email.is_marketing(), template) {
             let now = this.clock.now().await?;
             if let Some(until) = this.quiet_hours.deferred_until(now, email.country.as_deref()) {
-                metrics::counter!("backorder_sender_quiet_hours_deferred_total", "template" => template.to_string())
+                metrics::counter!("backorder_sender_quiet_time_deferrals_total", "template" => template.to_string())
                     .increment(1);
                 tracing::info!(dedup_key = key, template, %until, "quiet hours in the recipient's time zone; deferred");
                 return self.record(email, ledger::defer(&this.pool, email, until).await);
