@@ -108,6 +108,7 @@ impl TestApp {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         env.insert("BACKORDER_TEST_ID".into(), self.id.clone());
+        env.insert("BACKORDER_POLICY_FILE".into(), self.write_policy("default", ""));
         env
     }
 
@@ -133,11 +134,23 @@ impl TestApp {
     }
 
     /// Writes a policy file (`BACKORDER_POLICY_FILE`) for this test's
-    /// services and returns its path.
+    /// services and returns its path. Unless `toml` names them, quiet
+    /// hours are off and an arrival's surplus does not settle: the real
+    /// time of day (the controlled clock starts at it) must not decide
+    /// whether a marketing email goes at once, and tests of carts should
+    /// not all wait out a settle time. Tests of those features name the
+    /// sections.
     pub fn write_policy(&self, name: &str, toml: &str) -> String {
         std::fs::create_dir_all(&self.log_dir).expect("log dir");
         let path = self.log_dir.join(format!("{name}.policy.toml"));
-        std::fs::write(&path, toml).expect("write policy file");
+        let mut text = toml.to_string();
+        if !toml.contains("[quiet_hours") {
+            text.push_str("\n[quiet_hours]\nstart_hour = 0\nend_hour = 0\n");
+        }
+        if !toml.contains("[stock]") {
+            text.push_str("\n[stock]\narrival_settle_seconds = 0.0\n");
+        }
+        std::fs::write(&path, text).expect("write policy file");
         path.to_string_lossy().into_owned()
     }
 
