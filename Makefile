@@ -7,6 +7,9 @@
 #                   libavro-java and a JDK (apt, when missing) and fastavro (.venv)
 #   make services   start the six services in the background
 #   make lint       rustfmt and clippy, as CI runs them
+#   make restart-broker / restart-db
+#                   restart Tansu / PostgreSQL in place (same port, same data;
+#                   Tansu's memory storage starts empty, its topics are re-created)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -14,7 +17,7 @@ STACK := infra/local/stack.sh
 SERVICES := infra/local/services.sh
 CTL := target/debug/backorderctl
 
-.PHONY: demo test up down services stop-services build lint fmt status clean-stack browser
+.PHONY: demo test up down services stop-services build lint fmt status clean-stack browser restart-broker restart-db
 
 up:
 	@bash $(STACK) up
@@ -22,6 +25,13 @@ up:
 down:
 	@bash $(SERVICES) stop || true
 	@bash $(STACK) down
+
+restart-broker:
+	@bash $(STACK) restart-broker
+	@if [ -x $(CTL) ]; then $(CTL) topics create >/dev/null; fi
+
+restart-db:
+	@bash $(STACK) restart-db
 
 status:
 	@bash $(STACK) status || true
