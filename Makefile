@@ -7,6 +7,8 @@
 #                   libavro-java and a JDK (apt, when missing) and fastavro (.venv)
 #   make services   start the six services in the background
 #   make lint       rustfmt and clippy, as CI runs them
+#   make bench      release build, then measure it on the local stack:
+#                   bench/report.md and bench/report.png (not part of `test`)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -14,7 +16,7 @@ STACK := infra/local/stack.sh
 SERVICES := infra/local/services.sh
 CTL := target/debug/backorderctl
 
-.PHONY: demo test up down services stop-services build lint fmt status clean-stack browser
+.PHONY: demo test up down services stop-services build lint fmt status clean-stack browser bench
 
 up:
 	@bash $(STACK) up
@@ -51,6 +53,12 @@ test: up browser
 	else \
 		$(CARGO) test --workspace --no-fail-fast -- --include-ignored; \
 	fi
+
+# Measures the release build: every measurement starts the services it needs
+# on its own database and topic prefix (see docs/bench.md).
+bench: up
+	$(CARGO) build --workspace --release --bins
+	target/release/bench
 
 lint:
 	$(CARGO) fmt --all -- --check
