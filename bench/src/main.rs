@@ -70,16 +70,19 @@ async fn main() -> Result<()> {
     let run = Run {
         id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         settings,
-        bin_dir: PathBuf::from("target/release"),
+        bin_dir: PathBuf::from(std::env::var("BENCH_BIN_DIR").unwrap_or_else(|_| "target/release".into())),
         log_dir: PathBuf::from("target/bench-logs"),
         orders,
     };
     for service in ["orders-consumer", "stock-consumer", "sender"] {
         if !run.bin_dir.join(service).is_file() {
-            bail!("target/release/{service} is missing: `make bench` builds it first");
+            bail!(
+                "{}/{service} is missing: `make bench` builds it first",
+                run.bin_dir.display()
+            );
         }
     }
-    let mut report = Report::new(report::machine().await?, orders);
+    let mut report = Report::new(report::machine(&run.bin_dir).await?, orders);
 
     eprintln!("bench: orders ingest, one replica ({orders} orders)");
     let ingest = measure_ingest(&run).await?;

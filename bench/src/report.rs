@@ -28,6 +28,9 @@ pub struct Machine {
     pub rustc: String,
     pub postgres: String,
     pub tansu: String,
+    /// Where the measured binaries came from (`target/release` unless
+    /// BENCH_BIN_DIR says otherwise).
+    pub binaries: String,
 }
 
 /// The orders-ingest figures, all from the same run.
@@ -109,7 +112,7 @@ fn first_line(program: &str, args: &[&str]) -> String {
 }
 
 /// The machine and the versions in use.
-pub async fn machine() -> Result<Machine> {
+pub async fn machine(bin_dir: &std::path::Path) -> Result<Machine> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory_kib: f64 = meminfo
         .lines()
@@ -145,6 +148,7 @@ pub async fn machine() -> Result<Machine> {
         rustc: first_line("rustc", &["--version"]),
         postgres: format!("PostgreSQL {postgres}"),
         tansu,
+        binaries: bin_dir.display().to_string(),
     })
 }
 
@@ -216,6 +220,7 @@ impl Report {
         let _ = writeln!(md, "| rustc | {} |", m.rustc);
         let _ = writeln!(md, "| database | {} |", m.postgres);
         let _ = writeln!(md, "| broker | {} |", m.tansu);
+        let _ = writeln!(md, "| binaries | `{}` |", m.binaries);
         let _ = writeln!(
             md,
             "| workload | `backorderctl loadgen --orders-only`: {} two-line orders per backlog, 30% with a backordered line, 5 languages |\n",
