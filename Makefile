@@ -12,6 +12,8 @@
 #   make restart-broker / restart-db
 #                   restart Tansu / PostgreSQL in place (same port, same data;
 #                   Tansu's memory storage starts empty, its topics are re-created)
+#   make bench      release build, then measure it on the local stack:
+#                   bench/report.md and bench/report.png (not part of `test`)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -19,7 +21,7 @@ STACK := infra/local/stack.sh
 SERVICES := infra/local/services.sh
 CTL := target/debug/backorderctl
 
-.PHONY: demo test up down services stop-services build lint fmt status clean-stack browser restart-broker restart-db chaos
+.PHONY: demo test up down services stop-services build lint fmt status clean-stack browser restart-broker restart-db chaos bench
 
 up:
 	@bash $(STACK) up
@@ -74,6 +76,11 @@ chaos: up
 	else \
 		$(CARGO) test --workspace --test chaos -- --include-ignored --nocapture; \
 	fi
+# Measures the release build: every measurement starts the services it needs
+# on its own database and topic prefix (see docs/bench.md).
+bench: up
+	$(CARGO) build --workspace --release --bins
+	target/release/bench
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -7,6 +7,7 @@
 //! - [`migrate`]: apply the database migrations.
 //! - [`topics`]: create every topic and dead-letter topic.
 //! - [`publish`]: JSON lines in, Avro records on the input topics out.
+//! - [`loadgen`]: a seeded, realistic mix of input events, for load tests.
 //! - [`clock`]: show or move the controlled clock.
 //! - [`emails`]: list the sender's ledger, recipients masked.
 //! - [`report`]: compare backorder buyers with the other customers.
@@ -16,6 +17,7 @@
 pub mod clock;
 pub mod dlq;
 pub mod emails;
+pub mod loadgen;
 pub mod migrate;
 pub mod publish;
 pub mod report;
@@ -93,6 +95,9 @@ pub enum Command {
     /// Publish events from a JSON-lines file (or stdin) to the input topics.
     #[command(long_about = publish::LONG_ABOUT)]
     Publish(publish::PublishArgs),
+    /// Publish a seeded, realistic mix of input events (load tests, `make bench`).
+    #[command(long_about = loadgen::LONG_ABOUT)]
+    Loadgen(loadgen::LoadgenArgs),
     /// Show or move the controlled clock that all services share.
     Clock {
         #[command(subcommand)]
@@ -207,6 +212,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         // Reads and validates its input before it loads settings, so bad
         // input is reported as such whatever the environment.
         Command::Publish(args) => publish::run(args, &mut out).await,
+        Command::Loadgen(args) => loadgen::run(args, &mut out).await,
         Command::Clock { command } => clock::run(command, &Settings::load()?, &mut out).await,
         Command::Emails(args) => emails::run(args, &Settings::load()?, &mut out).await,
         Command::Report { command } => report::run(command, &Settings::load()?, &mut out).await,

@@ -121,13 +121,21 @@ macro_rules! record_types {
                 }
             }
 
-            fn validate(&self) -> Result<(), ValidationError> {
+            pub(crate) fn validate(&self) -> Result<(), ValidationError> {
                 match self {
                     $(Record::$name(r) => r.validate()),+
                 }
             }
 
-            async fn encode(&self, codec: &Codec, topic: &str) -> Result<OutboundRecord, CodecError> {
+            /// Stamps the record with the instant it happened (loadgen's
+            /// wall-clock mode, for latency measured from the event).
+            pub fn set_occurred_at(&mut self, at: chrono::DateTime<chrono::Utc>) {
+                match self {
+                    $(Record::$name(r) => r.occurred_at = at),+
+                }
+            }
+
+            pub(crate) async fn encode(&self, codec: &Codec, topic: &str) -> Result<OutboundRecord, CodecError> {
                 match self {
                     $(Record::$name(r) => OutboundRecord::encode(codec, topic, r).await),+
                 }

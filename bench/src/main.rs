@@ -1,0 +1,397 @@
+//! `bench` (`make bench`): measures the pipeline's release build on the
+//! local stack, beside the raw limits of the same run, and writes
+//! `bench/report.md` and `bench/report.png`.
+//!
+//! Every measurement gets its own database and topic prefix ([`world`]),
+//! starts the release services itself, and times from the first event
+//! published to the consumer group's committed offsets reaching the last
+//! one (orders-consumer commits only once an order is stored, its promise
+//! recorded and its confirmation request acknowledged by the broker).
+
+mod chart;
+mod copy;
+mod report;
+mod world;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use backorder_core::config::Settings;
+use backorder_core::events::stock::StockArrival;
+use backorder_core::kafka::{OutboundRecord, topics};
+use backorderctl::loadgen::{self, LoadgenArgs};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::report::{Fanout, Growth, Ingest, Latency, Report};
+use crate::world::World;
+
+/// Orders in each ingest backlog (override with BENCH_ORDERS).
+const DEFAULT_ORDERS: u64 = 20_000;
+/// Orders stored before the cost-growth backlogs.
+const GROWTH_STORED: [u64; 3] = [10_000, 100_000, 1_000_000];
+/// The longest one ingest may take before the run gives up on it.
+const INGEST_DEADLINE: Duration = Duration::from_secs(240);
+/// The steady order rate of the latency measurement, and for how long.
+const LATENCY_RATE: u32 = 500;
+const LATENCY_SECONDS: u64 = 20;
+/// The send rate the sender is configured with in the latency measurement:
+/// above the order rate, so that the configured rate is not what limits.
+const SENDER_RATE: u32 = 1_000;
+/// Waiting lines one StockArrival covers in the fan-out measurement, their SKU,
+/// and how long the fan-out may take before the run stops waiting.
+const FANOUT_LINES: i64 = 100_000;
+const FANOUT_SKU: &str = "BENCH-FANOUT";
+const FANOUT_DEADLINE: Duration = Duration::from_secs(180);
+/// How long the ledger may take to drain after the last order.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(180);
+
+/// What the run needs to know about where it runs.
+struct Run {
+    /// Short id of this run: databases and topic prefixes carry it.
+    id: String,
+    settings: Settings,
+    /// The release binaries.
+    bin_dir: PathBuf,
+    /// Service logs of this run.
+    log_dir: PathBuf,
+    orders: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let started = Instant::now();
+    let settings = Settings::load().context("loading settings (is the local stack up? `make up`)")?;
+    let orders = match std::env::var("BENCH_ORDERS") {
+        Ok(raw) => raw.parse().with_context(|| format!("BENCH_ORDERS={raw:?}"))?,
+        Err(_) => DEFAULT_ORDERS,
+    };
+    let run = Run {
+        id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+        settings,
+        bin_dir: PathBuf::from(std::env::var("BENCH_BIN_DIR").unwrap_or_else(|_| "target/release".into())),
+        log_dir: PathBuf::from("target/bench-logs"),
+        orders,
+    };
+    for service in ["orders-consumer", "stock-consumer", "sender"] {
+        if !run.bin_dir.join(service).is_file() {
+            bail!(
+                "{}/{service} is missing: `make bench` builds it first",
+                run.bin_dir.display()
+            );
+        }
+    }
+    let mut report = Report::new(report::machine(&run.bin_dir).await?, orders);
+
+    eprintln!("bench: orders ingest, one replica ({orders} orders)");
+    let ingest = measure_ingest(&run).await?;
+    report.ingest = Some(ingest);
+
+    eprintln!("bench: latency at {LATENCY_RATE} orders/s for {LATENCY_SECONDS} s");
+    report.latency = Some(measure_latency(&run).await?);
+
+    eprintln!("bench: restock fan-out to {FANOUT_LINES} waiting lines");
+    report.fanout = Some(measure_fanout(&run).await?);
+
+    eprintln!("bench: cost growth");
+    for stored in GROWTH_STORED {
+        eprintln!("bench:   {stored} orders stored");
+        report.growth.push(measure_growth(&run, stored).await?);
+    }
+
+    report.elapsed = started.elapsed();
+    let dir = Path::new("bench");
+    std::fs::write(dir.join("report.md"), report.markdown())?;
+    chart::draw(&dir.join("report.png"), &report.panels())?;
+    eprintln!(
+        "bench: wrote bench/report.md and bench/report.png in {:.0} s",
+        report.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The loadgen arguments of an ingest backlog: `orders` two-line orders,
+/// 30% with a backordered line, published as fast as the broker takes them.
+fn backlog(orders: u64, id_prefix: &str) -> LoadgenArgs {
+    LoadgenArgs {
+        orders,
+        orders_only: true,
+        id_prefix: id_prefix.to_string(),
+        customers: (orders / 2).max(1),
+        ..LoadgenArgs::default()
+    }
+}
+
+/// Orders ingest with one and two replicas, the broker's plain consume
+/// rate of the same messages, and PostgreSQL's COPY rate of the same rows.
+async fn measure_ingest(run: &Run) -> Result<Ingest> {
+    let args = backlog(run.orders, "lg");
+
+    let world = World::create(&run.settings, &run.id, "ingest1").await?;
+    let (one_replica, rss_one) = pipeline(run, &world, &args, 1).await?;
+    eprintln!("bench:   pipeline {one_replica:.0} orders/s");
+    let raw_consume = raw_consume(&world, run.orders).await?;
+    eprintln!("bench:   plain consume {raw_consume:.0} messages/s");
+    world.drop_database().await?;
+
+    let world = World::create(&run.settings, &run.id, "copy").await?;
+    let copy_time = copy::copy_orders(&world.pool, &args).await?;
+    let copy = run.orders as f64 / copy_time.as_secs_f64();
+    eprintln!("bench:   COPY {copy:.0} orders/s");
+    world.drop_database().await?;
+
+    eprintln!("bench: orders ingest, two replicas in one group");
+    let world = World::create(&run.settings, &run.id, "ingest2").await?;
+    let (two_replicas, rss_two) = pipeline(run, &world, &args, 2).await?;
+    eprintln!("bench:   pipeline {two_replicas:.0} orders/s");
+    world.drop_database().await?;
+
+    Ok(Ingest {
+        one_replica,
+        two_replicas,
+        raw_consume,
+        copy,
+        rss_one,
+        rss_two,
+    })
+}
+
+/// Ingest rate and memory with `stored` orders already in the tables.
+async fn measure_growth(run: &Run, stored: u64) -> Result<Growth> {
+    let label = format!("growth{stored}");
+    let world = World::create(&run.settings, &run.id, &label).await?;
+    let prefill = backlog(stored, "pre");
+    let copy_time = copy::copy_orders(&world.pool, &prefill).await?;
+    eprintln!("bench:     pre-filled in {:.1} s", copy_time.as_secs_f64());
+    let (rate, rss) = pipeline(run, &world, &backlog(run.orders / 2, "lg"), 1).await?;
+    eprintln!("bench:     pipeline {rate:.0} orders/s");
+    world.drop_database().await?;
+    Ok(Growth {
+        stored,
+        rate,
+        rss: rss.into_iter().fold(0.0, f64::max),
+    })
+}
+
+/// Starts `replicas` orders-consumers in one group, publishes the backlog
+/// and waits until the group has committed all of it: orders per second
+/// from the first publish to the last commit, and each replica's peak RSS.
+async fn pipeline(run: &Run, world: &World, args: &LoadgenArgs, replicas: usize) -> Result<(f64, Vec<f64>)> {
+    let mut services = Vec::new();
+    for _ in 0..replicas {
+        services.push(world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?);
+    }
+    let started = Instant::now();
+    let published = loadgen::publish(args, &world.settings, false).await?;
+    let expected = i64::try_from(published.total)?;
+    let outcome = world
+        .wait_committed("orders-consumer", topics::ORDERS, expected, INGEST_DEADLINE)
+        .await;
+    let elapsed = started.elapsed();
+    let rss = services.iter().map(|s| s.peak_rss_mib()).collect::<Result<Vec<_>>>();
+    for service in services {
+        service.stop().await?;
+    }
+    outcome?;
+    Ok((published.total as f64 / elapsed.as_secs_f64(), rss?))
+}
+
+/// The broker's plain consume rate: one rdkafka consumer that reads the
+/// world's order messages from the beginning and does nothing else.
+async fn raw_consume(world: &World, expected: u64) -> Result<f64> {
+    let topic = world.topics.name(topics::ORDERS);
+    let config =
+        backorder_core::kafka::consumer_config(&world.settings, &format!("{}plain-reader", world.topics.name("")));
+    tokio::task::spawn_blocking(move || -> Result<f64> {
+        let consumer: BaseConsumer = config.create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            assignment.add_partition_offset(&topic, partition.id(), Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let started = Instant::now();
+        let mut read = 0u64;
+        while read < expected {
+            if started.elapsed() > INGEST_DEADLINE {
+                bail!("the plain reader read {read} of {expected} messages");
+            }
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                message?;
+                read += 1;
+            }
+        }
+        Ok(read as f64 / started.elapsed().as_secs_f64())
+    })
+    .await?
+}
+
+/// Event to SES-accepted latency at a steady order rate: orders-consumer
+/// and the sender run against moto; loadgen stamps each order with the
+/// time it is sent; the ledger's `sent_at` is when SES accepted the email.
+async fn measure_latency(run: &Run) -> Result<Latency> {
+    let world = World::create(&run.settings, &run.id, "latency").await?;
+    let orders = world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?;
+    let rate = SENDER_RATE.to_string();
+    let sender = world
+        .start(
+            &run.bin_dir,
+            &run.log_dir,
+            "sender",
+            &[
+                ("BACKORDER_SES_MAX_SEND_RATE", rate.clone()),
+                ("BACKORDER_SES_SEND_RATE_OVERRIDE", rate),
+                ("BACKORDER_SENDER_POLL_MS", "50".into()),
+            ],
+        )
+        .await?;
+    let args = LoadgenArgs {
+        rate: LATENCY_RATE,
+        wall_clock: true,
+        ..backlog(u64::from(LATENCY_RATE) * LATENCY_SECONDS, "lt")
+    };
+    let published = loadgen::publish(&args, &world.settings, false).await?;
+    let expected = i64::try_from(published.total)?;
+    let committed = world
+        .wait_committed("orders-consumer", topics::ORDERS, expected, INGEST_DEADLINE)
+        .await;
+    // Drained: every email the orders asked for has left the queue.
+    let client = world.pool.get().await?;
+    let until = Instant::now() + DRAIN_DEADLINE;
+    let drained = loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state IN ('queued', 'sending')), count(*) FROM email_ledger",
+                &[],
+            )
+            .await?;
+        let (open, total): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if committed.is_ok() && open == 0 && total > 0 {
+            break true;
+        }
+        if Instant::now() > until {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rss_orders = orders.peak_rss_mib()?;
+    let rss_sender = sender.peak_rss_mib()?;
+    orders.stop().await?;
+    sender.stop().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'sent'), count(*),
+                    percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[]) WITHIN GROUP
+                        (ORDER BY extract(epoch FROM sent_at - event_occurred_at)::float8)
+                        FILTER (WHERE state = 'sent'),
+                    extract(epoch FROM max(sent_at) - min(sent_at))::float8
+             FROM email_ledger",
+            &[],
+        )
+        .await?;
+    let sent: i64 = row.try_get(0)?;
+    let requested: i64 = row.try_get(1)?;
+    let percentiles: Option<Vec<f64>> = row.try_get(2)?;
+    let span: Option<f64> = row.try_get(3)?;
+    drop(client);
+    world.drop_database().await?;
+    let percentiles = percentiles.unwrap_or_default();
+    let at = |i: usize| percentiles.get(i).map_or(f64::NAN, |s| s * 1000.0);
+    Ok(Latency {
+        orders: published.total,
+        sent: u64::try_from(sent)?,
+        requested: u64::try_from(requested)?,
+        drained,
+        p50_ms: at(0),
+        p95_ms: at(1),
+        p99_ms: at(2),
+        send_rate: span.filter(|s| *s > 0.0).map_or(0.0, |s| sent as f64 / s),
+        configured_rate: f64::from(SENDER_RATE),
+        rss_orders,
+        rss_sender,
+    })
+}
+
+/// Restock fan-out: `FANOUT_LINES` one-line backorders of one SKU are
+/// written straight into the tables (not timed), then one `StockArrival`
+/// covering them all is published; timed until every order's
+/// arrival-notice request is in the sender's ledger.
+async fn measure_fanout(run: &Run) -> Result<Fanout> {
+    let world = World::create(&run.settings, &run.id, "fanout").await?;
+    let client = world.pool.get().await?;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO customers (customer_id, email, name, locale, first_seen_at)
+             SELECT 'fan-c' || i, 'fan-c' || i || '@example.com', 'Customer ' || i,
+                    (ARRAY['en-GB', 'de-DE', 'ko-KR', 'tr-TR', 'id-ID'])[1 + i % 5], now()
+               FROM generate_series(1, {FANOUT_LINES}) i;
+             INSERT INTO orders (order_id, customer_id, placed_at, currency, total_minor, tags, event_id)
+             SELECT 'fan-o' || lpad(i::text, 7, '0'), 'fan-c' || i,
+                    now() - interval '2 days' + i * interval '1 second', 'EUR', 2500, '{{backorder}}', 'fan-ev-' || i
+               FROM generate_series(1, {FANOUT_LINES}) i;
+             INSERT INTO order_lines (order_id, line_id, sku, product_name, quantity, unit_price_minor,
+                                      availability, promise_told)
+             SELECT 'fan-o' || lpad(i::text, 7, '0'), 'l1', '{FANOUT_SKU}', 'Reading Lamp', 1, 2500, 'BACKORDERED', true
+               FROM generate_series(1, {FANOUT_LINES}) i;
+             ANALYZE customers; ANALYZE orders; ANALYZE order_lines;"
+        ))
+        .await?;
+    let stock = world.start(&run.bin_dir, &run.log_dir, "stock-consumer", &[]).await?;
+    // The sender records requests in its ledger at once; it sends them
+    // slowly, so that sending does not compete with the fan-out for the
+    // two cores (the sender's rate is measured on its own).
+    let sender = world
+        .start(
+            &run.bin_dir,
+            &run.log_dir,
+            "sender",
+            &[
+                ("BACKORDER_SES_MAX_SEND_RATE", "1".into()),
+                ("BACKORDER_SES_SEND_RATE_OVERRIDE", "1".into()),
+            ],
+        )
+        .await?;
+    let arrival = StockArrival {
+        event_id: format!("bench-fanout-{}", run.id),
+        occurred_at: chrono::Utc::now(),
+        arrival_id: "bench-fanout".into(),
+        sku: FANOUT_SKU.into(),
+        quantity: i32::try_from(FANOUT_LINES)?,
+        warehouse: "BER-1".into(),
+    };
+    let codec = backorder_core::codec::Codec::from_settings(&world.settings)?;
+    let producer = backorder_core::kafka::Producer::new(&world.settings)?;
+    let record = OutboundRecord::encode(&codec, &world.topics.name(topics::STOCK), &arrival).await?;
+    let started = Instant::now();
+    producer.send_all(&[record]).await?;
+    let until = started + FANOUT_DEADLINE;
+    let mut in_ledger = 0;
+    while in_ledger < FANOUT_LINES {
+        if Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        in_ledger = client
+            .query_one(
+                "SELECT count(*) FROM email_ledger WHERE template = 'arrival_notice'",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+    }
+    let elapsed = started.elapsed();
+    let rss_stock = stock.peak_rss_mib()?;
+    let rss_sender = sender.peak_rss_mib()?;
+    stock.stop().await?;
+    sender.stop().await?;
+    drop(client);
+    world.drop_database().await?;
+    Ok(Fanout {
+        lines: u64::try_from(FANOUT_LINES)?,
+        in_ledger: u64::try_from(in_ledger)?,
+        seconds: elapsed.as_secs_f64(),
+        rss_stock,
+        rss_sender,
+    })
+}
