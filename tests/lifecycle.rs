@@ -744,13 +744,36 @@ async fn the_cohort_report_compares_backorder_buyers_with_other_customers() {
         &[("SOFA-1", "Sofa", "home", true)],
     )
     .await;
-    events.extend([first, second, bob, cy]);
+    // Dee ordered a sofa (backordered) and a mug, then cancelled the sofa:
+    // she kept only the mug, so she is no backorder buyer and the sofa's
+    // 25.00 is no revenue.
+    let dee = order(
+        &app,
+        "o-d1",
+        &app.recipient("dee"),
+        "en",
+        &[("SOFA-1", "Sofa", "home", true), ("MUG-1", "Mug", "kitchen", false)],
+    )
+    .await;
+    // Eve's order lost both its lines one by one: not a customer here.
+    let eve = order(
+        &app,
+        "o-e1",
+        &app.recipient("eve"),
+        "en",
+        &[("SOFA-1", "Sofa", "home", true), ("MUG-1", "Mug", "kitchen", false)],
+    )
+    .await;
+    events.extend([first, second, bob, cy, dee, eve]);
     for e in &events {
         app.publish(ORDERS, e).await;
     }
     app.publish(ORDERS, &cancel(&app, "o-c1", &[]).await).await;
+    app.publish(ORDERS, &cancel(&app, "o-d1", &["l1"]).await).await;
+    app.publish(ORDERS, &cancel(&app, "o-e1", &["l1"]).await).await;
+    app.publish(ORDERS, &cancel(&app, "o-e1", &["l2"]).await).await;
     wait_until("every order event consumed", PATIENCE, || async {
-        (app.committed_total("orders-consumer", ORDERS).await == 5).then_some(())
+        (app.committed_total("orders-consumer", ORDERS).await == 10).then_some(())
     })
     .await;
 
@@ -789,9 +812,10 @@ async fn the_cohort_report_compares_backorder_buyers_with_other_customers() {
         "{report}"
     );
     let others = cohort("other-customers");
-    assert_eq!(others["customers"], 1);
-    assert_eq!(others["orders"], 1);
-    assert_eq!(others["lifetime_value_minor"], 3_000);
+    assert_eq!(others["customers"], 2, "{report}");
+    assert_eq!(others["orders"], 2);
+    assert_eq!(others["revenue_minor"], 3_000 + 2_500, "{report}");
+    assert_eq!(others["lifetime_value_minor"], 2_750);
     assert!(others["days_between_orders"].is_null());
 
     let table = run(false);

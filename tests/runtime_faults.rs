@@ -406,3 +406,140 @@ async fn a_batch_that_failed_half_way_is_replayed_after_a_crash_without_duplicat
         "each customer's pair counted once, however often it was replayed"
     );
 }
+
+/// An order whose confirmation request is large: many lines with long
+/// product names (the request carries every line's name).
+fn large_order(order_id: &str, recipient: &str) -> backorder_core::events::orders::OrderPlaced {
+    let skus: Vec<String> = (0..40).map(|i| format!("SKU-{i:03}")).collect();
+    let lines: Vec<(&str, backorder_core::events::orders::Availability)> =
+        skus.iter().map(|s| (s.as_str(), Backordered)).collect();
+    let mut order = order_placed(order_id, recipient, "en", &lines);
+    for line in &mut order.lines {
+        line.product_name = format!(
+            "{} {}",
+            line.sku,
+            "with a very long descriptive product name ".repeat(4)
+        );
+    }
+    order
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_larger_than_the_broker_accepts_dead_letters_its_event_and_the_rest_flows() {
+    let app = TestApp::spawn().await;
+    // The service may produce at most 12 kB: the large order (8 kB) fits,
+    // its confirmation request (16 kB) does not, the small orders' are far
+    // below.
+    let orders = app
+        .start_service_with("orders-consumer", &[("BACKORDER_KAFKA_MESSAGE_MAX_BYTES", "12000")])
+        .await;
+    let ada = app.recipient("ada");
+    app.publish(
+        ORDERS,
+        &order_placed("o-before", &ada, "en", &[("LAMP-01", Backordered)]),
+    )
+    .await;
+    app.publish(ORDERS, &large_order("o-large", &ada)).await;
+    app.publish(
+        ORDERS,
+        &order_placed("o-after", &ada, "en", &[("LAMP-01", Backordered)]),
+    )
+    .await;
+
+    wait_until("all three orders consumed", PATIENCE, || async {
+        (app.committed_total("orders-consumer", ORDERS).await == 3).then_some(())
+    })
+    .await;
+    let letters = app.dead_letters(ORDERS, 1).await;
+    let (_, headers) = &letters[0];
+    assert_eq!(headers["dlq.kind"], "oversized");
+    assert!(
+        headers["dlq.reason"].contains("larger than the broker accepts"),
+        "{}",
+        headers["dlq.reason"]
+    );
+    let requests = backorder_tests::stock::records_on_topic::<backorder_core::events::internal::EmailRequestEvent>(
+        &app,
+        backorder_core::kafka::topics::EMAIL_REQUESTS,
+        2,
+        Duration::from_secs(1),
+    )
+    .await;
+    // A batch's outputs are produced again while the oversized one's event
+    // is found (as after any failed produce), so a request may appear
+    // twice: the sender deduplicates by its key.
+    let confirmed: std::collections::BTreeSet<String> = requests
+        .into_iter()
+        .map(|backorder_core::events::internal::EmailRequestEvent::Requested(r)| r.order_id.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        confirmed.into_iter().collect::<Vec<_>>(),
+        ["o-after", "o-before"],
+        "the other orders' confirmations flowed, the large one's did not"
+    );
+    assert!(
+        !headers.contains_key("dlq.payload.dropped"),
+        "the event itself is kept whole"
+    );
+    let metrics = orders.metrics().await;
+    assert_eq!(
+        metric_sum(&metrics, "backorder_dead_letters_total", "kind=\"oversized\""),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_output_topic_holds_the_event_turns_readiness_off_and_resumes_when_created() {
+    let app = TestApp::spawn().await;
+    // This test's services use a prefix of their own where only the
+    // orders topic exists: their output topics are missing.
+    let prefix = format!("{}missing.", app.settings.topic_prefix);
+    let topics = backorder_core::kafka::Topics::new(&prefix);
+    backorder_core::kafka::admin::create_topics(
+        &app.settings,
+        &[
+            (topics.name(ORDERS), 1),
+            (backorder_core::kafka::Topics::dead_letter_of(&topics.name(ORDERS)), 1),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut env = app.service_env("orders-consumer");
+    env.insert("BACKORDER_TOPIC_PREFIX".into(), prefix.clone());
+    let mut orders = ServiceProcess::start("orders-consumer", &env, &app.log_dir);
+    orders.wait_ready().await;
+    let base = format!("http://127.0.0.1:{}", orders.http_port);
+    let order = order_placed("o-1", &app.recipient("ada"), "en", &[("LAMP-01", Backordered)]);
+    let record = backorder_core::kafka::OutboundRecord::encode(&app.codec, &topics.name(ORDERS), &order)
+        .await
+        .unwrap();
+    app.producer.send_all(&[record]).await.unwrap();
+    let group = app.group("orders-consumer");
+    let orders_topic = topics.name(ORDERS);
+    let committed = || backorder_tests::app::committed_total_of(&app.settings, &group, &orders_topic);
+    let metrics = wait_until("the output topic to be reported blocked", PATIENCE, || async {
+        let (_, text) = get(&format!("{base}/metrics")).await?;
+        (metric_sum(&text, "backorder_output_blocked", "") >= 1.0).then_some(text)
+    })
+    .await;
+    assert_eq!(metric_sum(&metrics, "backorder_dead_letters_total", ""), 0.0);
+    let (status, body) = get(&format!("{base}/readyz")).await.unwrap();
+    assert_eq!(status, 503, "not ready while an output topic is missing: {body}");
+    assert_eq!(committed().await, 0, "the event is held");
+
+    // The operator creates the topics: the held confirmation goes out.
+    backorder_core::kafka::admin::create_topics(&app.settings, &topics.all())
+        .await
+        .unwrap();
+    wait_until("the held order committed", PATIENCE, || async {
+        (committed().await == 1).then_some(())
+    })
+    .await;
+    wait_until("readiness back", PATIENCE, || async {
+        (get(&format!("{base}/readyz")).await?.0 == 200).then_some(())
+    })
+    .await;
+    let metrics = orders.metrics().await;
+    assert_eq!(metric_sum(&metrics, "backorder_output_blocked", ""), 0.0);
+    assert_eq!(metric_sum(&metrics, "backorder_dead_letters_total", ""), 0.0);
+}

@@ -498,6 +498,93 @@ async fn a_failing_email_is_retried_past_any_count_and_given_up_by_age_on_the_co
     assert!(error.contains("InternalFailure"), "the last error is kept: {error}");
 }
 
+// ---------------------------------------------------------------- quiet hours
+
+/// When quiet hours let the ledger row `key` go (its `not_before`), and
+/// its state.
+async fn held_until(app: &TestApp, key: &str) -> (String, Option<chrono::DateTime<chrono::Utc>>) {
+    let client = app.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT state, not_before FROM email_ledger WHERE dedup_key = $1",
+            &[&DedupKey::new("t", &[key]).as_str()],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marketing_email_decided_at_half_past_eleven_in_seoul_goes_at_eight_local_while_a_shipped_email_goes_at_once()
+{
+    let app = TestApp::spawn().await;
+    // A customer in Korea, as orders-consumer stores them: the sender
+    // takes the time zone from the country.
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO customers (customer_id, email, name, locale, country, first_seen_at)
+             VALUES ('c-kim', $1, 'Kim', 'ko-KR', 'KR', now())",
+            &[&app.recipient("kim")],
+        )
+        .await
+        .unwrap();
+    // 23:30 in Seoul (UTC+9 all year) is 14:30 UTC; 08:00 is 23:00 UTC.
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
+    let night = tomorrow.and_hms_opt(14, 30, 0).unwrap().and_utc();
+    let morning = tomorrow.and_hms_opt(23, 0, 0).unwrap().and_utc();
+    backorder_core::clock::set(&app.pool, night).await.unwrap();
+    let policy = app.write_policy("quiet", "[quiet_hours]\nstart_hour = 21\nend_hour = 8\n");
+    let sender = app
+        .start_service_with("sender", &[("BACKORDER_POLICY_FILE", &policy)])
+        .await;
+
+    publish_all(
+        &app,
+        &[
+            request(&app, "back-in-stock", "kim", EmailCategory::Marketing, None),
+            request(&app, "shipped", "kim", EmailCategory::Transactional, None),
+        ],
+    )
+    .await;
+    wait_state(&app, "shipped", "sent").await;
+    wait_until("the marketing email deferred to 08:00 in Seoul", PATIENCE, || async {
+        let (state, until) = held_until(&app, "back-in-stock").await;
+        assert_ne!(state, "sent", "a marketing email went out at 23:30 local time");
+        (state == "queued" && until == Some(morning)).then_some(())
+    })
+    .await;
+
+    // 07:59: still held. A transactional email sent after the clock moved
+    // proves the workers claimed at 07:59 and left it.
+    backorder_core::clock::set(&app.pool, morning - chrono::Duration::minutes(1))
+        .await
+        .unwrap();
+    publish_all(
+        &app,
+        &[request(&app, "sentinel", "kim", EmailCategory::Transactional, None)],
+    )
+    .await;
+    wait_state(&app, "sentinel", "sent").await;
+    assert_eq!(held_until(&app, "back-in-stock").await.0, "queued", "sent before 08:00");
+
+    // 08:00 local: it goes, once.
+    backorder_core::clock::set(&app.pool, morning + chrono::Duration::seconds(5))
+        .await
+        .unwrap();
+    wait_state(&app, "back-in-stock", "sent").await;
+    assert_eq!(moto_counts(&app).await.get(&app.recipient("kim")), Some(&3));
+    let metrics = sender.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "backorder_sender_quiet_time_deferrals_total",
+            "order_confirmation"
+        ) >= 1.0,
+        "the deferral is counted"
+    );
+}
+
 // ---------------------------------------------------------------- rate
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

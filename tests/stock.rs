@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use backorder_core::events::orders::Availability::Backordered;
-use backorder_core::events::orders::OrderPlaced;
+use backorder_core::events::orders::{OrderCancelled, OrderPlaced};
 use backorder_core::kafka::topics::{ORDERS, STOCK};
 use backorder_tests::stock::{
     PATIENCE, allocated_orders, arrival, cart, count, day, delays_on_topic, en_date, eta, ledger, peak_rss_kib,
@@ -380,6 +380,165 @@ async fn surplus_becomes_available_stock_and_reaches_carts_not_backorder_custome
             "backorder customers get the arrival notice, not marketing"
         );
     }
+}
+
+/// Waits until arrival `id` (a supplier's, a release or a settle) has
+/// allocated and its emails are acknowledged.
+async fn wait_arrival_done(app: &TestApp, id: &str) {
+    wait_for_count(
+        app,
+        id,
+        &format!("SELECT count(*) FROM stock_arrivals WHERE arrival_id = '{id}' AND outputs_acked_at IS NOT NULL"),
+        1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_served_line_gives_its_units_to_the_next_waiting_line_and_its_arrival_notice_follows() {
+    let app = TestApp::spawn().await;
+    let _orders = app.start_service("orders-consumer").await;
+    let _stock = start_stock(&app, "1000").await;
+    let _sender = app.start_service("sender").await;
+
+    // Two customers wait for two vases each; "first" ordered earlier.
+    let (first, second) = (app.recipient("first"), app.recipient("second"));
+    app.publish(ORDERS, &backorder("first", &first, "en", "VASE", 2, 2))
+        .await;
+    app.publish(ORDERS, &backorder("second", &second, "en", "VASE", 1, 2))
+        .await;
+    wait_for_count(&app, "two orders stored", "SELECT count(*) FROM orders", 2).await;
+    app.publish(STOCK, &arrival("v-1", "VASE", 2)).await;
+    wait_arrival_done(&app, "v-1").await;
+    assert_eq!(allocated_orders(&app, "VASE").await, ["first"]);
+
+    // The first customer cancels the served line: its two units go to the
+    // second, in order, with the arrival notice.
+    let cancelled = OrderCancelled {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: Utc::now(),
+        order_id: "first".to_string(),
+        line_ids: vec!["l1".to_string()],
+        reason: "customer request".to_string(),
+    };
+    app.publish(ORDERS, &cancelled).await;
+    wait_until("the second customer's arrival notice at SES", PATIENCE, || async {
+        let sent = ledger(&app, "arrival_notice").await;
+        sent.iter()
+            .any(|r| r.0.as_deref() == Some("second") && r.3 == "sent")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(allocated_orders(&app, "VASE").await, ["second"]);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT quantity::bigint FROM stock_allocations WHERE arrival_id = 'release:first:l1' AND order_id = 'second'"
+        )
+        .await,
+        2,
+        "the cancelled line's units, through a release of their own"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT (reserved_quantity + available_quantity)::bigint FROM products WHERE sku = 'VASE'"
+        )
+        .await,
+        0,
+        "every unit is with the second order: none reserved, none for sale"
+    );
+    let to_second = app.emails_to(&second).await;
+    assert!(
+        to_second.iter().any(|e| e.subject.contains("arrived")),
+        "an arrival notice for the second order"
+    );
+    wait_for_sender_idle(&app).await;
+    let notices = ledger(&app, "arrival_notice").await;
+    let orders: Vec<&str> = notices.iter().filter_map(|r| r.0.as_deref()).collect();
+    assert_eq!(orders, ["first", "second"], "one notice each, none twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arrival_nobody_waits_for_tells_carts_only_after_the_settle_time_and_serves_an_order_placed_meanwhile() {
+    let app = TestApp::spawn().await;
+    let policy = app.write_policy(
+        "settle",
+        "[delays]\ndebounce_seconds = 1.0\n[stock]\narrival_settle_seconds = 600.0\n",
+    );
+    let _orders = app.start_service("orders-consumer").await;
+    let _stock = app
+        .start_service_with(
+            "stock-consumer",
+            &[("BACKORDER_TIMER_POLL_MS", "100"), ("BACKORDER_POLICY_FILE", &policy)],
+        )
+        .await;
+    let _sender = app.start_service("sender").await;
+
+    app.publish(STOCK, &product("TEAPOT", "Teapot", 2999, 0)).await;
+    let carter = app.recipient("carter");
+    app.publish(ORDERS, &cart("cart-t", "cust-carter", &carter, &["TEAPOT"]))
+        .await;
+    wait_for_count(&app, "the cart stored", "SELECT count(*) FROM carts", 1).await;
+
+    // Three teapots and nobody waiting: they settle, carts hear nothing yet.
+    app.publish(STOCK, &arrival("t-1", "TEAPOT", 3)).await;
+    wait_arrival_done(&app, "t-1").await;
+    assert_eq!(
+        count(
+            &app,
+            "SELECT reserved_quantity::bigint * 10 + available_quantity FROM products WHERE sku = 'TEAPOT'"
+        )
+        .await,
+        30,
+        "three units held, none for sale during the settle time"
+    );
+
+    // An order that was on its way arrives during the settle time.
+    let late = app.recipient("late");
+    app.publish(ORDERS, &backorder("late", &late, "en", "TEAPOT", 0, 1))
+        .await;
+    wait_for_count(&app, "the late order stored", "SELECT count(*) FROM orders", 1).await;
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM back_in_stock_notices").await,
+        0,
+        "no cart is told before the settle time ends"
+    );
+
+    // Ten minutes later: the late order gets its teapot, carts the rest.
+    backorder_core::clock::advance(&app.pool, chrono::Duration::seconds(601))
+        .await
+        .unwrap();
+    wait_until("back in stock for the cart at SES", PATIENCE, || async {
+        let sent = ledger(&app, "back_in_stock").await;
+        (sent.iter().filter(|r| r.3 == "sent").count() == 1).then_some(())
+    })
+    .await;
+    wait_arrival_done(&app, "settle:t-1").await;
+    assert_eq!(allocated_orders(&app, "TEAPOT").await, ["late"]);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT reserved_quantity::bigint * 10 + available_quantity FROM products WHERE sku = 'TEAPOT'"
+        )
+        .await,
+        2,
+        "one teapot to the late order, two for sale"
+    );
+    wait_until("the late order's arrival notice at SES", PATIENCE, || async {
+        let sent = ledger(&app, "arrival_notice").await;
+        sent.iter()
+            .any(|r| r.0.as_deref() == Some("late") && r.3 == "sent")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        app.emails_to(&late)
+            .await
+            .iter()
+            .all(|e| !e.subject.contains("back in stock")),
+        "the customer who ordered is served, not marketed to"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

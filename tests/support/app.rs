@@ -108,6 +108,7 @@ impl TestApp {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         env.insert("BACKORDER_TEST_ID".into(), self.id.clone());
+        env.insert("BACKORDER_POLICY_FILE".into(), self.write_policy("default", ""));
         env
     }
 
@@ -133,11 +134,23 @@ impl TestApp {
     }
 
     /// Writes a policy file (`BACKORDER_POLICY_FILE`) for this test's
-    /// services and returns its path.
+    /// services and returns its path. Unless `toml` names them, quiet
+    /// hours are off and an arrival's surplus does not settle: the real
+    /// time of day (the controlled clock starts at it) must not decide
+    /// whether a marketing email goes at once, and tests of carts should
+    /// not all wait out a settle time. Tests of those features name the
+    /// sections.
     pub fn write_policy(&self, name: &str, toml: &str) -> String {
         std::fs::create_dir_all(&self.log_dir).expect("log dir");
         let path = self.log_dir.join(format!("{name}.policy.toml"));
-        std::fs::write(&path, toml).expect("write policy file");
+        let mut text = toml.to_string();
+        if !toml.contains("[quiet_hours") {
+            text.push_str("\n[quiet_hours]\nstart_hour = 0\nend_hour = 0\n");
+        }
+        if !toml.contains("[stock]") {
+            text.push_str("\n[stock]\narrival_settle_seconds = 0.0\n");
+        }
+        std::fs::write(&path, text).expect("write policy file");
         path.to_string_lossy().into_owned()
     }
 
@@ -223,44 +236,7 @@ impl TestApp {
 
     /// Per partition: (partition, committed offset if any).
     pub async fn committed_by_partition(&self, service: &str, base_topic: &str) -> Vec<(i32, Option<i64>)> {
-        let topic = self.topics.name(base_topic);
-        let group = self.group(service);
-        let bootstrap = self.settings.kafka_bootstrap_servers.clone();
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("group.id", &group)
-                .set("enable.auto.commit", "false")
-                .create()
-                .expect("offset reader");
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .expect("metadata");
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            let mut list = TopicPartitionList::new();
-            for p in &partitions {
-                list.add_partition(&topic, *p);
-            }
-            let committed = consumer
-                .committed_offsets(list, Duration::from_secs(10))
-                .expect("committed offsets");
-            partitions
-                .iter()
-                .map(|p| {
-                    let committed = match committed.find_partition(&topic, *p).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => Some(o),
-                        _ => None,
-                    };
-                    (*p, committed)
-                })
-                .collect()
-        })
-        .await
-        .expect("offset reader task")
+        committed_by_partition_of(&self.settings, &self.group(service), &self.topics.name(base_topic)).await
     }
 
     /// Every record on `base_topic`'s dead-letter topic: (payload, headers).
@@ -303,6 +279,59 @@ impl TestApp {
         }
         out
     }
+}
+
+/// `group`'s committed offsets on the full `topic` name, per partition:
+/// (partition, committed offset if any).
+pub async fn committed_by_partition_of(settings: &Settings, group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
+    let topic = topic.to_string();
+    let group = group.to_string();
+    let bootstrap = settings.kafka_bootstrap_servers.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offset reader");
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("metadata");
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut list = TopicPartitionList::new();
+        for p in &partitions {
+            list.add_partition(&topic, *p);
+        }
+        let committed = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .expect("committed offsets");
+        partitions
+            .iter()
+            .map(|p| {
+                let committed = match committed.find_partition(&topic, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                };
+                (*p, committed)
+            })
+            .collect()
+    })
+    .await
+    .expect("offset reader task")
+}
+
+/// The sum of [`committed_by_partition_of`]: how many messages of a topic
+/// created empty `group` has durably consumed.
+pub async fn committed_total_of(settings: &Settings, group: &str, topic: &str) -> i64 {
+    committed_by_partition_of(settings, group, topic)
+        .await
+        .iter()
+        .map(|(_, committed)| committed.unwrap_or(0))
+        .sum()
 }
 
 /// An `OrderPlaced` for `recipient` with one line per `(sku, availability)`.

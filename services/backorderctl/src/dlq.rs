@@ -46,7 +46,7 @@ pub enum DlqCommand {
         /// Only these dead-letter offsets (repeatable); default all.
         #[arg(long = "offset")]
         offsets: Vec<i64>,
-        /// Only letters of this kind (undecodable, invalid, rejected, unresolved, empty).
+        /// Only letters of this kind (undecodable, invalid, rejected, unresolved, empty, oversized).
         #[arg(long)]
         kind: Option<String>,
         /// Show what would be re-published and publish nothing.

@@ -3,8 +3,11 @@
 //! `backorder-buyer` (they bought backordered goods at least once) with all
 //! other customers who ordered: customers, total orders, orders per
 //! customer, days between orders, average order value and lifetime value
-//! (revenue per customer), per currency. Wholly cancelled orders do not
-//! count; customers who only abandoned carts are not customers here.
+//! (revenue per customer), per currency. Wholly cancelled orders and
+//! orders whose every line was cancelled do not count, a cancelled line's
+//! value is not revenue, and a customer whose backorders were all
+//! cancelled is not a backorder buyer; customers who only abandoned carts
+//! are not customers here.
 
 use std::io::Write;
 
@@ -30,7 +33,8 @@ Compare customers who bought backordered goods (tag backorder-buyer) with the
 other customers: customers, total orders, orders per customer, average days
 between orders (customers with two or more orders), average order value and
 lifetime value (revenue per customer), one row per cohort and currency.
-Wholly cancelled orders are left out.";
+Cancelled orders and cancelled lines' value are left out; a customer whose
+backorders were all cancelled counts with the other customers.";
 
 #[derive(Debug, Args)]
 pub struct CohortsArgs {
@@ -96,15 +100,33 @@ impl Cohort {
 }
 
 const QUERY: &str = "\
-WITH per_customer AS (
-    SELECT 'backorder-buyer' = ANY(c.tags) AS buyer, o.currency,
-           count(*) AS orders, sum(o.total_minor) AS revenue,
-           CASE WHEN count(*) > 1
-                THEN extract(epoch FROM max(o.placed_at) - min(o.placed_at)) / 86400.0 / (count(*) - 1)
-           END AS gap_days
-      FROM customers c JOIN orders o ON o.customer_id = c.customer_id
+WITH kept_orders AS (
+    -- An order counts with what the customer kept: wholly cancelled
+    -- orders and orders whose every line was cancelled do not count, and
+    -- a cancelled line's value is taken off the order's total.
+    SELECT o.order_id, o.customer_id, o.currency, o.placed_at,
+           o.total_minor - COALESCE(sum(l.quantity::bigint * l.unit_price_minor)
+                                    FILTER (WHERE l.status = 'cancelled' OR l.cancel_requested_at IS NOT NULL), 0)
+               AS value,
+           bool_or(l.availability = 'BACKORDERED' AND l.status <> 'cancelled' AND l.cancel_requested_at IS NULL)
+               AS kept_backorder
+      FROM orders o JOIN order_lines l ON l.order_id = o.order_id
      WHERE o.cancelled_at IS NULL
-     GROUP BY c.customer_id, c.tags, o.currency)
+     GROUP BY o.order_id
+    HAVING bool_or(l.status <> 'cancelled' AND l.cancel_requested_at IS NULL)),
+buyers AS (
+    -- The tag says the customer once ordered backordered goods; a backorder
+    -- they cancelled does not make them a backorder buyer here.
+    SELECT k.customer_id, 'backorder-buyer' = ANY(c.tags) AND bool_or(k.kept_backorder) AS buyer
+      FROM kept_orders k JOIN customers c ON c.customer_id = k.customer_id
+     GROUP BY k.customer_id, c.tags),
+per_customer AS (
+    SELECT b.buyer, k.currency, count(*) AS orders, sum(k.value) AS revenue,
+           CASE WHEN count(*) > 1
+                THEN extract(epoch FROM max(k.placed_at) - min(k.placed_at)) / 86400.0 / (count(*) - 1)
+           END AS gap_days
+      FROM kept_orders k JOIN buyers b ON b.customer_id = k.customer_id
+     GROUP BY k.customer_id, b.buyer, k.currency)
 SELECT buyer, currency, count(*)::bigint, sum(orders)::bigint, sum(revenue)::bigint, avg(gap_days)::float8
   FROM per_customer
  GROUP BY buyer, currency

@@ -113,14 +113,18 @@ pub async fn timer_backlog(
             &[&kinds, &now],
         )
         .await?;
+    let mut found: Vec<(String, i64, f64)> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        found.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+    }
     Ok(kinds
         .iter()
         .map(|kind| {
-            let row = rows.iter().find(|row| row.get::<_, &str>(0) == kind.as_str());
+            let row = found.iter().find(|(k, _, _)| k == kind);
             TimerBacklog {
                 kind: kind.clone(),
-                due: row.map_or(0, |row| row.get(1)),
-                oldest_overdue_seconds: row.map_or(0.0, |row| row.get::<_, f64>(2).max(0.0)),
+                due: row.map_or(0, |(_, due, _)| *due),
+                oldest_overdue_seconds: row.map_or(0.0, |(_, _, oldest)| oldest.max(0.0)),
             }
         })
         .collect())
@@ -138,5 +142,5 @@ pub async fn overdue_promises(client: &tokio_postgres::Client, now: DateTime<Utc
             &[&today, &PROMISE_GRACE_DAYS],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.try_get(0)?)
 }

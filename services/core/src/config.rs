@@ -68,6 +68,12 @@ pub struct Settings {
     /// `BACKORDER_KAFKA_SESSION_TIMEOUT_MS`: short in tests so a killed
     /// consumer's partitions move quickly.
     pub kafka_session_timeout_ms: u32,
+    /// `BACKORDER_KAFKA_MESSAGE_MAX_BYTES`: the largest record this service
+    /// produces (librdkafka's `message.max.bytes`). Keep it at or below the
+    /// brokers' `message.max.bytes` and the topics' `max.message.bytes`: a
+    /// larger output is then refused here, at once, and its input event is
+    /// dead-lettered instead of being retried for ever.
+    pub kafka_message_max_bytes: u32,
     /// `BACKORDER_BATCH_MAX_MESSAGES`: most messages handled in one transaction.
     pub batch_max_messages: usize,
     /// `BACKORDER_BATCH_LINGER_MS`: how long to wait to fill a batch once the
@@ -196,6 +202,7 @@ impl Default for Settings {
             run_migrations: false,
             clock_controlled: false,
             kafka_session_timeout_ms: 10_000,
+            kafka_message_max_bytes: 1_000_000,
             batch_max_messages: 500,
             batch_linger_ms: 20,
             db_pool_size: 8,

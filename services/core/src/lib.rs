@@ -31,6 +31,7 @@ pub mod order_lines;
 pub mod policy;
 pub mod promises;
 pub mod service;
+pub mod stock_release;
 pub mod telemetry;
 pub mod timer_keys;
 pub mod timers;

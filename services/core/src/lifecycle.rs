@@ -25,6 +25,10 @@ pub struct Readiness {
     /// Set while the database schema is behind this build (migrations not
     /// applied): the service holds its work instead of dead-lettering.
     schema_behind: AtomicBool,
+    /// Set while an output topic is missing or not writable by this
+    /// service: its work is held (nothing lost, nothing dead-lettered)
+    /// until an operator creates the topic or grants the ACL.
+    output_blocked: AtomicBool,
 }
 
 impl Readiness {
@@ -50,6 +54,14 @@ impl Readiness {
     }
     pub fn set_schema_behind(&self, behind: bool) {
         self.schema_behind.store(behind, Ordering::SeqCst);
+        self.publish();
+    }
+    pub fn set_output_blocked(&self, blocked: bool) {
+        self.output_blocked.store(blocked, Ordering::SeqCst);
+        self.publish();
+    }
+    pub fn is_output_blocked(&self) -> bool {
+        self.output_blocked.load(Ordering::SeqCst)
     }
     pub fn is_schema_behind(&self) -> bool {
         self.schema_behind.load(Ordering::SeqCst)
@@ -59,6 +71,7 @@ impl Readiness {
             && !self.draining.load(Ordering::SeqCst)
             && !self.paused.load(Ordering::SeqCst)
             && !self.schema_behind.load(Ordering::SeqCst)
+            && !self.output_blocked.load(Ordering::SeqCst)
     }
     /// A short word for logs and the `/readyz` body.
     pub fn state(&self) -> &'static str {
@@ -68,6 +81,8 @@ impl Readiness {
             "starting"
         } else if self.schema_behind.load(Ordering::SeqCst) {
             "schema behind"
+        } else if self.output_blocked.load(Ordering::SeqCst) {
+            "output topic blocked"
         } else if self.paused.load(Ordering::SeqCst) {
             "paused"
         } else {

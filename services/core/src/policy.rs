@@ -9,13 +9,18 @@
 //! to start with a message that names the key, so a typo never silently
 //! falls back to a default.
 
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+
+use crate::domain::geo;
+use crate::domain::quiet_hours::QuietWindow;
 
 /// The environment variable that names the policy file.
 pub const POLICY_FILE_ENV: &str = "BACKORDER_POLICY_FILE";
@@ -156,6 +161,96 @@ impl CampaignPolicy {
     }
 }
 
+/// Stock arrivals (PLAYBOOK 2 and 9).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StockPolicy {
+    /// Seconds a supplier arrival's units that no waiting line took stay
+    /// reserved before they become available stock and carts hear of them:
+    /// an order for the SKU may still be on its way (0: at once).
+    pub arrival_settle_seconds: f64,
+}
+
+impl Default for StockPolicy {
+    fn default() -> Self {
+        Self {
+            arrival_settle_seconds: 300.0,
+        }
+    }
+}
+
+impl StockPolicy {
+    pub fn arrival_settle(&self) -> Duration {
+        Duration::milliseconds((self.arrival_settle_seconds * 1000.0).round() as i64)
+    }
+}
+
+/// Quiet hours: marketing and nurture emails wait for the recipient's
+/// morning (never dropped); transactional status emails go at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuietHoursPolicy {
+    /// The local hour (0-23) from which held emails wait.
+    pub start_hour: u32,
+    /// The local hour (0-23) at which they go out; equal to `start_hour`:
+    /// no quiet hours.
+    pub end_hour: u32,
+    /// Templates held besides every MARKETING email: nurture updates are
+    /// transactional (no unsubscribe) but never urgent.
+    pub templates: Vec<String>,
+    /// The zone for a customer whose country is unknown or in neither
+    /// table (IANA name).
+    pub default_timezone: String,
+    /// Country (ISO 3166 alpha-2) to IANA zone, before the built-in table
+    /// of one zone per country (a shop whose customers live in one part of
+    /// a large country names it here).
+    pub timezones: BTreeMap<String, String>,
+}
+
+impl Default for QuietHoursPolicy {
+    fn default() -> Self {
+        Self {
+            start_hour: 21,
+            end_hour: 8,
+            templates: vec!["nurture_update".to_string()],
+            default_timezone: "UTC".to_string(),
+            timezones: BTreeMap::new(),
+        }
+    }
+}
+
+impl QuietHoursPolicy {
+    /// The nightly window.
+    pub fn window(&self) -> QuietWindow {
+        QuietWindow {
+            start_hour: self.start_hour,
+            end_hour: self.end_hour,
+        }
+    }
+
+    /// Whether quiet hours apply to an email of `template`.
+    pub fn holds(&self, marketing: bool, template: &str) -> bool {
+        marketing || self.templates.iter().any(|t| t == template)
+    }
+
+    /// The recipient's zone: the policy's table, the built-in one, then
+    /// the default. Names were checked at load; one that still does not
+    /// parse counts as UTC.
+    pub fn timezone_for(&self, country: Option<&str>) -> Tz {
+        let code = country.map(|c| c.trim().to_ascii_uppercase());
+        if let Some(name) = code.as_deref().and_then(|c| self.timezones.get(c)) {
+            return name.parse().unwrap_or(Tz::UTC);
+        }
+        geo::known_timezone_of(country).unwrap_or_else(|| self.default_timezone.parse().unwrap_or(Tz::UTC))
+    }
+
+    /// `None` when an email held by quiet hours may go out at `now` to a
+    /// customer in `country`; otherwise when it may.
+    pub fn deferred_until(&self, now: DateTime<Utc>, country: Option<&str>) -> Option<DateTime<Utc>> {
+        self.window().next_allowed(now, self.timezone_for(country))
+    }
+}
+
 /// The whole policy. Every section and key is optional in the file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -164,6 +259,8 @@ pub struct Policy {
     pub nurture: NurturePolicy,
     pub after_delivery: AfterDeliveryPolicy,
     pub campaigns: CampaignPolicy,
+    pub stock: StockPolicy,
+    pub quiet_hours: QuietHoursPolicy,
 }
 
 impl Policy {
@@ -242,8 +339,41 @@ impl Policy {
             i64::from(c.max_alternatives),
             1..=10,
         )?;
+        check_f(
+            path,
+            "stock.arrival_settle_seconds",
+            self.stock.arrival_settle_seconds,
+            0.0..=86_400.0,
+        )?;
+        let q = &self.quiet_hours;
+        check_i(path, "quiet_hours.start_hour", i64::from(q.start_hour), 0..=23)?;
+        check_i(path, "quiet_hours.end_hour", i64::from(q.end_hour), 0..=23)?;
+        check_zone(path, "quiet_hours.default_timezone", &q.default_timezone)?;
+        for (country, zone) in &q.timezones {
+            if country.len() != 2 || !country.chars().all(|c| c.is_ascii_uppercase()) {
+                return Err(PolicyError::Invalid {
+                    path: path.to_string(),
+                    message: format!(
+                        "quiet_hours.timezones: {country:?} is not an ISO 3166 alpha-2 code in capitals (e.g. KR)"
+                    ),
+                });
+            }
+            check_zone(path, "quiet_hours.timezones", zone)?;
+        }
         Ok(())
     }
+}
+
+fn check_zone(path: &str, key: &'static str, zone: &str) -> Result<(), PolicyError> {
+    if zone.parse::<Tz>().is_ok() {
+        return Ok(());
+    }
+    Err(PolicyError::OutOfRange {
+        path: path.to_string(),
+        key,
+        value: format!("{zone:?}"),
+        allowed: "an IANA time zone name such as \"Asia/Seoul\"".to_string(),
+    })
 }
 
 fn check_i(path: &str, key: &'static str, value: i64, allowed: RangeInclusive<i64>) -> Result<(), PolicyError> {
@@ -315,6 +445,35 @@ mod tests {
         assert!(err.contains("max_offers"), "{err}");
         let err = load("[campain]\n").unwrap_err().to_string();
         assert!(err.contains("campain"), "{err}");
+    }
+
+    #[test]
+    fn quiet_hours_zones_come_from_the_policy_then_the_country_then_the_default() {
+        let policy = load(
+            "[quiet_hours]\ndefault_timezone = \"Europe/Berlin\"\n[quiet_hours.timezones]\nUS = \"America/Los_Angeles\"\n",
+        )
+        .unwrap();
+        let q = &policy.quiet_hours;
+        assert_eq!(q.timezone_for(Some("us")), Tz::America__Los_Angeles);
+        assert_eq!(q.timezone_for(Some("KR")), Tz::Asia__Seoul);
+        assert_eq!(q.timezone_for(Some("ZZ")), Tz::Europe__Berlin);
+        assert_eq!(q.timezone_for(None), Tz::Europe__Berlin);
+        assert!(q.holds(true, "back_in_stock") && q.holds(false, "nurture_update"));
+        assert!(!q.holds(false, "shipped"));
+    }
+
+    #[test]
+    fn quiet_hours_refuse_unknown_zones_and_hours_past_23() {
+        let err = load("[quiet_hours]\ndefault_timezone = \"Mars/Olympus\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("quiet_hours.default_timezone"), "{err}");
+        let err = load("[quiet_hours.timezones]\nKR = \"Asia/Soul\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Asia/Soul"), "{err}");
+        let err = load("[quiet_hours]\nend_hour = 24\n").unwrap_err().to_string();
+        assert!(err.contains("quiet_hours.end_hour = 24"), "{err}");
     }
 
     #[test]

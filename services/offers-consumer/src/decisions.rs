@@ -6,6 +6,7 @@
 
 use backorder_core::campaigns::{self, EndReason};
 use backorder_core::links::{LinkSigner, OfferOption};
+use backorder_core::stock_release;
 use backorder_core::tokio_postgres::GenericClient;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -351,6 +352,9 @@ pub async fn close_for_decision<C: GenericClient>(
     }
     campaigns::end_for_lines(client, order_id, Some(line_ids), EndReason::Decided, now).await?;
     if cancel {
+        // Units the lines held go back to their SKU's queue, in this
+        // transaction (core's shared release), before the lines are marked.
+        stock_release::release_for_cancelled_lines(client, order_id, line_ids, now).await?;
         client
             .execute(
                 "UPDATE order_lines SET cancel_requested_at = COALESCE(cancel_requested_at, $3)

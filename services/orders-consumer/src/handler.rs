@@ -15,6 +15,7 @@ use backorder_core::links::LinkSigner;
 use backorder_core::order_lines;
 use backorder_core::promises;
 use backorder_core::service::Service;
+use backorder_core::stock_release;
 use backorder_core::timers::{self, Timer};
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -162,6 +163,11 @@ impl Handler for OrdersHandler {
                     self.record_placed(&tx, &placed, now, &mut emails, &mut stored_orders)
                         .await?;
                     placed.clear();
+                    // Units the lines held go back to their SKU's queue,
+                    // in this transaction (core's shared release).
+                    let released =
+                        stock_release::release_for_cancelled_lines(&*tx, &cancel.order_id, &cancel.line_ids, now)
+                            .await?;
                     let changed = store::cancel_lines(&tx, cancel).await?;
                     // A cancelled line's campaign ends at once (the whole
                     // order's when no line is named).
@@ -180,7 +186,7 @@ impl Handler for OrdersHandler {
                         stopped +=
                             u64::from(timers::cancel(&*tx, &keys::followup(&cancel.order_id, &shipment_id)).await?);
                     }
-                    tracing::info!(order_id = %cancel.order_id, changed, stopped, "lines cancelled");
+                    tracing::info!(order_id = %cancel.order_id, changed, stopped, released = released.len(), "lines cancelled");
                 }
                 OrderEvent::CartAbandoned(cart) => {
                     self.record_placed(&tx, &placed, now, &mut emails, &mut stored_orders)

@@ -207,9 +207,9 @@ impl TimerHandler for NurtureTimers {
         let mut enrolled = payload.enrolled.clone();
         let mut due = Vec::new();
         for row in &rows {
-            let line_id: String = row.get(0);
-            let eta_from: Option<NaiveDate> = row.get(4);
-            let eta_to: Option<NaiveDate> = row.get(5);
+            let line_id: String = row.try_get(0).map_err(db)?;
+            let eta_from: Option<NaiveDate> = row.try_get(4).map_err(db)?;
+            let eta_to: Option<NaiveDate> = row.try_get(5).map_err(db)?;
             if !enrolled.contains(&line_id) && self.policy.enrols(today, eta_from) {
                 enrolled.push(line_id.clone());
             }
@@ -218,11 +218,11 @@ impl TimerHandler for NurtureTimers {
             // goes on for when an unanswered campaign ends.
             let in_campaign: bool = row.try_get(6).map_err(db)?;
             if enrolled.contains(&line_id) && !self.policy.arriving(today, eta_from) && !in_campaign {
-                let category: Option<String> = row.get(2);
+                let category: Option<String> = row.try_get(2).map_err(db)?;
                 due.push(NurtureLine {
                     line_id,
-                    product_name: row.get(1),
-                    quantity: row.get(3),
+                    product_name: row.try_get(1).map_err(db)?,
+                    quantity: row.try_get(3).map_err(db)?,
                     kind: product_kind(category.as_deref()),
                     window_from: eta_from.map(|d| d.to_string()),
                     window_to: eta_to.map(|d| d.to_string()),
@@ -266,8 +266,12 @@ impl TimerHandler for NurtureTimers {
             outcome("ended");
             return Ok(Vec::new());
         };
-        let (customer_id, email, name, locale): (String, String, String, String) =
-            (customer.get(0), customer.get(1), customer.get(2), customer.get(3));
+        let (customer_id, email, name, locale): (String, String, String, String) = (
+            customer.try_get(0).map_err(db)?,
+            customer.try_get(1).map_err(db)?,
+            customer.try_get(2).map_err(db)?,
+            customer.try_get(3).map_err(db)?,
+        );
         for line in &mut due {
             line.cancel_url = self.signer.cancel_url(order_id, &line.line_id, &customer_id);
         }

@@ -20,6 +20,7 @@ use backorder_core::db::DbError;
 use backorder_core::deadpool_postgres::Pool;
 use backorder_core::domain::mask_email;
 use backorder_core::lifecycle::Lifecycle;
+use backorder_core::policy::QuietHoursPolicy;
 use backorder_core::service::Service;
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -131,6 +132,9 @@ struct Inner {
     pause_probe: Duration,
     /// Paused or not, shared with `/readyz/sending`.
     sending: Arc<SendingState>,
+    /// When marketing and nurture emails wait for the recipient's morning
+    /// (policy file).
+    quiet_hours: QuietHoursPolicy,
 }
 
 impl Delivery {
@@ -173,6 +177,7 @@ impl Delivery {
                 account_refresh: Duration::from_secs(settings.ses_account_refresh_secs.max(1)),
                 pause_probe: Duration::from_millis(settings.sender_pause_probe_ms.max(100)),
                 sending,
+                quiet_hours: service.policy.quiet_hours.clone(),
             }),
         };
         delivery.refresh_account().await;
@@ -286,7 +291,13 @@ impl Delivery {
                 self.sleep(this.poll.max(QUOTA_RECHECK)).await;
                 continue;
             }
-            match ledger::claim_due(&this.pool, limit, this.lease).await {
+            // Rows held by quiet hours are due on the service clock; the
+            // poll below brings this loop back after the clock passes them.
+            let claimed = match this.clock.now().await {
+                Ok(now) => ledger::claim_due(&this.pool, limit, this.lease, now).await,
+                Err(error) => Err(error),
+            };
+            match claimed {
                 Ok(mut claimed) if !claimed.is_empty() => {
                     if probing {
                         tracing::info!("probing SES with one email while sending is paused");
@@ -397,6 +408,15 @@ impl Delivery {
             metrics::counter!("backorder_sender_suppressed_total", "reason" => reason.to_string()).increment(1);
             tracing::info!(dedup_key = key, recipient = %mask_email(&email.recipient), reason, "address suppressed; recorded, not sent");
             return self.record(email, ledger::mark_suppressed(&this.pool, email, reason).await);
+        }
+        if this.quiet_hours.holds(email.is_marketing(), template) {
+            let now = this.clock.now().await?;
+            if let Some(until) = this.quiet_hours.deferred_until(now, email.country.as_deref()) {
+                metrics::counter!("backorder_sender_quiet_time_deferrals_total", "template" => template.to_string())
+                    .increment(1);
+                tracing::info!(dedup_key = key, template, %until, "quiet hours in the recipient's time zone; deferred");
+                return self.record(email, ledger::defer(&this.pool, email, until).await);
+            }
         }
         let unsubscribe_url = if email.is_marketing() {
             match this.links.url(key) {

@@ -110,6 +110,9 @@ pub struct ClaimedEmail {
     /// Sent while sending is paused, to find out whether SES accepts
     /// sends again.
     pub probe: bool,
+    /// The customer's country (ISO 3166), for the local time of quiet
+    /// hours; none when the customer is not known to the pipeline.
+    pub country: Option<String>,
 }
 
 impl ClaimedEmail {
@@ -120,8 +123,14 @@ impl ClaimedEmail {
 
 /// Claims up to `limit` due rows (queued and due, or `sending` with an
 /// expired lease) with `FOR UPDATE SKIP LOCKED`, so concurrent workers and
-/// replicas never claim the same row.
-pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<ClaimedEmail>, DbError> {
+/// replicas never claim the same row. A row held by quiet hours is due
+/// only once the service clock reads `now` past its `not_before`.
+pub async fn claim_due(
+    pool: &Pool,
+    limit: i64,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<ClaimedEmail>, DbError> {
     if limit <= 0 {
         return Ok(Vec::new());
     }
@@ -133,7 +142,8 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
             "WITH due AS (
                  SELECT dedup_key, in_flight_since IS NOT NULL AS ambiguous
                    FROM email_ledger
-                  WHERE (state = 'queued' AND next_attempt_at <= now())
+                  WHERE (state = 'queued' AND next_attempt_at <= now()
+                         AND (not_before IS NULL OR not_before <= $4))
                      OR (state = 'sending' AND lease_until < now())
                   ORDER BY next_attempt_at
                   LIMIT $1
@@ -146,8 +156,9 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
           RETURNING l.dedup_key, l.template, l.locale, l.recipient, l.recipient_name, l.category,
                     l.campaign, l.data, l.event_occurred_at, l.attempts, due.ambiguous, l.requested_at, l.throttles,
                     ARRAY(SELECT s.reason FROM email_suppression s
-                           WHERE s.address = lower(btrim(l.recipient)) ORDER BY s.reason)",
-            &[&limit, &lease_ms, &token],
+                           WHERE s.address = lower(btrim(l.recipient)) ORDER BY s.reason),
+                    (SELECT c.country FROM customers c WHERE c.customer_id = l.customer_id)",
+            &[&limit, &lease_ms, &token, &now],
         )
         .await?;
     rows.into_iter()
@@ -169,6 +180,7 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<C
                 suppressions: r.try_get(13)?,
                 claim_token: token,
                 probe: false,
+                country: r.try_get(14)?,
             })
         })
         .collect()
@@ -343,6 +355,21 @@ pub async fn release(pool: &Pool, email: &ClaimedEmail, delay: Duration) -> Resu
     Ok(updated == 1)
 }
 
+/// Quiet hours hold the email: it is given back, due again at
+/// `not_before` on the service clock (nothing counted as an attempt).
+pub async fn defer(pool: &Pool, email: &ClaimedEmail, not_before: DateTime<Utc>) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let updated = client
+        .execute(
+            "UPDATE email_ledger
+                SET state = 'queued', not_before = $3, lease_until = NULL, updated_at = now()
+              WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
+            &[&email.dedup_key, &email.claim_token, &not_before],
+        )
+        .await?;
+    Ok(updated == 1)
+}
+
 /// A permanent failure: the row stays, with the reason, and is never
 /// retried (nothing is deleted silently).
 pub async fn mark_failed(pool: &Pool, email: &ClaimedEmail, reason: &str) -> Result<bool, DbError> {
@@ -380,7 +407,7 @@ pub async fn recipient_of(pool: &Pool, dedup_key: &str) -> Result<Option<String>
     let row = client
         .query_opt("SELECT recipient FROM email_ledger WHERE dedup_key = $1", &[&dedup_key])
         .await?;
-    Ok(row.map(|r| r.get(0)))
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
 /// Puts `address` on the suppression list for `reason`; returns whether it
@@ -409,10 +436,13 @@ pub async fn queue_stats(pool: &Pool) -> Result<(i64, f64), DbError> {
     let client = pool.get().await?;
     let row = client
         .query_one(
-            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(requested_at))::float8, 0)
+            // A row held by quiet hours ages from the morning it waits for
+            // (the night is not a backlog).
+            "SELECT count(*),
+                    GREATEST(COALESCE(EXTRACT(EPOCH FROM now() - min(GREATEST(requested_at, not_before)))::float8, 0), 0)
                FROM email_ledger WHERE state IN ('queued', 'sending')",
             &[],
         )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }

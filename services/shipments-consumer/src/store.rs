@@ -27,14 +27,17 @@ pub async fn order_contact(tx: &Transaction<'_>, order_id: &str) -> Result<Optio
             &[&order_id],
         )
         .await?;
-    Ok(row.map(|r| OrderContact {
-        customer_id: r.get(0),
-        email: r.get(1),
-        name: r.get(2),
-        locale: r.get(3),
-        backorder: r.get(4),
-        cancelled: r.get(5),
-    }))
+    row.map(|r| {
+        Ok(OrderContact {
+            customer_id: r.try_get(0)?,
+            email: r.try_get(1)?,
+            name: r.try_get(2)?,
+            locale: r.try_get(3)?,
+            backorder: r.try_get(4)?,
+            cancelled: r.try_get(5)?,
+        })
+    })
+    .transpose()
 }
 
 /// Records the shipment and marks its lines shipped (unless cancelled).
@@ -77,17 +80,17 @@ pub struct LineView {
     pub promised_to: Option<NaiveDate>,
 }
 
-fn line_view(r: &Row) -> LineView {
-    let availability: String = r.get(4);
-    LineView {
-        line_id: r.get(0),
-        product_name: r.get(1),
-        category: r.get(2),
-        quantity: r.get(3),
+fn line_view(r: &Row) -> Result<LineView, Error> {
+    let availability: &str = r.try_get(4)?;
+    Ok(LineView {
+        line_id: r.try_get(0)?,
+        product_name: r.try_get(1)?,
+        category: r.try_get(2)?,
+        quantity: r.try_get(3)?,
         backordered: availability == "BACKORDERED",
-        promised_from: r.get(5),
-        promised_to: r.get(6),
-    }
+        promised_from: r.try_get(5)?,
+        promised_to: r.try_get(6)?,
+    })
 }
 
 const LINE_COLUMNS: &str = "line_id, product_name, category, quantity, availability, promised_from, promised_to";
@@ -104,7 +107,7 @@ pub async fn lines(tx: &Transaction<'_>, order_id: &str, line_ids: &[String]) ->
             &[&order_id, &line_ids],
         )
         .await?;
-    Ok(rows.iter().map(line_view).collect())
+    rows.iter().map(line_view).collect()
 }
 
 /// The lines of an order still waiting to ship (not shipped, not cancelled).
@@ -119,7 +122,7 @@ pub async fn pending_lines(tx: &Transaction<'_>, order_id: &str) -> Result<Vec<L
             &[&order_id],
         )
         .await?;
-    Ok(rows.iter().map(line_view).collect())
+    rows.iter().map(line_view).collect()
 }
 
 /// The backordered lines of an order that were not cancelled.
@@ -134,7 +137,7 @@ pub async fn backordered_lines(tx: &Transaction<'_>, order_id: &str) -> Result<V
             &[&order_id],
         )
         .await?;
-    Ok(rows.iter().map(line_view).collect())
+    rows.iter().map(line_view).collect()
 }
 
 /// A stored shipment.
@@ -151,10 +154,13 @@ pub async fn shipment(tx: &Transaction<'_>, shipment_id: &str) -> Result<Option<
             &[&shipment_id],
         )
         .await?;
-    Ok(row.map(|r| Shipment {
-        order_id: r.get(0),
-        line_ids: r.get(1),
-    }))
+    row.map(|r| {
+        Ok(Shipment {
+            order_id: r.try_get(0)?,
+            line_ids: r.try_get(1)?,
+        })
+    })
+    .transpose()
 }
 
 /// The first recording of a delivery: how long the order took and whether
@@ -182,14 +188,15 @@ pub async fn record_delivery(tx: &Transaction<'_>, d: &ShipmentDelivered) -> Res
             &[&d.shipment_id, &d.occurred_at],
         )
         .await?;
-    Ok(row.map(|r| {
-        let placed_at: DateTime<Utc> = r.get(1);
+    row.map(|r| {
+        let placed_at: DateTime<Utc> = r.try_get(1)?;
         let seconds = (d.occurred_at - placed_at).num_seconds().max(0);
-        DeliveryFacts {
+        Ok(DeliveryFacts {
             order_to_delivery_seconds: seconds as f64,
-            promise_kept: r.get(0),
-        }
-    }))
+            promise_kept: r.try_get(0)?,
+        })
+    })
+    .transpose()
 }
 
 /// Whether the order's backordered lines are now complete: none is waiting

@@ -26,12 +26,48 @@ use backorder_core::email_decisions;
 use backorder_core::events::stock::StockArrival;
 use backorder_core::kafka::{OutboundRecord, Producer};
 use backorder_core::lifecycle::Lifecycle;
+use backorder_core::timers::{self, Timer};
 use backorder_core::tokio_postgres::Transaction;
 use chrono::{DateTime, Utc};
 
 use crate::emails::{self, ArrivedItem, Customer};
 use crate::error::StockError;
 use crate::policy::{ALLOCATION_CHUNK_LINES, EMIT_PAGE};
+
+/// Timer kind that ends an arrival's settle time (fired by stock-consumer).
+pub const SETTLE_TIMER: &str = "stock-settle";
+
+/// The settle timer of one arrival.
+pub fn settle_key(arrival_id: &str) -> String {
+    format!("{SETTLE_TIMER}:{arrival_id}")
+}
+
+/// The allocation of what was still unallocated when `arrival_id`'s settle
+/// time ended.
+pub fn settle_arrival_id(arrival_id: &str) -> String {
+    format!("settle:{arrival_id}")
+}
+
+/// Where an arrival's units come from (`stock_arrivals.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArrivalKind {
+    /// A `StockArrival` from the warehouse.
+    Supplier,
+    /// The SKU's reserve after a cancellation gave units back.
+    Release,
+    /// The SKU's reserve when a supplier arrival's settle time ended.
+    Settle,
+}
+
+impl ArrivalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArrivalKind::Supplier => "supplier",
+            ArrivalKind::Release => "release",
+            ArrivalKind::Settle => "settle",
+        }
+    }
+}
 
 /// Records a new arrival (taking the SKU's reserve into it). Returns false
 /// for a replay, which changes nothing.
@@ -132,9 +168,75 @@ pub struct Allocator {
     /// Checked between chunks and pages, so SIGTERM during a large restock
     /// stops within the grace period (the arrival resumes on replay).
     pub lifecycle: Lifecycle,
+    /// How long a supplier arrival's surplus waits for orders still on
+    /// their way before it reaches carts (policy `stock.arrival_settle_seconds`).
+    pub settle: chrono::Duration,
 }
 
 impl Allocator {
+    pub fn new(service: &backorder_core::service::Service) -> Self {
+        Self {
+            pool: service.pool.clone(),
+            codec: service.codec.clone(),
+            producer: service.producer.clone(),
+            email_topic: service.topics.name(backorder_core::kafka::topics::EMAIL_REQUESTS),
+            lifecycle: service.lifecycle.clone(),
+            settle: service.policy.stock.arrival_settle(),
+        }
+    }
+
+    /// Registers the release `arrival_id`: the SKU's whole reserve (units
+    /// a cancellation gave back, and any held for the queue) becomes an
+    /// arrival of its own, allocated like a supplier's. Returns whether
+    /// there is an arrival to run: false when the reserve is empty (a
+    /// supplier arrival took it first).
+    pub async fn register_release(
+        &self,
+        arrival_id: &str,
+        sku: &str,
+        kind: ArrivalKind,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StockError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let known = tx
+            .query_opt("SELECT 1 FROM stock_arrivals WHERE arrival_id = $1", &[&arrival_id])
+            .await?
+            .is_some();
+        if known {
+            tx.commit().await?;
+            return Ok(true);
+        }
+        let reserve: i32 = match tx
+            .query_opt(
+                "SELECT reserved_quantity FROM products WHERE sku = $1 FOR UPDATE",
+                &[&sku],
+            )
+            .await?
+        {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        if reserve == 0 {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO stock_arrivals (arrival_id, sku, quantity, warehouse, event_id, occurred_at,
+                                         units, remaining, received_at, kind)
+             VALUES ($1, $2, $3, $5, $1, $4, $3, $3, $4, $5)",
+            &[&arrival_id, &sku, &reserve, &now, &kind.as_str()],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE products SET reserved_quantity = 0, updated_at = $2 WHERE sku = $1",
+            &[&sku, &now],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Allocates what is left of `arrival_id` (nothing for a finished one),
     /// then produces the emails not yet acknowledged.
     pub async fn run(&self, arrival_id: &str, now: DateTime<Utc>) -> Result<Outcome, StockError> {
@@ -147,12 +249,17 @@ impl Allocator {
             let tx = client.transaction().await?;
             let row = tx
                 .query_one(
-                    "SELECT sku, state, remaining, chunks FROM stock_arrivals WHERE arrival_id = $1 FOR UPDATE",
+                    "SELECT sku, state, remaining, chunks, kind FROM stock_arrivals WHERE arrival_id = $1 FOR UPDATE",
                     &[&arrival_id],
                 )
                 .await?;
             let (sku, state, remaining, chunks): (String, String, i32, i32) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+            let kind: String = row.try_get(4)?;
+            // A supplier's surplus waits the settle time; what a release or
+            // the end of a settle time leaves over is surplus at once.
+            let settle = (kind == ArrivalKind::Supplier.as_str() && self.settle > chrono::Duration::zero())
+                .then_some(self.settle);
             if state == "allocated" {
                 tx.commit().await?;
                 break;
@@ -191,7 +298,7 @@ impl Allocator {
                 more = left > 0 && lines == looked_at && looked_at == ALLOCATION_CHUNK_LINES;
             }
             if !more {
-                let (surplus, reserved) = finalize(&tx, arrival_id, &sku, left, now).await?;
+                let (surplus, reserved) = finalize(&tx, arrival_id, &sku, left, settle, now).await?;
                 outcome.surplus = surplus;
                 outcome.reserved = reserved;
             }
@@ -377,12 +484,17 @@ impl Allocator {
 
 /// Settles what is left of an arrival: reserved for the queue while any
 /// backordered line of the SKU still waits, otherwise available stock
-/// (which reaches abandoned carts). Returns (surplus, reserved).
+/// (which reaches abandoned carts). With a `settle` time, units nobody
+/// waits for are reserved too, and a settle timer hands them on when it
+/// ends: an order for the SKU may still be on its way (topics are not
+/// ordered with each other), and carts must not hear of units its
+/// customer is about to receive. Returns (surplus, reserved).
 async fn finalize(
     tx: &Transaction<'_>,
     arrival_id: &str,
     sku: &str,
     left: i32,
+    settle: Option<chrono::Duration>,
     now: DateTime<Utc>,
 ) -> Result<(i32, i32), StockError> {
     let waiting: bool = tx
@@ -393,8 +505,31 @@ async fn finalize(
             &[&sku],
         )
         .await?
-        .get(0);
-    let (surplus, reserved) = if waiting { (0, left) } else { (left, 0) };
+        .try_get(0)?;
+    let settling = match settle {
+        Some(settle) if !waiting && left > 0 => {
+            timers::schedule(
+                tx,
+                &Timer {
+                    key: settle_key(arrival_id),
+                    kind: SETTLE_TIMER.to_string(),
+                    due_at: now + settle,
+                    payload: serde_json::json!({"sku": sku, "arrival_id": arrival_id}),
+                },
+            )
+            .await?;
+            metrics::counter!("backorder_stock_settling_units_total").increment(u64::try_from(left).unwrap_or(0));
+            tracing::info!(
+                arrival_id,
+                sku,
+                units = left,
+                "nobody waits: the units settle before carts hear of them"
+            );
+            true
+        }
+        _ => false,
+    };
+    let (surplus, reserved) = if waiting || settling { (0, left) } else { (left, 0) };
     if reserved > 0 {
         tx.execute(
             "UPDATE products SET reserved_quantity = reserved_quantity + $2, updated_at = $3 WHERE sku = $1",

@@ -5,7 +5,7 @@
 use backorder_core::clock::Clock;
 use backorder_core::deadpool_postgres::Pool;
 use backorder_core::events::stock::StockEvent;
-use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord, topics};
+use backorder_core::kafka::{Handler, HandlerError, Incoming, OutboundRecord};
 use backorder_core::service::Service;
 use chrono::Duration;
 
@@ -27,13 +27,7 @@ impl StockHandler {
         Self {
             pool: service.pool.clone(),
             clock: service.clock.clone(),
-            allocator: Allocator {
-                pool: service.pool.clone(),
-                codec: service.codec.clone(),
-                producer: service.producer.clone(),
-                email_topic: service.topics.name(topics::EMAIL_REQUESTS),
-                lifecycle: service.lifecycle.clone(),
-            },
+            allocator: Allocator::new(service),
             debounce: service.policy.delays.debounce(),
         }
     }

@@ -10,6 +10,8 @@
 //!   (PLAYBOOK 5) and `backorder-delays.v1` events.
 //! - [`overdue`]: a promised window that passed without stock or news is
 //!   told at once (a significant slip, for segmentation).
+//! - [`release`]: units a cancelled line held go back to the queue (or
+//!   to available stock and carts) through the allocator.
 //! - [`policy`]: thresholds and the comparison of a new window with a promise.
 //! - [`emails`]: dedup keys, template data, decision records.
 
@@ -21,6 +23,7 @@ pub mod error;
 pub mod handler;
 pub mod overdue;
 pub mod policy;
+pub mod release;
 
 use backorder_core::kafka::topics;
 use backorder_core::service::{Service, ServiceError};
@@ -31,6 +34,7 @@ pub async fn start(service: &Service) -> Result<(), ServiceError> {
     service.serve_http(axum::Router::new()).await?;
     service.run_timers(delays::DelayTimers::new(service, signer));
     service.run_timers(overdue::OverdueTimers::new(service));
+    service.run_timers(release::ReleaseTimers::new(service));
     service.consume(topics::STOCK, handler::StockHandler::new(service));
     Ok(())
 }

@@ -62,8 +62,14 @@ pub fn season_at(date: NaiveDate, country: Option<&str>) -> Season {
 /// off, which quiet hours and deadlines tolerate; an order that names its
 /// own `timezone` overrides this.
 pub fn timezone_of(country: Option<&str>) -> Tz {
+    known_timezone_of(country).unwrap_or(Tz::UTC)
+}
+
+/// The time zone of most of `country`'s population, if this table knows
+/// the country (quiet hours fall back to the policy's default zone).
+pub fn known_timezone_of(country: Option<&str>) -> Option<Tz> {
     let code = country.map(|c| c.trim().to_ascii_uppercase()).unwrap_or_default();
-    match code.as_str() {
+    Some(match code.as_str() {
         "DE" => Tz::Europe__Berlin,
         "AT" => Tz::Europe__Vienna,
         "CH" => Tz::Europe__Zurich,
@@ -117,8 +123,8 @@ pub fn timezone_of(country: Option<&str>) -> Tz {
         "EG" => Tz::Africa__Cairo,
         "NG" => Tz::Africa__Lagos,
         "KE" => Tz::Africa__Nairobi,
-        _ => Tz::UTC,
-    }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -144,5 +150,6 @@ mod tests {
         assert_eq!(timezone_of(Some("de")), Tz::Europe__Berlin);
         assert_eq!(timezone_of(None), Tz::UTC);
         assert_eq!(timezone_of(Some("ZZ")), Tz::UTC);
+        assert_eq!(known_timezone_of(Some("ZZ")), None);
     }
 }

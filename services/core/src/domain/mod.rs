@@ -9,6 +9,7 @@ pub mod format;
 pub mod geo;
 mod locale;
 mod product_kind;
+pub mod quiet_hours;
 
 pub use dedup_key::DedupKey;
 pub use delay_reason::ReasonForCustomer;

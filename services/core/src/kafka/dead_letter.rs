@@ -14,6 +14,9 @@ pub const KIND: &str = "dlq.kind";
 pub const ORIGINAL_TOPIC: &str = "dlq.original.topic";
 pub const ORIGINAL_PARTITION: &str = "dlq.original.partition";
 pub const ORIGINAL_OFFSET: &str = "dlq.original.offset";
+/// Set when the dead letter itself was too large for the broker and its
+/// payload had to be left out: the size it had and why.
+pub const PAYLOAD_DROPPED: &str = "dlq.payload.dropped";
 
 /// Why a message was dead-lettered, as a small fixed set for metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,9 @@ pub enum DeadLetterKind {
     Unresolved,
     /// It carries no payload at all (a tombstone on an event topic).
     Empty,
+    /// An output it produced is larger than the broker accepts. Replay it
+    /// (`backorderctl dlq replay`) once the limit is raised.
+    Oversized,
 }
 
 impl DeadLetterKind {
@@ -38,6 +44,7 @@ impl DeadLetterKind {
             DeadLetterKind::Rejected => "rejected",
             DeadLetterKind::Unresolved => "unresolved",
             DeadLetterKind::Empty => "empty",
+            DeadLetterKind::Oversized => "oversized",
         }
     }
 }
@@ -60,6 +67,19 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Leaves the payload out, recording its size, for a dead letter that
+    /// is itself larger than the broker accepts. The only case where a
+    /// dead letter loses bytes: the alternative is a partition held for
+    /// ever. Origin headers still point at the original record.
+    pub fn drop_payload(&mut self) {
+        let bytes = self.payload.take().map_or(0, |p| p.len());
+        tracing::error!(topic = %self.original_topic, bytes, "a dead letter is larger than the broker accepts; its payload is left out (origin headers kept)");
+        self.headers.push((
+            PAYLOAD_DROPPED.to_string(),
+            Some(format!("{bytes} bytes: larger than the broker accepts").into_bytes()),
+        ));
+    }
+
     /// Counts this dead letter; call after the broker acknowledged it.
     pub fn count(&self) {
         metrics::counter!(

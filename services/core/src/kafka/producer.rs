@@ -57,24 +57,103 @@ impl OutboundRecord {
 pub enum ProduceError {
     #[error("could not create the Kafka producer: {0}")]
     Create(#[source] KafkaError),
-    #[error("broker did not acknowledge a record for {topic}: {source}")]
+    #[error("broker did not acknowledge record {index} for {topic}: {source}")]
     NotAcknowledged {
         topic: String,
+        /// Which record of the slice handed to the producer failed, so a
+        /// caller can act on that one (dead-letter what caused it).
+        index: usize,
         #[source]
         source: KafkaError,
     },
 }
 
+/// What a produce failure calls for. Retrying helps only the transient
+/// kind; the others need the record or an operator to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceErrorClass {
+    /// The broker is unavailable, a leader moved, a request timed out:
+    /// retry as is.
+    Transient,
+    /// The record is larger than this producer or the broker accepts;
+    /// retrying the same bytes never succeeds.
+    TooLarge,
+    /// The topic does not exist or this client may not write to it. Every
+    /// record for it fails until an operator creates the topic or grants
+    /// the ACL: retried slowly, with readiness down and an alert.
+    Blocked,
+}
+
+impl ProduceErrorClass {
+    /// A short word for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProduceErrorClass::Transient => "transient",
+            ProduceErrorClass::TooLarge => "too_large",
+            ProduceErrorClass::Blocked => "blocked",
+        }
+    }
+}
+
+impl ProduceError {
+    /// The one place produce errors are classified (librdkafka error codes,
+    /// local and broker ones).
+    pub fn class(&self) -> ProduceErrorClass {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let source = match self {
+            ProduceError::Create(source) | ProduceError::NotAcknowledged { source, .. } => source,
+        };
+        match source.rdkafka_error_code() {
+            Some(Code::MessageSizeTooLarge | Code::MessageBatchTooLarge) => ProduceErrorClass::TooLarge,
+            Some(
+                Code::UnknownTopic
+                | Code::UnknownTopicOrPartition
+                | Code::UnknownPartition
+                | Code::UnknownTopicId
+                | Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::TransactionalIdAuthorizationFailed,
+            ) => ProduceErrorClass::Blocked,
+            _ => ProduceErrorClass::Transient,
+        }
+    }
+
+    /// The index of the failed record in the slice that was produced.
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            ProduceError::NotAcknowledged { index, .. } => Some(*index),
+            ProduceError::Create(_) => None,
+        }
+    }
+
+    /// The topic the failed record was for.
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            ProduceError::NotAcknowledged { topic, .. } => Some(topic),
+            ProduceError::Create(_) => None,
+        }
+    }
+}
+
 /// The producer's settings. Idempotent: a retry inside librdkafka (a lost
 /// acknowledgement) never writes a record twice or out of order; it
-/// implies `acks=all`.
+/// implies `acks=all`. A record for a topic that does not exist fails after
+/// `topic.metadata.propagation.max.ms` rather than waiting the whole
+/// message timeout: our topics are created ahead (`backorderctl topics
+/// create`), so a missing one is an operator's problem to report, not a
+/// propagation delay to wait out; for the same reason the producer never
+/// asks the broker to auto-create a topic (it would get the broker's
+/// default partition count, not the contract's).
 fn producer_config(settings: &Settings) -> rdkafka::ClientConfig {
     let mut config = super::client_config(settings);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", "30000")
+        .set("topic.metadata.propagation.max.ms", "5000")
+        .set("allow.auto.create.topics", "false")
+        .set("message.max.bytes", settings.kafka_message_max_bytes.to_string());
     config
 }
 
@@ -95,7 +174,7 @@ impl Producer {
     /// The first failure is returned (the caller retries the lot, which is
     /// safe because consumers of our outputs deduplicate).
     pub async fn send_all(&self, records: &[OutboundRecord]) -> Result<Vec<(i32, i64)>, ProduceError> {
-        let deliveries = records.iter().map(|record| {
+        let deliveries = records.iter().enumerate().map(|(index, record)| {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
                 headers = headers.insert(Header {
@@ -114,6 +193,7 @@ impl Producer {
                     .map(|delivery| (delivery.partition, delivery.offset))
                     .map_err(|(source, _)| ProduceError::NotAcknowledged {
                         topic: record.topic.clone(),
+                        index,
                         source,
                     })
             }
@@ -124,7 +204,7 @@ impl Producer {
     /// Produces dead letters as they are (bytes keys and headers, a
     /// tombstone stays one) and returns once the broker acknowledged all.
     pub async fn send_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), ProduceError> {
-        let deliveries = letters.iter().map(|letter| {
+        let deliveries = letters.iter().enumerate().map(|(index, letter)| {
             let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len());
             for (key, value) in &letter.headers {
                 headers = headers.insert(Header {
@@ -146,6 +226,7 @@ impl Producer {
                     .map(|_| ())
                     .map_err(|(source, _)| ProduceError::NotAcknowledged {
                         topic: letter.topic.clone(),
+                        index,
                         source,
                     })
             }
@@ -163,5 +244,35 @@ mod tests {
         let config = producer_config(&Settings::default());
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn produce_errors_are_classified_by_what_fixes_them() {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let failed = |code| ProduceError::NotAcknowledged {
+            topic: "t".into(),
+            index: 3,
+            source: KafkaError::MessageProduction(code),
+        };
+        assert_eq!(failed(Code::MessageSizeTooLarge).class(), ProduceErrorClass::TooLarge);
+        assert_eq!(failed(Code::UnknownTopic).class(), ProduceErrorClass::Blocked);
+        assert_eq!(
+            failed(Code::UnknownTopicOrPartition).class(),
+            ProduceErrorClass::Blocked
+        );
+        assert_eq!(
+            failed(Code::TopicAuthorizationFailed).class(),
+            ProduceErrorClass::Blocked
+        );
+        assert_eq!(failed(Code::MessageTimedOut).class(), ProduceErrorClass::Transient);
+        assert_eq!(
+            failed(Code::BrokerTransportFailure).class(),
+            ProduceErrorClass::Transient
+        );
+        assert_eq!(
+            failed(Code::NotLeaderForPartition).class(),
+            ProduceErrorClass::Transient
+        );
+        assert_eq!(failed(Code::MessageSizeTooLarge).index(), Some(3));
     }
 }

@@ -24,6 +24,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
+
+use futures::TryFutureExt;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -35,7 +37,7 @@ use tracing::{Instrument, info_span};
 
 use super::dead_letter::{DeadLetter, DeadLetterKind, dead_letter};
 use super::parking::{self, ParkingLot, ToPark};
-use super::producer::{OutboundRecord, Producer};
+use super::producer::{OutboundRecord, ProduceErrorClass, Producer};
 use super::rebalance::{Partitions, RebalanceContext, offset_list};
 use crate::codec::Codec;
 use crate::events::TopicEvent;
@@ -219,6 +221,34 @@ struct Runtime<H: Handler> {
     producer: Producer,
     options: RuntimeOptions,
     lifecycle: Lifecycle,
+}
+
+/// What producing outputs and dead letters came to.
+enum Produced {
+    /// Every record acknowledged by the broker.
+    Acknowledged,
+    /// Shutdown came first.
+    Abandoned,
+    /// An output is larger than the broker accepts (`bytes` for `topic`):
+    /// retrying never helps, the events that made it are dead-lettered.
+    TooLarge { topic: String, bytes: usize },
+}
+
+/// Which half of a produce call failed.
+#[derive(Clone, Copy)]
+enum ProducedPart {
+    Outputs,
+    DeadLetters,
+}
+
+/// How often a blocked output topic is logged while it stays blocked.
+const BLOCKED_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The dead-letter reason of an event whose output was too large.
+fn oversized_reason(topic: &str, bytes: usize) -> String {
+    format!(
+        "its output for {topic} ({bytes} bytes) is larger than the broker accepts (BACKORDER_KAFKA_MESSAGE_MAX_BYTES and the topic's max.message.bytes); replay it once the limit is raised"
+    )
 }
 
 /// What happened to one partition's batch.
@@ -408,12 +438,24 @@ impl<H: Handler> Runtime<H> {
             }
             ready
         };
+        // Indices (into `events`) of the events the handler applied.
+        let mut applied: Vec<usize> = Vec::with_capacity(events.len());
         let outputs = match self.apply_with_retry(&events).await {
-            Some(Ok(outputs)) => outputs,
+            Some(Ok(outputs)) => {
+                applied.extend(0..events.len());
+                outputs
+            }
             Some(Err(failure)) => {
                 tracing::debug!(reason = failure.reason(), "batch failed; isolating the events at fault");
                 match self
-                    .apply_one_by_one(&events, &sources, &mut parked_keys, &mut to_park, &mut dead_letters)
+                    .apply_one_by_one(
+                        &events,
+                        &sources,
+                        &mut parked_keys,
+                        &mut to_park,
+                        &mut dead_letters,
+                        &mut applied,
+                    )
                     .await
                 {
                     Some(outputs) => outputs,
@@ -425,8 +467,17 @@ impl<H: Handler> Runtime<H> {
         if !to_park.is_empty() && !self.park_with_retry(&to_park).await {
             return BatchOutcome::Abandoned;
         }
-        if !self.produce_with_retry(&outputs, &dead_letters).await {
-            return BatchOutcome::Abandoned;
+        match self.produce_with_retry(&outputs, &dead_letters).await {
+            Produced::Acknowledged => {}
+            Produced::Abandoned => return BatchOutcome::Abandoned,
+            Produced::TooLarge { topic, bytes } => {
+                tracing::warn!(%topic, bytes, "an output is larger than the broker accepts; finding the events that made it");
+                let applied: Vec<(&Incoming<H::Event>, &OwnedMessage)> =
+                    applied.iter().map(|&i| (&events[i], sources[i])).collect();
+                if !self.dead_letter_oversized(&applied, dead_letters).await {
+                    return BatchOutcome::Abandoned;
+                }
+            }
         }
         metrics::counter!("backorder_consumer_events_total", "topic" => self.topic.clone(), "outcome" => "applied")
             .increment(decoded.saturating_sub(to_park.len()) as u64);
@@ -449,9 +500,10 @@ impl<H: Handler> Runtime<H> {
         parked_keys: &mut HashSet<String>,
         to_park: &mut Vec<ToPark<'m>>,
         dead_letters: &mut Vec<DeadLetter>,
+        applied: &mut Vec<usize>,
     ) -> Option<Vec<OutboundRecord>> {
         let mut outputs = Vec::new();
-        for (incoming, message) in events.iter().zip(sources) {
+        for (index, (incoming, message)) in events.iter().zip(sources).enumerate() {
             let key = incoming.event.business_id();
             if parked_keys.contains(key) {
                 tracing::info!(
@@ -462,7 +514,10 @@ impl<H: Handler> Runtime<H> {
                 continue;
             }
             match self.apply_with_retry(std::slice::from_ref(incoming)).await? {
-                Ok(more) => outputs.extend(more),
+                Ok(more) => {
+                    applied.push(index);
+                    outputs.extend(more);
+                }
                 Err(Failure::Missing { waiting_for, reason }) => {
                     tracing::info!(offset = incoming.offset, %waiting_for, %reason, "state from another topic missing; parking");
                     parked_keys.insert(key.to_string());
@@ -643,9 +698,22 @@ impl<H: Handler> Runtime<H> {
         };
         // Outputs acknowledged before the row goes: a crash in between
         // retries the event, and handlers are idempotent.
-        if !self.produce_with_retry(&outputs, &letters).await {
-            return Ok(false);
-        }
+        let outcome = match self.produce_with_retry(&outputs, &letters).await {
+            Produced::Acknowledged => outcome,
+            Produced::Abandoned => return Ok(false),
+            Produced::TooLarge { topic, bytes } => {
+                let reason = oversized_reason(&topic, bytes);
+                tracing::warn!(parent: &span, %reason, "dead-lettering parked event");
+                let letter = dead_letter(message, DeadLetterKind::Oversized, &reason);
+                if !matches!(
+                    self.produce_with_retry(&[], std::slice::from_ref(&letter)).await,
+                    Produced::Acknowledged
+                ) {
+                    return Ok(false);
+                }
+                "dead_lettered"
+            }
+        };
         tx.execute("DELETE FROM parked_events WHERE id = $1", &[&parked.id])
             .await?;
         tx.commit().await?;
@@ -742,32 +810,112 @@ impl<H: Handler> Runtime<H> {
 
     /// Produces outputs and dead letters until acknowledged, or shutdown
     /// (false). Dead letters are counted once, after the acknowledgement.
-    async fn produce_with_retry(&self, outputs: &[OutboundRecord], letters: &[DeadLetter]) -> bool {
+    async fn produce_with_retry(&self, outputs: &[OutboundRecord], letters: &[DeadLetter]) -> Produced {
         if outputs.is_empty() && letters.is_empty() {
-            return true;
+            return Produced::Acknowledged;
         }
+        // Borrowed until a dead letter must lose its payload to fit.
+        let mut letters = std::borrow::Cow::Borrowed(letters);
         let mut backoff = Backoff::new(&self.options);
+        // When a blocked output topic was last reported: once per interval,
+        // not once per retry.
+        let mut blocked_reported: Option<(String, Instant)> = None;
         loop {
             let sent = futures::future::try_join(
-                self.producer.send_all(outputs),
-                self.producer.send_dead_letters(letters),
+                self.producer
+                    .send_all(outputs)
+                    .map_err(|error| (ProducedPart::Outputs, error)),
+                self.producer
+                    .send_dead_letters(&letters)
+                    .map_err(|error| (ProducedPart::DeadLetters, error)),
             )
             .await;
-            match sent {
+            let (part, error) = match sent {
                 Ok(_) => {
-                    letters.iter().for_each(DeadLetter::count);
-                    return true;
-                }
-                Err(error) => {
-                    metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => "produce").increment(1);
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "outputs not acknowledged; retrying");
-                    if !self.sleep_unless_shutdown(delay).await {
-                        return false;
+                    if let Some((topic, _)) = blocked_reported {
+                        tracing::info!(%topic, "output topic writable again; ready");
+                        metrics::gauge!("backorder_output_blocked", "topic" => topic).set(0.0);
+                        self.lifecycle.readiness.set_output_blocked(false);
                     }
+                    letters.iter().for_each(DeadLetter::count);
+                    return Produced::Acknowledged;
+                }
+                Err(failed) => failed,
+            };
+            let class = error.class();
+            metrics::counter!("backorder_consumer_errors_total", "topic" => self.topic.clone(), "kind" => format!("produce_{}", class.as_str()))
+                .increment(1);
+            match (class, part) {
+                (ProduceErrorClass::TooLarge, ProducedPart::Outputs) => {
+                    let index = error.index().unwrap_or(0);
+                    return Produced::TooLarge {
+                        topic: error.topic().unwrap_or_default().to_string(),
+                        bytes: outputs.get(index).map_or(0, |o| o.payload.len()),
+                    };
+                }
+                (ProduceErrorClass::TooLarge, ProducedPart::DeadLetters) => {
+                    if let Some(letter) = error.index().and_then(|i| letters.to_mut().get_mut(i)) {
+                        letter.drop_payload();
+                        continue;
+                    }
+                }
+                (ProduceErrorClass::Blocked, _) => {
+                    let topic = error.topic().unwrap_or_default().to_string();
+                    let due = blocked_reported
+                        .as_ref()
+                        .is_none_or(|(_, at)| at.elapsed() >= BLOCKED_REPORT_INTERVAL);
+                    if due {
+                        tracing::error!(%topic, %error, "output topic missing or not writable: create it (`backorderctl topics create`) or grant this service write access; holding the partition, not ready");
+                        blocked_reported = Some((topic.clone(), Instant::now()));
+                    }
+                    metrics::gauge!("backorder_output_blocked", "topic" => topic).set(1.0);
+                    self.lifecycle.readiness.set_output_blocked(true);
+                }
+                (ProduceErrorClass::Transient, _) => {}
+            }
+            let delay = backoff.next_delay();
+            if class == ProduceErrorClass::Transient {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "outputs not acknowledged; retrying");
+            }
+            if !self.sleep_unless_shutdown(delay).await {
+                return Produced::Abandoned;
+            }
+        }
+    }
+
+    /// After a batch's outputs were refused as too large: applies each
+    /// applied event again on its own (handlers are idempotent, so it
+    /// yields the outputs it made the first time), produces those, and
+    /// dead-letters the events whose outputs the broker refuses, then
+    /// produces `dead_letters`. False: shutdown.
+    async fn dead_letter_oversized(
+        &self,
+        applied: &[(&Incoming<H::Event>, &OwnedMessage)],
+        mut dead_letters: Vec<DeadLetter>,
+    ) -> bool {
+        for (incoming, message) in applied {
+            let outputs = match self.apply_with_retry(std::slice::from_ref(*incoming)).await {
+                Some(Ok(outputs)) => outputs,
+                Some(Err(failure)) => {
+                    dead_letters.push(dead_letter(message, DeadLetterKind::Rejected, failure.reason()));
+                    continue;
+                }
+                None => return false,
+            };
+            match self.produce_with_retry(&outputs, &[]).await {
+                Produced::Acknowledged => {}
+                Produced::Abandoned => return false,
+                Produced::TooLarge { topic, bytes } => {
+                    let reason = oversized_reason(&topic, bytes);
+                    tracing::warn!(offset = incoming.offset, %reason, "dead-lettering event");
+                    dead_letters.push(dead_letter(message, DeadLetterKind::Oversized, &reason));
                 }
             }
         }
+        matches!(
+            self.produce_with_retry(&[], &dead_letters).await,
+            Produced::Acknowledged
+        )
     }
 
     async fn sleep_unless_shutdown(&self, delay: Duration) -> bool {
