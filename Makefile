@@ -7,6 +7,11 @@
 #                   libavro-java and a JDK (apt, when missing) and fastavro (.venv)
 #   make services   start the six services in the background
 #   make lint       rustfmt and clippy, as CI runs them
+#   make chaos      orders through SIGKILLs and broker/database restarts
+#                   (tests/chaos.rs; BACKORDER_CHAOS_SEED picks the seed)
+#   make restart-broker / restart-db
+#                   restart Tansu / PostgreSQL in place (same port, same data;
+#                   Tansu's memory storage starts empty, its topics are re-created)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -14,7 +19,7 @@ STACK := infra/local/stack.sh
 SERVICES := infra/local/services.sh
 CTL := target/debug/backorderctl
 
-.PHONY: demo test up down services stop-services build lint fmt status clean-stack browser
+.PHONY: demo test up down services stop-services build lint fmt status clean-stack browser restart-broker restart-db chaos
 
 up:
 	@bash $(STACK) up
@@ -22,6 +27,13 @@ up:
 down:
 	@bash $(SERVICES) stop || true
 	@bash $(STACK) down
+
+restart-broker:
+	@bash $(STACK) restart-broker
+	@if [ -x $(CTL) ]; then $(CTL) topics create >/dev/null; fi
+
+restart-db:
+	@bash $(STACK) restart-db
 
 status:
 	@bash $(STACK) status || true
@@ -44,12 +56,23 @@ demo: services
 browser:
 	@bash infra/local/browser.sh
 
+# The chaos run is `make chaos` (CI runs both): not repeated here.
 test: up browser
 	$(CARGO) build --workspace --bins --tests
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --no-fail-fast --run-ignored all; \
+		$(CARGO) nextest run --workspace --no-fail-fast --run-ignored all -E 'not binary(chaos)'; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast -- --include-ignored; \
+	fi
+
+# Private broker (S3 storage), PostgreSQL and SES endpoint per run: the
+# faults touch nothing else. Prints the summary table.
+chaos: up
+	$(CARGO) build --workspace --bins --tests
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --run-ignored all --test chaos --no-capture; \
+	else \
+		$(CARGO) test --workspace --test chaos -- --include-ignored --nocapture; \
 	fi
 
 lint:

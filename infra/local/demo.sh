@@ -85,9 +85,19 @@ link=$("${BACKORDER_PG_BIN:-/usr/bin}/psql" -X "$DATABASE_URL" -Atc \
     "SELECT data->'alternatives'->0->>'url' FROM email_ledger WHERE template = 'delay_offer' AND locale LIKE 'de%' LIMIT 1")
 [[ -n $link ]] || { echo "demo: no offer with an alternative for the German customer" >&2; exit 1; }
 python3 - "$link" "$OUT" <<'PY'
-import html, re, sys, urllib.parse, urllib.request
+import html, re, sys, urllib.error, urllib.parse, urllib.request
 link, out = sys.argv[1], sys.argv[2]
-page = urllib.request.urlopen(link).read().decode()
+try:
+    page = urllib.request.urlopen(link).read().decode()
+except urllib.error.HTTPError as refused:
+    if refused.code != 409:
+        raise
+    # A rerun of the demo: Bernd decided the first time; the page says so
+    # and nothing is decided again.
+    page = refused.read().decode()
+    open(f"{out}/page-1-offer.html", "w", encoding="utf-8").write(page)
+    print("    offer page: already decided in an earlier run (409); nothing decided again")
+    sys.exit(0)
 open(f"{out}/page-1-offer.html", "w", encoding="utf-8").write(page)
 title = html.unescape(re.search(r"<h1>(.*?)</h1>", page).group(1))
 fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', page))

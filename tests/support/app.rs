@@ -42,6 +42,12 @@ impl TestApp {
 
     /// Like [`spawn`], with the database on the cluster at `admin_url`.
     pub async fn spawn_on(admin_url: &str) -> Self {
+        Self::spawn_with(admin_url, None).await
+    }
+
+    /// Like [`spawn_on`], with the topics on the broker at `bootstrap`
+    /// (a private one a test may restart) instead of the stack's.
+    pub async fn spawn_with(admin_url: &str, bootstrap: Option<&str>) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let db_name = format!("t_{id}");
         let (admin, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
@@ -59,6 +65,9 @@ impl TestApp {
         let mut settings = Settings::load().expect("settings");
         settings.database_url = format!("{base}/{db_name}");
         settings.topic_prefix = format!("t{id}.");
+        if let Some(bootstrap) = bootstrap {
+            settings.kafka_bootstrap_servers = bootstrap.to_string();
+        }
         let pool = backorder_core::db::pool(&settings.database_url, 4).expect("pool");
         backorder_core::db::migrate(&pool).await.expect("migrations");
         let topics = Topics::new(&settings.topic_prefix);

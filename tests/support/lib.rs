@@ -11,6 +11,7 @@ pub mod interop;
 pub mod moto;
 pub mod private_moto;
 pub mod private_pg;
+pub mod private_tansu;
 pub mod process;
 pub mod scenario;
 pub mod ses_proxy;

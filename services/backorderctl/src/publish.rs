@@ -856,3 +856,129 @@ mod tests {
         assert_eq!(all_in_stock_orders, 1);
     }
 }
+
+/// Hostile input: whatever a JSON-lines file holds, parsing ends in records
+/// or a [`LineError`] per bad line naming the line and a reason, never a
+/// panic; and a line that passes validation always encodes.
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PLACED: &str = r#"{"type":"OrderPlaced","event_id":"e-1","occurred_at":"2026-11-24T10:00:00Z","order_id":"o-1","customer":{"customer_id":"c-1","email":"ada@example.com","name":"Ada","locale":"en-GB","country":"GB"},"lines":[{"line_id":"l1","sku":"LAMP-01","product_name":"Lamp","quantity":1,"unit_price_minor":8900,"availability":"BACKORDERED"}],"currency":"EUR","total_minor":8900}"#;
+
+    /// Any JSON value, nested a few levels.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,20}".prop_map(Value::String),
+            prop::sample::select(vec![
+                "2026-11-24T10:00:00Z",
+                "2026-12-15",
+                "BACKORDERED",
+                "EUR",
+                "",
+                "-1"
+            ])
+            .prop_map(|s| Value::String(s.to_string())),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("\\PC{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Every path (`customer.email`, `lines.0.quantity`) of `value`.
+    fn paths(value: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        let children: Vec<(String, &Value)> = match value {
+            Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            Value::Array(items) => items.iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+            _ => Vec::new(),
+        };
+        for (key, child) in children {
+            prefix.push(key);
+            out.push(prefix.clone());
+            paths(child, prefix, out);
+            prefix.pop();
+        }
+    }
+
+    fn replace(value: &mut Value, path: &[String], with: Value) {
+        let Some((first, rest)) = path.split_first() else {
+            *value = with;
+            return;
+        };
+        let child = match value {
+            Value::Object(map) => map.get_mut(first),
+            Value::Array(items) => first.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+            _ => None,
+        };
+        if let Some(child) = child {
+            replace(child, rest, with);
+        }
+    }
+
+    /// Parses `text`; every error names a line of it and a reason.
+    fn check_errors(text: &str) -> Result<Vec<ParsedLine>, TestCaseError> {
+        let lines = text.lines().count().max(1);
+        match parse_lines(text) {
+            Ok(parsed) => Ok(parsed),
+            Err(errors) => {
+                prop_assert!(!errors.is_empty());
+                for error in &errors {
+                    prop_assert!((1..=lines).contains(&error.line), "{error}");
+                    prop_assert!(!error.reason.is_empty(), "{error}");
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn encodes(parsed: &[ParsedLine]) -> Result<(), TestCaseError> {
+        let codec = Codec::new(None).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let encoded = runtime.block_on(encode_all(parsed, &codec, &Topics::new("")));
+        prop_assert!(encoded.is_ok(), "a validated line encodes: {:?}", encoded.err());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_parses_or_names_each_bad_line(text in "\\PC{0,200}(\n\\PC{0,80}){0,3}") {
+            let parsed = check_errors(&text)?;
+            encodes(&parsed)?;
+        }
+
+        #[test]
+        fn any_json_value_as_a_line_parses_or_names_the_line(value in json()) {
+            let parsed = check_errors(&value.to_string())?;
+            encodes(&parsed)?;
+        }
+
+        #[test]
+        fn an_order_with_any_field_replaced_parses_and_encodes_or_names_the_field(
+            at in any::<prop::sample::Index>(),
+            with in json(),
+        ) {
+            let mut order: Value = serde_json::from_str(PLACED).unwrap();
+            let mut all = Vec::new();
+            paths(&order, &mut Vec::new(), &mut all);
+            let path = &all[at.index(all.len())];
+            replace(&mut order, path, with);
+            match parse_line(1, &order.to_string()) {
+                Ok(parsed) => encodes(&[parsed])?,
+                Err(error) => prop_assert!(!error.reason.is_empty(), "{error}"),
+            }
+        }
+    }
+}

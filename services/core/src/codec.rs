@@ -59,6 +59,22 @@ const SCHEMA_FILES: &[SchemaFile] = schema_files! {
 };
 
 const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+
+/// The most apache-avro may allocate for one string, bytes or array while
+/// decoding. It allocates what a length prefix claims before reading, and
+/// its own default is 512 MiB, so a 20-byte hostile message could ask for
+/// half a gigabyte (and, where memory is not overcommitted, abort the
+/// process). No message the broker delivers is anywhere near 16 MiB
+/// (Kafka's default `message.max.bytes` is 1 MiB). The setting is
+/// process-wide and the first call wins: [`Codec::new`] makes it.
+const MAX_DECODE_ALLOCATION: usize = 16 * 1024 * 1024;
+
+/// The largest message the decoder accepts. Events are small (an order of
+/// a hundred lines is about 20 KiB); a message far larger is hostile or a
+/// bug upstream, and decoding it would carry its strings into the database
+/// and every email. Rejected before any parsing, so it is dead-lettered
+/// with the reason like any other bad input.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 const CONFLUENT_MAGIC: u8 = 0x00;
 
 /// Which of the two CRC-64-AVRO fingerprints in circulation single-object
@@ -165,6 +181,8 @@ pub enum CodecError {
     UnknownFraming(u8),
     #[error("message is shorter than its framing header")]
     Truncated,
+    #[error("message is {len} bytes, more than the {max} bytes an event may have")]
+    TooLarge { len: usize, max: usize },
     #[error(
         "no known schema has fingerprint {as_written} (the 8 bytes after C3 01 as written, \
          little-endian as the specification says; byte-swapped: {swapped}, which is also the \
@@ -401,6 +419,7 @@ impl Codec {
     /// `registry_url`: when set, encode with Confluent framing. Single-object
     /// encoding writes the specification's fingerprint.
     pub fn new(registry_url: Option<&str>) -> Result<Self, CodecError> {
+        apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
         Ok(Self {
             schemas: Arc::new(SchemaSet::load()?),
             registry: registry_url.map(|url| {
@@ -518,6 +537,12 @@ impl Codec {
         records: Option<&[&str]>,
     ) -> Result<(WriterSchemaRef, WriterSchema, &'a [u8]), CodecError> {
         let first = *payload.first().ok_or(CodecError::Empty)?;
+        if payload.len() > MAX_MESSAGE_BYTES {
+            return Err(CodecError::TooLarge {
+                len: payload.len(),
+                max: MAX_MESSAGE_BYTES,
+            });
+        }
         if payload.starts_with(&SINGLE_OBJECT_MAGIC) {
             let fp: [u8; 8] = payload
                 .get(2..10)
@@ -955,5 +980,203 @@ mod tests {
         // Bad bytes stay permanent.
         let garbage = down.decode::<OrderEvent>(b"\x01junk").await.err().unwrap();
         assert!(!garbage.is_transient(), "{garbage}");
+    }
+}
+
+/// Hostile input: whatever bytes arrive on a topic, decoding ends in an
+/// event or a [`CodecError`] (the dead-letter reason), never a panic, and a
+/// length prefix that lies cannot make the decoder allocate without bound.
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use crate::events::internal::{BackorderDecisionEvent, BackorderDelayEvent, EmailRequestEvent};
+    use crate::events::offers::OfferResponseEvent;
+    use crate::events::orders::{Availability, Customer, OrderEvent, OrderLine, OrderPlaced};
+    use crate::events::shipments::ShipmentEvent;
+    use crate::events::stock::StockEvent;
+    use chrono::{TimeZone, Utc};
+    use proptest::prelude::*;
+
+    /// The decoder is async only for the registry; one small runtime per
+    /// property runs it.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Decodes `bytes` as every topic's event type and as any record; an
+    /// event that decodes is validated too (its checks see hostile values).
+    /// Returns whether the any-record decode succeeded.
+    async fn decode_everywhere(codec: &Codec, bytes: &[u8]) -> bool {
+        async fn as_topic<E: TopicEvent>(codec: &Codec, bytes: &[u8]) {
+            match codec.decode::<E>(bytes).await {
+                Ok(event) => {
+                    let _ = event.validate();
+                }
+                Err(error) => assert!(!error.to_string().is_empty(), "a rejection names its reason"),
+            }
+        }
+        as_topic::<OrderEvent>(codec, bytes).await;
+        as_topic::<StockEvent>(codec, bytes).await;
+        as_topic::<ShipmentEvent>(codec, bytes).await;
+        as_topic::<OfferResponseEvent>(codec, bytes).await;
+        as_topic::<BackorderDelayEvent>(codec, bytes).await;
+        as_topic::<EmailRequestEvent>(codec, bytes).await;
+        as_topic::<BackorderDecisionEvent>(codec, bytes).await;
+        codec.decode_value(bytes).await.is_ok()
+    }
+
+    fn order(order_id: String, email: String, name: String, quantity: i32, price: i64) -> OrderPlaced {
+        OrderPlaced {
+            event_id: format!("e-{order_id}"),
+            occurred_at: Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap(),
+            order_id,
+            customer: Customer {
+                customer_id: "c-1".into(),
+                email,
+                name,
+                locale: "de-DE".into(),
+                country: Some("DE".into()),
+            },
+            lines: vec![OrderLine {
+                line_id: "l-1".into(),
+                sku: "SKU-1".into(),
+                product_name: "Lamp".into(),
+                category: None,
+                quantity,
+                unit_price_minor: price,
+                availability: Availability::Backordered,
+            }],
+            currency: "EUR".into(),
+            total_minor: price,
+        }
+    }
+
+    /// A Codec whose registry already knows every current schema by id
+    /// (100 + its index), so Confluent-framed input is decoded without a
+    /// network; ids it does not know hit an address where nothing listens.
+    fn codec_with_cached_registry() -> Codec {
+        let codec = Codec::new(Some("http://127.0.0.1:1")).unwrap();
+        if let Some(registry) = &codec.registry {
+            let mut cache = registry.by_id.write().unwrap();
+            for (index, known) in codec.schemas.known.iter().enumerate() {
+                cache.insert(100 + index as u32, Arc::new(known.schema.clone()));
+            }
+        }
+        codec
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_decode_to_an_event_or_a_typed_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let codec = Codec::new(None).unwrap();
+            runtime().block_on(decode_everywhere(&codec, &bytes));
+        }
+
+        #[test]
+        fn any_datum_behind_a_known_fingerprint_is_an_event_or_a_typed_error(
+            schema in 0usize..SCHEMA_FILES.len(),
+            apache_form in any::<bool>(),
+            datum in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let codec = Codec::new(None).unwrap();
+            let known = &codec.schemas.known[schema];
+            let form = if apache_form { FingerprintForm::ApacheAvro } else { FingerprintForm::Specification };
+            let mut bytes = SINGLE_OBJECT_MAGIC.to_vec();
+            bytes.extend_from_slice(&known.fingerprints.get(form));
+            bytes.extend_from_slice(&datum);
+            runtime().block_on(decode_everywhere(&codec, &bytes));
+        }
+
+        #[test]
+        fn any_datum_behind_a_registry_id_is_an_event_or_a_typed_error(
+            id in 95u32..120,
+            datum in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let codec = codec_with_cached_registry();
+            let mut bytes = vec![CONFLUENT_MAGIC];
+            bytes.extend_from_slice(&id.to_be_bytes());
+            bytes.extend_from_slice(&datum);
+            let rt = runtime();
+            rt.block_on(decode_everywhere(&codec, &bytes));
+            if !(100..100 + SCHEMA_FILES.len() as u32).contains(&id) {
+                let error = rt.block_on(codec.decode_value(&bytes)).err().unwrap();
+                prop_assert!(error.is_transient(), "an unknown id asks the registry: {error}");
+            }
+        }
+
+        #[test]
+        fn a_valid_order_cut_short_is_rejected_and_one_with_a_flipped_byte_never_panics(
+            order_id in "\\PC{0,40}",
+            email in "\\PC{0,40}",
+            name in "\\PC{0,40}",
+            quantity in any::<i32>(),
+            price in any::<i64>(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            mask in 1u8..=255,
+            confluent in any::<bool>(),
+        ) {
+            let rt = runtime();
+            let codec = codec_with_cached_registry();
+            let record = order(order_id, email, name, quantity, price);
+            let mut bytes = Codec::new(None).unwrap().encode_value_sync(&record);
+            if confluent {
+                let index = codec.schemas.known.iter().position(|k| k.current && k.full_name == OrderPlaced::FULL_NAME).unwrap();
+                let mut framed = vec![CONFLUENT_MAGIC];
+                framed.extend_from_slice(&(100 + index as u32).to_be_bytes());
+                framed.extend_from_slice(&bytes[10..]);
+                bytes = framed;
+            }
+            let decoded: OrderEvent = rt.block_on(codec.decode(&bytes)).unwrap();
+            prop_assert_eq!(decoded, OrderEvent::Placed(record));
+
+            let short = &bytes[..cut.index(bytes.len())];
+            prop_assert!(!rt.block_on(decode_everywhere(&codec, short)), "a cut message never decodes");
+
+            let mut flipped = bytes.clone();
+            flipped[flip.index(bytes.len())] ^= mask;
+            rt.block_on(decode_everywhere(&codec, &flipped));
+        }
+
+        #[test]
+        fn a_length_prefix_larger_than_the_message_is_a_typed_error(claimed in 1_000_000i64..i64::MAX / 2) {
+            // OrderPlaced starts with its event id, a string: the zig-zag
+            // varint of its length, then (here, none of) the bytes.
+            let codec = Codec::new(None).unwrap();
+            // Codec::new set the bound (a later call cannot change it).
+            prop_assert_eq!(apache_avro::util::max_allocation_bytes(usize::MAX), MAX_DECODE_ALLOCATION);
+            let known = codec.schemas.current.get(OrderPlaced::FULL_NAME).unwrap().clone();
+            let mut bytes = SINGLE_OBJECT_MAGIC.to_vec();
+            bytes.extend_from_slice(&known.fingerprints.specification);
+            let mut zigzag = ((claimed << 1) ^ (claimed >> 63)) as u64;
+            while zigzag >= 0x80 {
+                bytes.push((zigzag as u8) | 0x80);
+                zigzag >>= 7;
+            }
+            bytes.push(zigzag as u8);
+            let error = runtime().block_on(codec.decode::<OrderEvent>(&bytes)).err().unwrap();
+            prop_assert!(matches!(error, CodecError::Datum { .. }), "{error}");
+        }
+
+        #[test]
+        fn a_valid_order_larger_than_an_event_may_be_is_too_large(extra in 0usize..4096) {
+            let codec = Codec::new(None).unwrap();
+            let name = "x".repeat(MAX_MESSAGE_BYTES + extra);
+            let bytes = codec.encode_value_sync(&order("o-big".into(), "a@example.com".into(), name, 1, 1));
+            let error = runtime().block_on(codec.decode::<OrderEvent>(&bytes)).err().unwrap();
+            prop_assert!(matches!(error, CodecError::TooLarge { len, .. } if len == bytes.len()), "{error}");
+        }
+    }
+
+    impl Codec {
+        /// Single-object encoding without the async registry path.
+        fn encode_value_sync(&self, record: &OrderPlaced) -> Vec<u8> {
+            runtime().block_on(self.encode("orders.v1", record)).unwrap()
+        }
     }
 }

@@ -302,3 +302,75 @@ mod tests {
         assert!(OfferOption::parse("refund").is_err());
     }
 }
+
+/// Hostile input: a link's parameters come from whoever types the URL.
+/// Whatever they are, parsing and verifying end in a [`LinkError`], never a
+/// panic, and only a token this deployment signed verifies.
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn signer() -> LinkSigner {
+        LinkSigner::new("test-secret", "https://shop.example").unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_option_string_parses_or_is_an_unknown_option(raw in "\\PC{0,60}|switch:\\PC{0,20}|credit|expedite|cancel") {
+            match OfferOption::parse(&raw) {
+                Ok(option) => prop_assert_eq!(OfferOption::parse(&option.as_param()), Ok(option)),
+                Err(error) => prop_assert_eq!(error, LinkError::UnknownOption(raw)),
+            }
+        }
+
+        #[test]
+        fn any_token_for_any_offer_is_rejected_unless_signed(
+            token in "[A-Za-z0-9_=+/ -]{0,80}|\\PC{0,80}",
+            offer_id in "\\PC{0,30}",
+            customer_id in "\\PC{0,30}",
+            option in "\\PC{0,30}",
+            expiry_ms in any::<i64>(),
+        ) {
+            let s = signer();
+            let expires_at = DateTime::<Utc>::from_timestamp_millis(expiry_ms).unwrap_or_default();
+            let option = OfferOption::parse(&option).unwrap_or(OfferOption::Cancel);
+            prop_assert_eq!(
+                s.verify_offer_token(&token, &offer_id, &customer_id, &option, expires_at),
+                Err(LinkError::BadSignature)
+            );
+            prop_assert_eq!(
+                s.verify_cancel_token(&token, &offer_id, "l-1", &customer_id),
+                Err(LinkError::BadSignature)
+            );
+            // The genuine token verifies, and any one-character change breaks it.
+            let genuine = s.offer_token(&offer_id, &customer_id, &option, expires_at);
+            prop_assert!(s.verify_offer_token(&genuine, &offer_id, &customer_id, &option, expires_at).is_ok());
+        }
+
+        #[test]
+        fn a_signed_token_with_any_character_changed_is_rejected(
+            at in any::<prop::sample::Index>(),
+            replacement in any::<char>(),
+        ) {
+            let s = signer();
+            let genuine = s.cancel_token("o-1", "l-1", "c-1");
+            let mut chars: Vec<char> = genuine.chars().collect();
+            let at = at.index(chars.len());
+            prop_assume!(chars[at] != replacement);
+            chars[at] = replacement;
+            let forged: String = chars.into_iter().collect();
+            prop_assert_eq!(s.verify_cancel_token(&forged, "o-1", "l-1", "c-1"), Err(LinkError::BadSignature));
+        }
+
+        #[test]
+        fn any_secret_makes_a_signer_or_is_refused_as_empty(secret in "\\PC{0,40}") {
+            match LinkSigner::new(&secret, "https://shop.example") {
+                Ok(_) => prop_assert!(!secret.is_empty()),
+                Err(error) => prop_assert_eq!((error, secret.is_empty()), (LinkError::EmptySecret, true)),
+            }
+        }
+    }
+}

@@ -257,3 +257,42 @@ mod tests {
         assert_eq!(blocking_reason(&[], true), None);
     }
 }
+
+/// Hostile input: the unsubscribe token comes from whoever sends the
+/// request. Whatever it is, checking it ends in the dedup key it was
+/// signed for or [`SuppressionError::BadToken`], never a panic, and the
+/// confirmation page carries it only escaped.
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_token_is_rejected_unless_signed(token in "\\PC{0,120}|[A-Za-z0-9_-]{0,30}\\.[A-Za-z0-9_=+/-]{0,60}") {
+            let links = UnsubscribeLinks::new("secret", "https://shop.example");
+            prop_assert!(matches!(links.verify(&token), Err(SuppressionError::BadToken)), "{token:?}");
+            let form = confirm_form(&token);
+            prop_assert!(!form.contains("<script"), "{form}");
+        }
+
+        #[test]
+        fn a_signed_token_names_its_key_and_any_change_breaks_it(
+            dedup_key in "[A-Za-z0-9_-]{1,40}",
+            at in any::<prop::sample::Index>(),
+            replacement in any::<char>(),
+        ) {
+            let links = UnsubscribeLinks::new("secret", "https://shop.example");
+            let token = links.token(&dedup_key).unwrap();
+            prop_assert_eq!(links.verify(&token).unwrap(), dedup_key);
+            let mut chars: Vec<char> = token.chars().collect();
+            let at = at.index(chars.len());
+            prop_assume!(chars[at] != replacement);
+            chars[at] = replacement;
+            let forged: String = chars.into_iter().collect();
+            prop_assert!(matches!(links.verify(&forged), Err(SuppressionError::BadToken)), "{forged:?}");
+        }
+    }
+}
