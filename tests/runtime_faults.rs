@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use backorder_core::events::orders::Availability::Backordered;
+use backorder_core::events::orders::Availability::{Backordered, InStock};
 use backorder_core::kafka::topics::ORDERS;
 use backorder_tests::private_pg::PrivatePostgres;
 use backorder_tests::process::ServiceProcess;
@@ -262,6 +262,148 @@ async fn dead_letters_keep_binary_keys_headers_and_tombstones_as_they_came() {
         metric_sum(&metrics, "backorder_dead_letters_total", ""),
         2.0,
         "each counted once"
+    );
+}
+
+/// A batch fails half way through its transaction (a real PostgreSQL error,
+/// injected by a trigger: the confirmation decision of one order fails with
+/// a serialization failure, after the batch already wrote customers,
+/// orders, lines, co-purchases and timers), other partitions' batches
+/// commit meanwhile, and the consumer is killed while it holds the failing
+/// one. After the restart the replay leaves exactly one of everything: one
+/// confirmation per order at SES, and the one counter that is not a plain
+/// upsert (co-purchases) counted once per customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_failed_half_way_is_replayed_after_a_crash_without_duplicate_output() {
+    let app = TestApp::spawn().await;
+    let client = app.pool.get().await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE fault_switch (armed boolean NOT NULL);
+             INSERT INTO fault_switch VALUES (true);
+             CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.order_id = 'o-poison' AND EXISTS (SELECT 1 FROM fault_switch) THEN
+                     RAISE EXCEPTION 'injected failure' USING ERRCODE = '40001';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER fail_poison BEFORE INSERT ON email_decisions
+                 FOR EACH ROW EXECUTE FUNCTION fail_poison();",
+        )
+        .await
+        .unwrap();
+
+    // 20 customers with 3 orders each (a customer repeats within a batch),
+    // and the poison order: all published before the consumer starts, so
+    // its first batches are large and span every partition.
+    const CUSTOMERS: usize = 20;
+    const PER_CUSTOMER: usize = 3;
+    let customers: Vec<String> = (0..CUSTOMERS).map(|c| app.recipient(&format!("c{c}"))).collect();
+    let poison_customer = app.recipient("poison");
+    let mut orders = Vec::new();
+    for round in 0..PER_CUSTOMER {
+        for (c, customer) in customers.iter().enumerate() {
+            let id = format!("o-{:03}", round * CUSTOMERS + c);
+            let mut order = order_placed(&id, customer, "en", &[("LAMP-01", Backordered), ("MUG-01", InStock)]);
+            order.customer.customer_id = format!("cust-{c}");
+            orders.push(order);
+        }
+    }
+    let mut poison = order_placed(
+        "o-poison",
+        &poison_customer,
+        "en",
+        &[("LAMP-01", Backordered), ("MUG-01", InStock)],
+    );
+    poison.customer.customer_id = "cust-poison".into();
+    orders.push(poison);
+    let total = orders.len() as i64;
+    let mut records = Vec::new();
+    for order in &orders {
+        records.push(
+            backorder_core::kafka::OutboundRecord::encode(&app.codec, &app.topics.name(ORDERS), order)
+                .await
+                .unwrap(),
+        );
+    }
+    app.producer.send_all(&records).await.unwrap();
+
+    let _sender = app.start_service("sender").await;
+    let mut consumer = app.start_service("orders-consumer").await;
+    wait_until(
+        "the poison batch to fail and be retried while other batches commit",
+        PATIENCE,
+        || async {
+            let retried = metric_sum(
+                &consumer.metrics().await,
+                "backorder_consumer_errors_total",
+                "kind=\"transient\"",
+            );
+            (retried >= 2.0 && orders_stored(&app).await > 0).then_some(())
+        },
+    )
+    .await;
+    let poison_rows: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM orders WHERE order_id = 'o-poison')
+                  + (SELECT count(*) FROM order_lines WHERE order_id = 'o-poison')
+                  + (SELECT count(*) FROM customer_skus WHERE customer_id = 'cust-poison')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(poison_rows, 0, "the failed batch left nothing behind");
+
+    // Crash while the batch is held, then heal the database and restart.
+    consumer.kill();
+    assert!(
+        app.committed_total("orders-consumer", ORDERS).await < total,
+        "the failing batch was not committed"
+    );
+    client.execute("DELETE FROM fault_switch", &[]).await.unwrap();
+    let _consumer = app.start_service("orders-consumer").await;
+    wait_until("every order to be committed after the restart", PATIENCE, || async {
+        (app.committed_total("orders-consumer", ORDERS).await == total).then_some(())
+    })
+    .await;
+    wait_until("every confirmation at SES", Duration::from_secs(120), || async {
+        let sent = backorder_tests::moto::sent_emails(&app.moto_url).await;
+        let ours = sent.iter().filter(|e| e.to.iter().any(|t| t.contains(&app.id))).count();
+        (ours as i64 >= total).then_some(())
+    })
+    .await;
+
+    let sent = backorder_tests::moto::sent_emails(&app.moto_url).await;
+    for order in &orders {
+        let copies = sent
+            .iter()
+            .filter(|e| e.to.contains(&order.customer.email) && e.subject.contains(&order.order_id))
+            .count();
+        assert_eq!(copies, 1, "one confirmation of {}", order.order_id);
+    }
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM orders").await, total);
+    assert_eq!(count("SELECT count(*) FROM order_lines").await, 2 * total);
+    assert_eq!(count("SELECT count(*) FROM email_decisions").await, total);
+    assert_eq!(count("SELECT count(*) FROM timers WHERE kind = 'nurture'").await, total);
+    let pairs = client
+        .query("SELECT sku, other_sku, customers FROM co_purchases ORDER BY sku", &[])
+        .await
+        .unwrap();
+    let pairs: Vec<(String, String, i64)> = pairs.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let buyers = CUSTOMERS as i64 + 1;
+    assert_eq!(
+        pairs,
+        vec![
+            ("LAMP-01".to_string(), "MUG-01".to_string(), buyers),
+            ("MUG-01".to_string(), "LAMP-01".to_string(), buyers),
+        ],
+        "each customer's pair counted once, however often it was replayed"
     );
 }
 

@@ -56,6 +56,27 @@ pub async fn schedule<C: GenericClient>(client: &C, timer: &Timer) -> Result<boo
     Ok(inserted == 1)
 }
 
+/// Schedules every timer of `timers` whose key is not known yet (in any
+/// state), in one multi-row statement; returns how many were new. Keys
+/// may repeat: the first one counts, as with [`schedule`] one at a time.
+pub async fn schedule_all<C: GenericClient>(client: &C, timers: &[Timer]) -> Result<u64, DbError> {
+    if timers.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<&str> = timers.iter().map(|t| t.key.as_str()).collect();
+    let kinds: Vec<&str> = timers.iter().map(|t| t.kind.as_str()).collect();
+    let due: Vec<DateTime<Utc>> = timers.iter().map(|t| t.due_at).collect();
+    let payloads: Vec<&serde_json::Value> = timers.iter().map(|t| &t.payload).collect();
+    Ok(client
+        .execute(
+            "INSERT INTO timers (timer_key, kind, due_at, payload)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[])
+             ON CONFLICT (timer_key) DO NOTHING",
+            &[&keys, &kinds, &due, &payloads],
+        )
+        .await?)
+}
+
 /// Creates or moves a timer to `timer.due_at` with `timer.payload`, pending
 /// again even if it fired or was cancelled before (debounce windows).
 pub async fn reschedule<C: GenericClient>(client: &C, timer: &Timer) -> Result<(), DbError> {

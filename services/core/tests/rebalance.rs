@@ -60,6 +60,7 @@ fn replica(settings: &Settings, topic: &str, group: &str, id: usize, applied: &A
         linger: Duration::from_millis(400),
         min_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(500),
+        partition_concurrency: 2,
         parking: None,
     };
     let handler = Recording {

@@ -246,26 +246,36 @@ async fn insert_lines(
     order_id: &str,
     lines: &[OpenLine],
 ) -> Result<(), SegmentationError> {
-    for line in lines {
-        tx.execute(
-            "INSERT INTO campaign_lines (campaign_id, order_id, line_id, sku, product_name, quantity, unit_price_minor,
-                                         old_promise_from, old_promise_to)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (campaign_id, line_id) DO NOTHING",
-            &[
-                &campaign_id,
-                &order_id,
-                &line.routing.line_id,
-                &line.routing.sku,
-                &line.product_name,
-                &line.routing.quantity,
-                &line.routing.unit_price_minor,
-                &line.old_from,
-                &line.old_to,
-            ],
-        )
-        .await?;
+    if lines.is_empty() {
+        return Ok(());
     }
+    // One multi-row statement for all lines of the campaign.
+    let line_ids: Vec<&str> = lines.iter().map(|l| l.routing.line_id.as_str()).collect();
+    let skus: Vec<&str> = lines.iter().map(|l| l.routing.sku.as_str()).collect();
+    let names: Vec<&str> = lines.iter().map(|l| l.product_name.as_str()).collect();
+    let quantities: Vec<i32> = lines.iter().map(|l| l.routing.quantity).collect();
+    let prices: Vec<i64> = lines.iter().map(|l| l.routing.unit_price_minor).collect();
+    let old_from: Vec<Option<NaiveDate>> = lines.iter().map(|l| l.old_from).collect();
+    let old_to: Vec<Option<NaiveDate>> = lines.iter().map(|l| l.old_to).collect();
+    tx.execute(
+        "INSERT INTO campaign_lines (campaign_id, order_id, line_id, sku, product_name, quantity, unit_price_minor,
+                                     old_promise_from, old_promise_to)
+         SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::int[], $7::bigint[],
+                                      $8::date[], $9::date[])
+         ON CONFLICT (campaign_id, line_id) DO NOTHING",
+        &[
+            &campaign_id,
+            &order_id,
+            &line_ids,
+            &skus,
+            &names,
+            &quantities,
+            &prices,
+            &old_from,
+            &old_to,
+        ],
+    )
+    .await?;
     Ok(())
 }
 

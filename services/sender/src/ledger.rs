@@ -46,8 +46,9 @@ pub async fn record_requests(pool: &Pool, requests: &[&EmailRequested]) -> Resul
     let categories: Vec<&str> = requests.iter().map(|r| r.category.as_str()).collect();
     let occurred: Vec<DateTime<Utc>> = requests.iter().map(|r| r.occurred_at).collect();
     let client = pool.get().await?;
-    let inserted = client
-        .execute(
+    // Prepared once per connection: the intake runs this for every batch.
+    let statement = client
+        .prepare_cached(
             "INSERT INTO email_ledger (dedup_key, template, locale, recipient, recipient_name,
                                        customer_id, order_id, category, campaign, data,
                                        event_occurred_at)
@@ -56,6 +57,11 @@ pub async fn record_requests(pool: &Pool, requests: &[&EmailRequested]) -> Resul
                            $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])
                     AS x(k, t, l, r, n, c, o, cat, camp, d, occ)
              ON CONFLICT (dedup_key) DO NOTHING",
+        )
+        .await?;
+    let inserted = client
+        .execute(
+            &statement,
             &[
                 &column!(dedup_key),
                 &column!(template),

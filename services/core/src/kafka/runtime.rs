@@ -1,7 +1,8 @@
 //! The consumer runtime every service runs (DESIGN invariants 2, 3, 7).
 //!
-//! One loop per process: fetch a micro-batch, split it by partition, decode
-//! each message (bad ones become dead letters), let the handler apply the
+//! One loop per process: fetch a micro-batch, split it by partition (the
+//! partitions are then processed side by side, a bounded number at once,
+//! each in its own order), decode each message (bad ones become dead letters), let the handler apply the
 //! valid ones in one database transaction, produce its outputs and the dead
 //! letters and wait for the broker's acknowledgement, and only then commit
 //! the partition's offset. A transient failure (database or broker down)
@@ -27,6 +28,7 @@ use std::future::Future;
 use futures::TryFutureExt;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -145,6 +147,11 @@ pub struct RuntimeOptions {
     /// First retry delay; doubles up to `max_backoff`, with jitter.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How many partitions of one fetched batch are processed at the same
+    /// time. Each holds a database connection while it runs, so this stays
+    /// below the pool size, leaving connections for timers, parking retries
+    /// and HTTP pages.
+    pub partition_concurrency: usize,
     /// Where events waiting for state from another topic are parked.
     /// Without it such events hold their partition (retried like a
     /// transient failure).
@@ -158,6 +165,7 @@ impl RuntimeOptions {
             linger: Duration::from_millis(settings.batch_linger_ms),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            partition_concurrency: settings.db_pool_size.div_ceil(2).max(1),
             parking: None,
         }
     }
@@ -272,41 +280,19 @@ impl<H: Handler> Runtime<H> {
                 }
                 entry.1.push(message);
             }
-            for (partition, (epoch, messages)) in by_partition {
-                let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
-                    continue;
-                };
-                if !self.partitions.still_owned(partition, epoch) {
-                    tracing::info!(topic = %self.topic, partition, first_offset = first.offset(), "partition revoked while its batch was gathered; its next owner replays it");
-                    metrics::counter!("backorder_consumer_revoked_batches_total", "topic" => self.topic.clone())
-                        .increment(1);
-                    continue;
-                }
-                let span = info_span!(
-                    "batch",
-                    topic = %self.topic,
-                    partition,
-                    first_offset = first.offset(),
-                    last_offset = last.offset(),
-                );
-                let next_offset = last.offset() + 1;
-                let started = Instant::now();
-                match self.process_partition_batch(&messages).instrument(span.clone()).await {
-                    BatchOutcome::Done => {
-                        // Only while the partition is still ours: a commit
-                        // for a revoked partition could move its new owner
-                        // back.
-                        if self.partitions.record_commit(partition, epoch, next_offset) {
-                            self.commit(&[(partition, next_offset)], CommitMode::Async);
-                        }
-                        metrics::histogram!("backorder_consumer_batch_duration_seconds", "topic" => self.topic.clone())
-                            .record(started.elapsed().as_secs_f64());
-                    }
-                    BatchOutcome::Abandoned => {
-                        tracing::info!(parent: &span, "shutdown during a batch; it will be replayed");
-                        break;
-                    }
-                }
+            // Partitions are independent (each keeps its own order), so their
+            // batches run side by side, at most `partition_concurrency` at a
+            // time; every one is finished before the next fetch, so rebalance
+            // callbacks (run inside `recv()`) still never overlap a handler.
+            let abandoned = futures::stream::iter(by_partition)
+                .map(|(partition, (epoch, messages))| self.run_partition_batch(partition, epoch, messages))
+                .buffer_unordered(self.options.partition_concurrency.max(1))
+                .fold(false, |abandoned, outcome| async move {
+                    abandoned || matches!(outcome, BatchOutcome::Abandoned)
+                })
+                .await;
+            if abandoned {
+                break;
             }
             if shutdown.is_cancelled() {
                 break;
@@ -319,6 +305,44 @@ impl<H: Handler> Runtime<H> {
         self.commit(&self.partitions.owned_commits(), CommitMode::Sync);
         self.consumer.unsubscribe();
         tracing::info!(topic = %self.topic, "consumer stopped");
+    }
+
+    /// Processes one partition's share of a fetched batch and commits its
+    /// offset once the batch is durable and its outputs acknowledged.
+    async fn run_partition_batch(&self, partition: i32, epoch: u64, messages: Vec<OwnedMessage>) -> BatchOutcome {
+        let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+            return BatchOutcome::Done;
+        };
+        if !self.partitions.still_owned(partition, epoch) {
+            tracing::info!(topic = %self.topic, partition, first_offset = first.offset(), "partition revoked while its batch was gathered; its next owner replays it");
+            metrics::counter!("backorder_consumer_revoked_batches_total", "topic" => self.topic.clone()).increment(1);
+            return BatchOutcome::Done;
+        }
+        let span = info_span!(
+            "batch",
+            topic = %self.topic,
+            partition,
+            first_offset = first.offset(),
+            last_offset = last.offset(),
+        );
+        let next_offset = last.offset() + 1;
+        let started = Instant::now();
+        match self.process_partition_batch(&messages).instrument(span.clone()).await {
+            BatchOutcome::Done => {
+                // Only while the partition is still ours: a commit for a
+                // revoked partition could move its new owner back.
+                if self.partitions.record_commit(partition, epoch, next_offset) {
+                    self.commit(&[(partition, next_offset)], CommitMode::Async);
+                }
+                metrics::histogram!("backorder_consumer_batch_duration_seconds", "topic" => self.topic.clone())
+                    .record(started.elapsed().as_secs_f64());
+                BatchOutcome::Done
+            }
+            BatchOutcome::Abandoned => {
+                tracing::info!(parent: &span, "shutdown during a batch; it will be replayed");
+                BatchOutcome::Abandoned
+            }
+        }
     }
 
     /// Waits for the first message, then gathers more for up to `linger`.
