@@ -4,7 +4,7 @@
 //! in `schemas/` (today's and every `history/` version, whatever files are
 //! there) and every record the pipeline writes. The helpers are
 //! `tests/interop/`; `make up` installs both implementations.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! so that a broker change cannot hide message loss. Produce to
 //! partitions, commit mid-partition, resume in a new consumer of the same
 //! group, rebalance between two consumers: nothing skipped, nothing lost.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Campaigns (issue 8) on the real stack: orders-consumer, stock-consumer,
 //! segmentation and the sender as processes, against Tansu, PostgreSQL and
 //! moto. Time is the controlled clock, moved, never slept through.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use backorder_core::events::orders::OrderCancelled;
 use backorder_core::events::stock::Season;

@@ -17,7 +17,7 @@
 //! The broker is a private Tansu with S3 storage (a restart keeps its
 //! data), the database a private cluster and the SES endpoint a private
 //! moto, so the faults touch no other test running in parallel.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! One-click decisions (issue 9) on the real stack: the offer and cancel
 //! pages of offers-consumer, opened in Debian's headless Chromium or called
 //! over HTTP, and `offer-responses.v1` applied into decisions for the OMS.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use backorder_core::config::LOCAL_LINK_SECRET;
 use backorder_core::events::internal::{BackorderDecisionEvent, DecisionKind};

@@ -4,7 +4,7 @@
 //! orders-consumer binary, Tansu and PostgreSQL. Every bad message lands on
 //! the dead-letter topic once with a reason, every valid order is stored,
 //! the service never restarts and its peak memory stays bounded.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! confirmation at the SES endpoint, through crashes, bad input, a
 //! database outage and SIGTERM. Everything real: the service binaries,
 //! Tansu, PostgreSQL and moto's SES v2 API through the AWS SDK.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::time::Duration;
 

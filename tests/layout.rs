@@ -1,7 +1,7 @@
 //! The architecture the folders promise: every service depends on the
 //! shared `services/core` crate and on no other service crate (one
 //! service's internals are never another's contract).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::path::PathBuf;
 

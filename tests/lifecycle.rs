@@ -3,7 +3,7 @@
 //! cancellations, win-back, templates in five languages, replays and two
 //! timer replicas. Real services, broker, PostgreSQL and SES endpoint; time
 //! moves with the controlled clock, never by sleeping.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use backorder_core::events::orders::Availability::{Backordered, InStock};
 use backorder_core::events::orders::{OrderCancelled, OrderPlaced};

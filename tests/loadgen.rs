@@ -1,7 +1,7 @@
 //! `backorderctl loadgen` against the real broker: a seeded run publishes
 //! the same records every time, and every record decodes under the schema
 //! of the topic it landed on.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

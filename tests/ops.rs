@@ -8,7 +8,7 @@
 //! Tools come from the project's own set-up (`make up`): the venv's
 //! kubectl, kubernetes-validate and cloudcoil models
 //! (`infra/local/requirements.txt`), and Debian's `prometheus` package.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

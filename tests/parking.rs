@@ -5,7 +5,7 @@
 //! stored; an order that never arrives sends its shipment to the DLQ after
 //! the configured time on the controlled clock. Real services, broker and
 //! PostgreSQL.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use backorder_core::events::orders::Availability::InStock;
 use backorder_core::kafka::topics::{ORDERS, SHIPMENTS};

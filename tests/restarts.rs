@@ -5,7 +5,7 @@
 //! restart-broker` does to the local stack with `BACKORDER_TANSU_STORAGE=s3`),
 //! the database a private cluster: the shared ones serve the tests running
 //! in parallel.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The shared runtime under faults of its dependencies: a database schema
 //! behind the code, and PostgreSQL stopped while SIGTERM arrives. Real
 //! service binaries, broker and PostgreSQL.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@
 //! moto, for SES throttling and pausing, which moto never does) and
 //! `sns_signer` (a local certificate and key that sign SNS messages, since
 //! Amazon SNS cannot run here).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

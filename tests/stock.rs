@@ -2,7 +2,7 @@
 //! arrival notices, back in stock for carts, honest delay notices (one per
 //! order however many changes a debounce window holds) and significant
 //! delays on `backorder-delays.v1`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

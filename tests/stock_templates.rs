@@ -2,7 +2,7 @@
 //! with the sender's real renderer and the embedded templates: no fallback
 //! to English, the layout and footer included, values escaped in HTML, dates
 //! in the customer's format, and an honest "not known yet".
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use backorder_core::config::Settings;
 use backorder_core::domain::ReasonForCustomer;

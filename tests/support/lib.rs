@@ -2,7 +2,7 @@
 //! (`make up`): a fresh PostgreSQL database, a unique topic prefix and
 //! consumer groups, unique recipient addresses, and the real service
 //! binaries as child processes it can SIGTERM or SIGKILL.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 pub mod app;
 pub mod browser;

@@ -10,7 +10,7 @@
 
 // The whole file is test code; clippy's test exemptions only cover
 // `#[test]` functions, not the helpers they share.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Output};

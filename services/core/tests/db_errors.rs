@@ -1,7 +1,7 @@
 //! The classification of database errors, with errors from a real
 //! PostgreSQL (`make up`): what is retried, what stops the service as a
 //! schema behind the code, and what is the data's fault.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use backorder_core::config::stack_env_value;
 use backorder_core::db::{DbError, ErrorClass, classify};

@@ -5,7 +5,7 @@
 //! change hands while batches are being gathered and applied. Nothing may
 //! be applied twice, nothing may be lost, and the group's committed offsets
 //! never move backwards.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

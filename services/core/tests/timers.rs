@@ -1,7 +1,7 @@
 //! Durable timers against the local stack's PostgreSQL (`make up`): one
 //! timer that fails for good is set aside with its reason, and the other
 //! timers of its kind still fire.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

@@ -282,7 +282,7 @@ impl Allocator {
                         ],
                     )
                     .await?;
-                let (lines, units, looked_at): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                let (lines, units, looked_at): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
                 left = remaining - i32::try_from(units).unwrap_or(remaining);
                 tx.execute(
                     "UPDATE stock_arrivals SET remaining = $2, lines_allocated = lines_allocated + $3, chunks = $4
@@ -340,7 +340,8 @@ impl Allocator {
                 &[&arrival_id],
             )
             .await?;
-        let (sku, occurred_at, acked): (String, DateTime<Utc>, bool) = (row.get(0), row.get(1), row.get(2));
+        let (sku, occurred_at, acked): (String, DateTime<Utc>, bool) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         if acked {
             return Ok(0);
         }
@@ -370,19 +371,19 @@ impl Allocator {
                 )
                 .await?;
             let Some(last) = rows.last() else { break };
-            after = last.get(0);
+            after = last.try_get(0)?;
             let mut decisions = Vec::with_capacity(rows.len());
             for row in &rows {
-                let order_id: String = row.get(0);
+                let order_id: String = row.try_get(0)?;
                 let customer = Customer {
-                    customer_id: row.get(1),
-                    email: row.get(2),
-                    name: row.get(3),
-                    locale: row.get(4),
+                    customer_id: row.try_get(1)?,
+                    email: row.try_get(2)?,
+                    name: row.try_get(3)?,
+                    locale: row.try_get(4)?,
                 };
-                let names: Vec<String> = row.get(5);
-                let quantities: Vec<i32> = row.get(6);
-                let line_ids: Vec<String> = row.get(7);
+                let names: Vec<String> = row.try_get(5)?;
+                let quantities: Vec<i32> = row.try_get(6)?;
+                let line_ids: Vec<String> = row.try_get(7)?;
                 let items: Vec<ArrivedItem> = names
                     .into_iter()
                     .zip(quantities)
@@ -416,24 +417,24 @@ impl Allocator {
                 )
                 .await?;
             let Some(last) = rows.last() else { break };
-            after = last.get(0);
+            after = last.try_get(0)?;
             let mut decisions = Vec::with_capacity(rows.len());
             for row in &rows {
-                let cart_id: String = row.get(0);
+                let cart_id: String = row.try_get(0)?;
                 let customer = Customer {
-                    customer_id: row.get(1),
-                    email: row.get(2),
-                    name: row.get(3),
-                    locale: row.get(4),
+                    customer_id: row.try_get(1)?,
+                    email: row.try_get(2)?,
+                    name: row.try_get(3)?,
+                    locale: row.try_get(4)?,
                 };
-                let name: String = row.get(5);
-                let currency: Option<String> = row.get(7);
+                let name: String = row.try_get(5)?;
+                let currency: Option<String> = row.try_get(7)?;
                 let request = emails::back_in_stock(
                     &cart_id,
                     &sku,
                     &customer,
                     &name,
-                    row.get(6),
+                    row.try_get(6)?,
                     currency.as_deref(),
                     occurred_at,
                 );

@@ -110,7 +110,9 @@ pub async fn apply_change(
             &[&key],
         )
         .await?
-        .and_then(|row| row.get::<_, Option<String>>(0))
+        .map(|row| row.try_get::<_, Option<String>>(0))
+        .transpose()?
+        .flatten()
         .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
         .map_or(now, |t| t.with_timezone(&Utc));
     timers::reschedule(
