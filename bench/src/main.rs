@@ -24,7 +24,7 @@ use backorderctl::loadgen::{self, LoadgenArgs};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::report::{Fanout, Growth, Ingest, Latency, Report};
+use crate::report::{Fanout, Growth, Ingest, Latency, Report, SenderRun};
 use crate::world::World;
 
 /// Orders in each ingest backlog (override with BENCH_ORDERS).
@@ -46,6 +46,11 @@ const FANOUT_SKU: &str = "BENCH-FANOUT";
 const FANOUT_DEADLINE: Duration = Duration::from_secs(180);
 /// How long the ledger may take to drain after the last order.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(180);
+/// Confirmations queued for each sender measurement, and the configured
+/// rates: one below what the local SES endpoint accepts (does the sender
+/// keep its configured pace?), one far above it (where is the ceiling?).
+const SENDER_QUEUE: u64 = 3_000;
+const SENDER_RATES: [u32; 2] = [200, 20_000];
 
 /// What the run needs to know about where it runs.
 struct Run {
@@ -90,6 +95,11 @@ async fn main() -> Result<()> {
 
     eprintln!("bench: latency at {LATENCY_RATE} orders/s for {LATENCY_SECONDS} s");
     report.latency = Some(measure_latency(&run).await?);
+
+    for rate in SENDER_RATES {
+        eprintln!("bench: sender draining {SENDER_QUEUE} emails at a configured {rate}/s");
+        report.sender.push(measure_sender(&run, rate).await?);
+    }
 
     eprintln!("bench: restock fan-out to {FANOUT_LINES} waiting lines");
     report.fanout = Some(measure_fanout(&run).await?);
@@ -310,6 +320,76 @@ async fn measure_latency(run: &Run) -> Result<Latency> {
         configured_rate: f64::from(SENDER_RATE),
         rss_orders,
         rss_sender,
+    })
+}
+
+/// The sender draining a full queue: `SENDER_QUEUE` orders are ingested
+/// first (their confirmations requested), then the sender starts at the
+/// configured `rate`; sends per second from the first accepted email to
+/// the last.
+async fn measure_sender(run: &Run, rate: u32) -> Result<SenderRun> {
+    let world = World::create(&run.settings, &run.id, &format!("sender{rate}")).await?;
+    let orders = world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?;
+    let published = loadgen::publish(&backlog(SENDER_QUEUE, "sd"), &world.settings, false).await?;
+    let outcome = world
+        .wait_committed(
+            "orders-consumer",
+            topics::ORDERS,
+            i64::try_from(published.total)?,
+            INGEST_DEADLINE,
+        )
+        .await;
+    orders.stop().await?;
+    outcome?;
+    let rate_text = rate.to_string();
+    let sender = world
+        .start(
+            &run.bin_dir,
+            &run.log_dir,
+            "sender",
+            &[
+                ("BACKORDER_SES_MAX_SEND_RATE", rate_text.clone()),
+                ("BACKORDER_SES_SEND_RATE_OVERRIDE", rate_text),
+                ("BACKORDER_SENDER_POLL_MS", "50".into()),
+            ],
+        )
+        .await?;
+    let client = world.pool.get().await?;
+    let until = Instant::now() + DRAIN_DEADLINE;
+    let queued = i64::try_from(published.total)?;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state IN ('queued', 'sending')), count(*) FROM email_ledger",
+                &[],
+            )
+            .await?;
+        let (open, total): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if (open == 0 && total >= queued) || Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rss = sender.peak_rss_mib()?;
+    sender.stop().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'sent'),
+                    extract(epoch FROM max(sent_at) - min(sent_at))::float8
+               FROM email_ledger",
+            &[],
+        )
+        .await?;
+    let sent: i64 = row.try_get(0)?;
+    let span: Option<f64> = row.try_get(1)?;
+    drop(client);
+    world.drop_database().await?;
+    Ok(SenderRun {
+        configured_rate: f64::from(rate),
+        send_rate: span.filter(|s| *s > 0.0).map_or(0.0, |s| sent as f64 / s),
+        sent: u64::try_from(sent)?,
+        queued: published.total,
+        rss,
     })
 }
 
