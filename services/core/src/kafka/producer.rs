@@ -4,12 +4,13 @@
 //! together afterwards, so a batch costs one round of acknowledgements,
 //! not one per record.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::try_join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use super::dead_letter::DeadLetter;
 use crate::codec::{Codec, CodecError};
@@ -118,6 +119,16 @@ impl ProduceError {
         }
     }
 
+    /// librdkafka raised a fatal error (an idempotent producer lost its
+    /// sequence with the broker): that producer instance fails every record
+    /// from then on, so only a new instance can succeed.
+    pub fn is_fatal(&self) -> bool {
+        let source = match self {
+            ProduceError::Create(source) | ProduceError::NotAcknowledged { source, .. } => source,
+        };
+        source.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal)
+    }
+
     /// The index of the failed record in the slice that was produced.
     pub fn index(&self) -> Option<usize> {
         match self {
@@ -157,16 +168,53 @@ fn producer_config(settings: &Settings) -> rdkafka::ClientConfig {
     config
 }
 
-/// A shared, cheaply cloned producer.
+/// A shared, cheaply cloned producer. After a fatal error it replaces its
+/// librdkafka instance (every clone sees the new one), so the caller's
+/// retry goes out under a new producer id instead of failing forever;
+/// records the old instance may have written are duplicates consumers of
+/// our outputs already deduplicate.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: Arc<RwLock<FutureProducer>>,
+    config: rdkafka::ClientConfig,
 }
 
 impl Producer {
     pub fn new(settings: &Settings) -> Result<Self, ProduceError> {
-        let inner = producer_config(settings).create().map_err(ProduceError::Create)?;
-        Ok(Self { inner })
+        let config = producer_config(settings);
+        let inner = config.create().map_err(ProduceError::Create)?;
+        Ok(Self {
+            inner: Arc::new(RwLock::new(inner)),
+            config,
+        })
+    }
+
+    /// The current librdkafka instance.
+    fn current(&self) -> FutureProducer {
+        match self.inner.read() {
+            Ok(inner) => inner.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the instance after a fatal error (`failed`), unless another
+    /// clone already did.
+    fn renew_after(&self, failed: &FutureProducer, error: &ProduceError) {
+        if !error.is_fatal() {
+            return;
+        }
+        let Ok(fresh) = self.config.create::<FutureProducer>() else {
+            tracing::error!("could not create a new Kafka producer after a fatal error; retrying with the old one");
+            return;
+        };
+        let mut inner = match self.inner.write() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if std::ptr::eq(inner.client().native_ptr(), failed.client().native_ptr()) {
+            tracing::warn!("the Kafka producer hit a fatal error; replaced it with a new one");
+            *inner = fresh;
+        }
     }
 
     /// Produces every record and returns once the broker acknowledged all
@@ -174,6 +222,7 @@ impl Producer {
     /// The first failure is returned (the caller retries the lot, which is
     /// safe because consumers of our outputs deduplicate).
     pub async fn send_all(&self, records: &[OutboundRecord]) -> Result<Vec<(i32, i64)>, ProduceError> {
+        let producer = self.current();
         let deliveries = records.iter().enumerate().map(|(index, record)| {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
@@ -186,8 +235,9 @@ impl Producer {
                 .key(&record.key)
                 .payload(&record.payload)
                 .headers(headers);
+            let producer = &producer;
             async move {
-                self.inner
+                producer
                     .send(future_record, Duration::from_secs(30))
                     .await
                     .map(|delivery| (delivery.partition, delivery.offset))
@@ -198,12 +248,17 @@ impl Producer {
                     })
             }
         });
-        try_join_all(deliveries).await
+        let result = try_join_all(deliveries).await;
+        if let Err(error) = &result {
+            self.renew_after(&producer, error);
+        }
+        result
     }
 
     /// Produces dead letters as they are (bytes keys and headers, a
     /// tombstone stays one) and returns once the broker acknowledged all.
     pub async fn send_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), ProduceError> {
+        let producer = self.current();
         let deliveries = letters.iter().enumerate().map(|(index, letter)| {
             let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len());
             for (key, value) in &letter.headers {
@@ -219,8 +274,9 @@ impl Producer {
             if let Some(payload) = &letter.payload {
                 record = record.payload(payload.as_slice());
             }
+            let producer = &producer;
             async move {
-                self.inner
+                producer
                     .send(record, Duration::from_secs(30))
                     .await
                     .map(|_| ())
@@ -231,7 +287,11 @@ impl Producer {
                     })
             }
         });
-        try_join_all(deliveries).await.map(|_| ())
+        let result = try_join_all(deliveries).await.map(|_| ());
+        if let Err(error) = &result {
+            self.renew_after(&producer, error);
+        }
+        result
     }
 }
 
@@ -244,6 +304,19 @@ mod tests {
         let config = producer_config(&Settings::default());
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn only_a_fatal_error_calls_for_a_new_producer() {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let failed = |code| ProduceError::NotAcknowledged {
+            topic: "t".into(),
+            index: 0,
+            source: KafkaError::MessageProduction(code),
+        };
+        assert!(failed(Code::Fatal).is_fatal());
+        assert!(!failed(Code::MessageTimedOut).is_fatal());
+        assert_eq!(failed(Code::Fatal).class(), ProduceErrorClass::Transient);
     }
 
     #[test]
