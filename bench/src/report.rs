@@ -498,10 +498,14 @@ impl Report {
             if ingest.one_replica < TARGET_INGEST {
                 let _ = writeln!(
                     md,
-                    "Neither the broker nor PostgreSQL: both raw limits are {:.0}× or more the pipeline's rate, so the \
-                     time goes into orders-consumer's own work per order (issue 12 lists it: one statement per row, \
-                     partitions of a batch handled one after another, acknowledgements awaited per partition). No \
-                     profile was taken in this run.",
+                    "Neither the broker nor PostgreSQL: both raw limits are {:.0}× or more the pipeline's rate. The \
+                     orders-consumer applies a partition's micro-batch in one transaction with one multi-row statement \
+                     per table and runs the partitions of a fetch side by side, but each fetch waits for every \
+                     partition's transaction and the broker's acknowledgements before the next: the process mostly \
+                     waits on those round trips (a `perf` profile of it was on CPU about 10% of an ingest run, see \
+                     docs/architecture.md, \"Performance\"). A second replica shares the same two cores, broker and \
+                     PostgreSQL, so it adds no capacity here. Next steps: overlap a partition's next batch with the \
+                     previous commit, and COPY into a staging table.",
                     lower / ingest.one_replica.max(1e-9)
                 );
             } else {
@@ -512,11 +516,28 @@ impl Report {
                 );
             }
         }
+        if let Some(latency) = &self.latency {
+            let _ = writeln!(
+                md,
+                "\nLatency: at 500 orders/s the orders-consumer keeps up, so the wait is in the sender: {} sends/s in \
+                 that run against the endpoint, behind the confirmations queued before each.",
+                thousands(latency.send_rate)
+            );
+        }
+        if let Some(ceiling) = self.sender.get(1) {
+            let _ = writeln!(
+                md,
+                "\nSender ceiling: configured at {}/s it sent {:.0}/s. The local SES endpoint (moto, one Python \
+                 process on the same two cores) answers each SendEmail in several milliseconds, so the endpoint, not \
+                 the sender's pacing, is the limit here; against SES the account's rate applies.",
+                thousands(ceiling.configured_rate),
+                ceiling.send_rate
+            );
+        }
         let _ = writeln!(
             md,
             "\noffers-consumer, shipments-consumer and segmentation do not run in these measurements, so their memory is \
-             not reported. The sender's ceiling (its rate set above what moto accepts) is not measured by this \
-             version of the harness."
+             not reported."
         );
         md
     }
