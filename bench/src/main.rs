@@ -237,14 +237,12 @@ async fn raw_consume(world: &World, expected: u64) -> Result<f64> {
     .await?
 }
 
-/// Event to SES-accepted latency at a steady order rate: orders-consumer
-/// and the sender run against moto; loadgen stamps each order with the
-/// time it is sent; the ledger's `sent_at` is when SES accepted the email.
-async fn measure_latency(run: &Run) -> Result<Latency> {
-    let world = World::create(&run.settings, &run.id, "latency").await?;
-    let orders = world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?;
-    let rate = SENDER_RATE.to_string();
-    let sender = world
+/// Starts a sender held to `rate` sends per second (the account rate
+/// SES would report, which moto does not), polling often so that the
+/// measurement sees its pace rather than its idle wake-ups.
+async fn start_sender(run: &Run, world: &World, rate: u32) -> Result<world::Service> {
+    let rate = rate.to_string();
+    world
         .start(
             &run.bin_dir,
             &run.log_dir,
@@ -255,7 +253,16 @@ async fn measure_latency(run: &Run) -> Result<Latency> {
                 ("BACKORDER_SENDER_POLL_MS", "50".into()),
             ],
         )
-        .await?;
+        .await
+}
+
+/// Event to SES-accepted latency at a steady order rate: orders-consumer
+/// and the sender run against moto; loadgen stamps each order with the
+/// time it is sent; the ledger's `sent_at` is when SES accepted the email.
+async fn measure_latency(run: &Run) -> Result<Latency> {
+    let world = World::create(&run.settings, &run.id, "latency").await?;
+    let orders = world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?;
+    let sender = start_sender(run, &world, SENDER_RATE).await?;
     let args = LoadgenArgs {
         rate: LATENCY_RATE,
         wall_clock: true,
@@ -341,19 +348,7 @@ async fn measure_sender(run: &Run, rate: u32) -> Result<SenderRun> {
         .await;
     orders.stop().await?;
     outcome?;
-    let rate_text = rate.to_string();
-    let sender = world
-        .start(
-            &run.bin_dir,
-            &run.log_dir,
-            "sender",
-            &[
-                ("BACKORDER_SES_MAX_SEND_RATE", rate_text.clone()),
-                ("BACKORDER_SES_SEND_RATE_OVERRIDE", rate_text),
-                ("BACKORDER_SENDER_POLL_MS", "50".into()),
-            ],
-        )
-        .await?;
+    let sender = start_sender(run, &world, rate).await?;
     let client = world.pool.get().await?;
     let until = Instant::now() + DRAIN_DEADLINE;
     let queued = i64::try_from(published.total)?;

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use backorder_core::codec::Codec;
 use backorder_core::config::Settings;
 use backorder_core::events::offers::{OfferChoice, OfferResponse};
 use backorder_core::events::orders::{Availability, Customer, OrderLine, OrderPlaced};
@@ -488,14 +487,7 @@ pub async fn publish(args: &LoadgenArgs, settings: &Settings, show_progress: boo
         .clone()
         .unwrap_or_else(|| settings.topic_prefix.clone());
     let topics = Topics::new(&prefix);
-    let registry = if args.dry_run {
-        None
-    } else {
-        settings.schema_registry_url.as_deref()
-    };
-    let codec = Codec::new(registry)
-        .map_err(CtlError::Codec)?
-        .with_fingerprint_form(settings.avro_fingerprint);
+    let codec = crate::publish::codec_for(settings, args.dry_run)?;
     let producer = if args.dry_run {
         None
     } else {

@@ -515,14 +515,7 @@ pub async fn run(args: PublishArgs, out: &mut impl Write) -> Result<(), CtlError
         writeln!(out, "{input} has no records; nothing published")?;
         return Ok(());
     }
-    let registry = if args.dry_run {
-        None
-    } else {
-        settings.schema_registry_url.as_deref()
-    };
-    let codec = Codec::new(registry)
-        .map_err(CtlError::Codec)?
-        .with_fingerprint_form(settings.avro_fingerprint);
+    let codec = codec_for(&settings, args.dry_run)?;
     let records = encode_all(&lines, &codec, &topics).await?;
     let generated = lines.iter().filter(|l| l.generated_event_id).count();
     if args.dry_run {
@@ -560,6 +553,20 @@ pub async fn run(args: PublishArgs, out: &mut impl Write) -> Result<(), CtlError
     bar.finish_and_clear();
     writeln!(out, "published {}", summary(&lines, &topics))?;
     Ok(())
+}
+
+/// The codec a publishing command encodes with: the deployment's framing
+/// and fingerprint form, without the schema registry on a dry run (which
+/// must not register schemas).
+pub(crate) fn codec_for(settings: &Settings, dry_run: bool) -> Result<Codec, CtlError> {
+    let registry = if dry_run {
+        None
+    } else {
+        settings.schema_registry_url.as_deref()
+    };
+    Ok(Codec::new(registry)
+        .map_err(CtlError::Codec)?
+        .with_fingerprint_form(settings.avro_fingerprint))
 }
 
 #[cfg(test)]
