@@ -243,6 +243,13 @@ impl TestApp {
             .sum()
     }
 
+    /// Like [`committed_total`], `None` while the broker cannot answer.
+    pub async fn try_committed_total(&self, service: &str, base_topic: &str) -> Option<i64> {
+        let offsets =
+            try_committed_by_partition_of(&self.settings, &self.group(service), &self.topics.name(base_topic)).await?;
+        Some(offsets.iter().map(|(_, committed)| committed.unwrap_or(0)).sum())
+    }
+
     /// Per partition: (partition, committed offset if any).
     pub async fn committed_by_partition(&self, service: &str, base_topic: &str) -> Vec<(i32, Option<i64>)> {
         committed_by_partition_of(&self.settings, &self.group(service), &self.topics.name(base_topic)).await
@@ -293,6 +300,18 @@ impl TestApp {
 /// `group`'s committed offsets on the full `topic` name, per partition:
 /// (partition, committed offset if any).
 pub async fn committed_by_partition_of(settings: &Settings, group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
+    try_committed_by_partition_of(settings, group, topic)
+        .await
+        .expect("committed offsets")
+}
+
+/// Like [`committed_by_partition_of`], `None` while the broker cannot
+/// answer (a test that restarts it waits that out).
+pub async fn try_committed_by_partition_of(
+    settings: &Settings,
+    group: &str,
+    topic: &str,
+) -> Option<Vec<(i32, Option<i64>)>> {
     let topic = topic.to_string();
     let group = group.to_string();
     let bootstrap = settings.kafka_bootstrap_servers.clone();
@@ -302,10 +321,10 @@ pub async fn committed_by_partition_of(settings: &Settings, group: &str, topic: 
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .create()
-            .expect("offset reader");
+            .ok()?;
         let metadata = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .expect("metadata");
+            .ok()?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -317,8 +336,8 @@ pub async fn committed_by_partition_of(settings: &Settings, group: &str, topic: 
         }
         let committed = consumer
             .committed_offsets(list, Duration::from_secs(10))
-            .expect("committed offsets");
-        partitions
+            .ok()?;
+        let offsets = partitions
             .iter()
             .map(|p| {
                 let committed = match committed.find_partition(&topic, *p).map(|e| e.offset()) {
@@ -327,10 +346,12 @@ pub async fn committed_by_partition_of(settings: &Settings, group: &str, topic: 
                 };
                 (*p, committed)
             })
-            .collect()
+            .collect();
+        Some(offsets)
     })
     .await
-    .expect("offset reader task")
+    .ok()
+    .flatten()
 }
 
 /// The sum of [`committed_by_partition_of`]: how many messages of a topic

@@ -32,9 +32,21 @@ impl ServiceProcess {
     /// under `target/test-logs/`.
     pub fn start(name: &str, env: &HashMap<String, String>, log_dir: &std::path::Path) -> Self {
         std::fs::create_dir_all(log_dir).expect("log dir");
-        let http_port = free_port();
+        // A fixed address in `env` (a restarted service that must keep its
+        // links working) is kept; otherwise a free port.
+        let http_port = env
+            .get("BACKORDER_HTTP_ADDR")
+            .and_then(|addr| addr.rsplit_once(':'))
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or_else(free_port);
         let log = log_dir.join(format!("{name}-{http_port}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
+        // Appended to, so a service restarted on its port keeps the log of
+        // the run before.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let child = Command::new(binary(name))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
