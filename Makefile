@@ -7,7 +7,8 @@
 #                   libavro-java and a JDK (apt, when missing) and fastavro (.venv)
 #   make services   start the six services in the background
 #   make lint       rustfmt and clippy, as CI runs them
-#   make chaos      orders and stock events through SIGKILLs and broker/database restarts
+#   make chaos      2,400 orders, stock events, campaigns, offer clicks and cancellations
+#                   through SIGKILLs and broker/database restarts, against a calm run
 #                   (tests/chaos.rs; BACKORDER_CHAOS_SEED picks the seed)
 #   make restart-broker / restart-db
 #                   restart Tansu / PostgreSQL in place (same port, same data;

@@ -9,7 +9,7 @@ use backorder_core::events::offers::{OfferChoice, OfferResponse};
 use backorder_core::events::stock::Season;
 use backorder_core::kafka::topics::{self, OFFER_RESPONSES, ORDERS, STOCK};
 use backorder_core::links::{LinkSigner, OfferOption};
-use backorder_tests::browser::{Browser, link_containing};
+use backorder_tests::browser::{Browser, link_containing, link_param};
 use backorder_tests::campaigns::{campaign, catalog, eta_window, order, set_clock};
 use backorder_tests::process::ServiceProcess;
 use backorder_tests::scenario::{
@@ -184,17 +184,6 @@ async fn a_customer_switches_to_the_alternative_in_a_real_browser_and_hears_noth
     );
 }
 
-/// The part of `link` after `key=`, up to the next `&`.
-fn param(link: &str, key: &str) -> String {
-    link.split(&format!("{key}="))
-        .nth(1)
-        .unwrap_or_default()
-        .split('&')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_links_and_second_answers_are_refused_and_a_double_click_decides_once() {
     let app = TestApp::spawn().await;
@@ -226,9 +215,9 @@ async fn bad_links_and_second_answers_are_refused_and_a_double_click_decides_onc
         .next()
         .unwrap()
         .to_string();
-    let forged = switch.replace(&param(&switch, "token"), "AAAA");
+    let forged = switch.replace(&link_param(&switch, "token"), "AAAA");
     assert_eq!(get(forged).await, 403, "forged signature");
-    let bobs_token = param(&bob_link, "token");
+    let bobs_token = link_param(&bob_link, "token");
     let base = switch.split("/offers/").next().unwrap().to_string();
     assert_eq!(
         get(format!("{base}/offers/{offer_id}?option=expedite&token={bobs_token}")).await,
@@ -259,7 +248,7 @@ async fn bad_links_and_second_answers_are_refused_and_a_double_click_decides_onc
 
     // A double click, the two POSTs on two replicas of the service.
     let second = app.start_service("offers-consumer").await;
-    let token = param(&switch, "token");
+    let token = link_param(&switch, "token");
     let form = [
         ("linked", "switch:GOGGLES"),
         ("token", token.as_str()),
@@ -415,7 +404,7 @@ async fn the_cancel_link_in_a_confirmation_cancels_one_line_and_only_its_emails_
     let form = [
         ("order", "o-c".to_string()),
         ("line", "l1".to_string()),
-        ("token", param(&link, "token")),
+        ("token", link_param(&link, "token")),
     ];
     let base = link.split("/cancel?").next().unwrap();
     let confirmed = http.post(format!("{base}/cancel")).form(&form).send().await.unwrap();

@@ -202,6 +202,16 @@ impl TestApp {
         self.producer.send_all(&[out]).await.expect("publish");
     }
 
+    /// Publishes `records` to `base_topic` in one go (the producer batches
+    /// them per partition), waiting for every acknowledgement.
+    pub async fn publish_all<T: AvroRecord>(&self, base_topic: &str, records: &[T]) {
+        let refs: Vec<&T> = records.iter().collect();
+        let out = OutboundRecord::encode_all(&self.codec, &self.topics.name(base_topic), &refs)
+            .await
+            .expect("encode");
+        self.producer.send_all(&out).await.expect("publish");
+    }
+
     /// Publishes raw bytes (for garbage tests).
     pub async fn publish_raw(&self, base_topic: &str, key: &str, payload: &[u8]) {
         let out = OutboundRecord {
@@ -322,9 +332,7 @@ pub async fn try_committed_by_partition_of(
             .set("enable.auto.commit", "false")
             .create()
             .ok()?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .ok()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).ok()?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -334,9 +342,7 @@ pub async fn try_committed_by_partition_of(
         for p in &partitions {
             list.add_partition(&topic, *p);
         }
-        let committed = consumer
-            .committed_offsets(list, Duration::from_secs(10))
-            .ok()?;
+        let committed = consumer.committed_offsets(list, Duration::from_secs(10)).ok()?;
         let offsets = partitions
             .iter()
             .map(|p| {

@@ -87,3 +87,15 @@ pub fn link_containing(html: &str, needles: &[&str]) -> Option<String> {
         .find(|href| needles.iter().all(|n| href.contains(n)))
         .map(str::to_string)
 }
+
+/// The value of `key` in `link`'s query (the part after `key=`, up to the
+/// next `&`), with the one escape option values use (`%3A`) decoded.
+pub fn link_param(link: &str, key: &str) -> String {
+    link.split(&format!("{key}="))
+        .nth(1)
+        .unwrap_or_default()
+        .split('&')
+        .next()
+        .unwrap_or_default()
+        .replace("%3A", ":")
+}
