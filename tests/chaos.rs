@@ -54,7 +54,7 @@ use std::time::Duration;
 use backorder_core::events::internal::{BackorderDecisionEvent, BackorderDelayEvent};
 use backorder_core::events::orders::Availability::{Backordered, InStock};
 use backorder_core::events::orders::OrderCancelled;
-use backorder_core::kafka::topics::{BACKORDER_DECISIONS, BACKORDER_DELAYS, ORDERS, SHIPMENTS, STOCK};
+use backorder_core::kafka::topics::{BACKORDER_DECISIONS, BACKORDER_DELAYS, CONSUMED, ORDERS, SHIPMENTS, STOCK};
 use backorder_tests::browser::link_param;
 use backorder_tests::moto::sent_emails;
 use backorder_tests::private_moto::PrivateMoto;
@@ -197,8 +197,10 @@ struct Outcome {
     cancellations: usize,
     answers: BTreeMap<String, usize>,
     clock_moves: usize,
-    /// Timers that failed for good (there should be none).
+    /// Timers that failed for good, and records on the dead-letter topics
+    /// (the scenario publishes only valid events: there should be none).
     failed_timers: i64,
+    dead_letters: usize,
 }
 
 /// One wait-with-deadline for a quiet pipeline (see the module docs). A
@@ -734,6 +736,7 @@ async fn run(seed: u64, faults: bool) -> Outcome {
             d.order_id, d.line_id, d.offer_id, d.decision, d.alternative_sku, d.credit_minor
         ));
     }
+    let dead_letters = dead_letter_count(&app).await;
     drop(client);
     drop(services);
     Outcome {
@@ -753,7 +756,32 @@ async fn run(seed: u64, faults: bool) -> Outcome {
         answers,
         clock_moves,
         failed_timers,
+        dead_letters,
     }
+}
+
+/// Records on every dead-letter topic of this run: reads them all from the
+/// beginning until none has come for three seconds.
+async fn dead_letter_count(app: &TestApp) -> usize {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &app.settings.kafka_bootstrap_servers)
+        .set("group.id", format!("{}dlq-count", app.settings.topic_prefix))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("dead-letter reader");
+    let mut list = rdkafka::TopicPartitionList::new();
+    for topic in CONSUMED {
+        let name = backorder_core::kafka::Topics::dead_letter_of(&app.topics.name(topic));
+        list.add_partition_offset(&name, 0, rdkafka::Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&list).expect("assign");
+    let mut count = 0;
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+        count += 1;
+    }
+    count
 }
 
 /// The extra environment of `service`: only offers-consumer serves the
@@ -868,6 +896,7 @@ async fn orders_flow_through_kills_and_restarts_with_every_email_once() {
         ("  credit", answered("credit")),
         ("  expedite", answered("expedite")),
         ("  cancel", answered("cancel")),
+        ("dead letters", chaos.dead_letters),
         ("decisions (distinct)", chaos.decisions.len()),
         ("  re-published after a fault", chaos.decisions_repeated),
     ] {
@@ -900,6 +929,11 @@ async fn orders_flow_through_kills_and_restarts_with_every_email_once() {
     assert_eq!(chaos.sent_keys, calm.sent_keys, "the same dedup keys were sent");
     assert_eq!(chaos.ledger_rows, calm.ledger_rows, "no extra ledger rows");
     assert_eq!((chaos.failed_timers, calm.failed_timers), (0, 0), "no timer failed");
+    assert_eq!(
+        (chaos.dead_letters, calm.dead_letters),
+        (0, 0),
+        "nothing dead-lettered: the scenario's events are all valid"
+    );
     assert!(
         answered("switch") > 0 && answered("credit") > 0 && lines_of("offer:") > lines_of("campaign:"),
         "the scenario answered both kinds of campaign and sent reminders: {table}"
