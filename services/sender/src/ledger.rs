@@ -125,6 +125,12 @@ impl ClaimedEmail {
 /// expired lease) with `FOR UPDATE SKIP LOCKED`, so concurrent workers and
 /// replicas never claim the same row. A row held by quiet hours is due
 /// only once the service clock reads `now` past its `not_before`.
+///
+/// The emails of one order go out in the order they were decided: a row
+/// waits while an earlier-decided email of its order is still queued or
+/// being sent (unless quiet hours hold that one). Otherwise a confirmation
+/// and the update decided right after it, claimed together, could reach
+/// the customer the other way round.
 pub async fn claim_due(
     pool: &Pool,
     limit: i64,
@@ -142,9 +148,18 @@ pub async fn claim_due(
             "WITH due AS (
                  SELECT dedup_key, in_flight_since IS NOT NULL AS ambiguous
                    FROM email_ledger
-                  WHERE (state = 'queued' AND next_attempt_at <= now()
-                         AND (not_before IS NULL OR not_before <= $4))
-                     OR (state = 'sending' AND lease_until < now())
+                  WHERE ((state = 'queued' AND next_attempt_at <= now()
+                          AND (not_before IS NULL OR not_before <= $4))
+                         OR (state = 'sending' AND lease_until < now()))
+                    AND NOT EXISTS (
+                        SELECT 1
+                          FROM email_decisions mine, email_ledger e
+                          JOIN email_decisions theirs ON theirs.dedup_key = e.dedup_key
+                         WHERE mine.dedup_key = email_ledger.dedup_key
+                           AND e.order_id = email_ledger.order_id
+                           AND e.state IN ('queued', 'sending')
+                           AND (e.not_before IS NULL OR e.not_before <= $4)
+                           AND (theirs.decided_at, theirs.dedup_key) < (mine.decided_at, mine.dedup_key))
                   ORDER BY next_attempt_at
                   LIMIT $1
                   FOR UPDATE SKIP LOCKED)
