@@ -62,6 +62,22 @@ struct Run {
     /// Service logs of this run.
     log_dir: PathBuf,
     orders: u64,
+    /// BENCH_ONLY: the measurements to run (comma-separated names of
+    /// [`MEASUREMENTS`]); None runs them all. A partial run prints its
+    /// figures and leaves bench/report.md alone, which must come from one
+    /// whole run.
+    only: Option<Vec<String>>,
+}
+
+/// The measurements BENCH_ONLY may name.
+const MEASUREMENTS: [&str; 6] = ["ingest", "ingest1", "latency", "sender", "fanout", "growth"];
+
+impl Run {
+    fn wants(&self, measurement: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|m| m == measurement))
+    }
 }
 
 #[tokio::main]
@@ -78,6 +94,16 @@ async fn main() -> Result<()> {
         bin_dir: PathBuf::from(std::env::var("BENCH_BIN_DIR").unwrap_or_else(|_| "target/release".into())),
         log_dir: PathBuf::from("target/bench-logs"),
         orders,
+        only: match std::env::var("BENCH_ONLY") {
+            Ok(raw) => {
+                let only: Vec<String> = raw.split(',').map(|m| m.trim().to_string()).collect();
+                if let Some(unknown) = only.iter().find(|m| !MEASUREMENTS.contains(&m.as_str())) {
+                    bail!("BENCH_ONLY names {unknown:?}; known: {}", MEASUREMENTS.join(", "));
+                }
+                Some(only)
+            }
+            Err(_) => None,
+        },
     };
     for service in ["orders-consumer", "stock-consumer", "sender"] {
         if !run.bin_dir.join(service).is_file() {
@@ -89,28 +115,66 @@ async fn main() -> Result<()> {
     }
     let mut report = Report::new(report::machine(&run.bin_dir).await?, orders);
 
-    eprintln!("bench: orders ingest, one replica ({orders} orders)");
-    let ingest = measure_ingest(&run).await?;
-    report.ingest = Some(ingest);
-
-    eprintln!("bench: latency at {LATENCY_RATE} orders/s for {LATENCY_SECONDS} s");
-    report.latency = Some(measure_latency(&run).await?);
-
-    for rate in SENDER_RATES {
-        eprintln!("bench: sender draining {SENDER_QUEUE} emails at a configured {rate}/s");
-        report.sender.push(measure_sender(&run, rate).await?);
+    if run.wants("ingest") {
+        eprintln!("bench: orders ingest, one replica ({orders} orders)");
+        let ingest = measure_ingest(&run).await?;
+        report.ingest = Some(ingest);
+    } else if run.wants("ingest1") {
+        eprintln!("bench: orders ingest, one replica only ({orders} orders)");
+        let world = World::create(&run.settings, &run.id, "ingest1").await?;
+        let (rate, rss) = pipeline(&run, &world, &backlog(run.orders, "lg"), 1).await?;
+        eprintln!("bench:   pipeline {rate:.0} orders/s, peak RSS {rss:.1?} MiB");
+        world.drop_database().await?;
     }
 
-    eprintln!("bench: restock fan-out to {FANOUT_LINES} waiting lines");
-    report.fanout = Some(measure_fanout(&run).await?);
+    if run.wants("latency") {
+        eprintln!("bench: latency at {LATENCY_RATE} orders/s for {LATENCY_SECONDS} s");
+        let latency = measure_latency(&run).await?;
+        eprintln!(
+            "bench:   p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms; {:.0} sends/s",
+            latency.p50_ms, latency.p95_ms, latency.p99_ms, latency.send_rate
+        );
+        report.latency = Some(latency);
+    }
 
-    eprintln!("bench: cost growth");
-    for stored in GROWTH_STORED {
-        eprintln!("bench:   {stored} orders stored");
-        report.growth.push(measure_growth(&run, stored).await?);
+    if run.wants("sender") {
+        for rate in SENDER_RATES {
+            eprintln!("bench: sender draining {SENDER_QUEUE} emails at a configured {rate}/s");
+            let sender = measure_sender(&run, rate).await?;
+            eprintln!(
+                "bench:   {:.1} sends/s, {} of {} sent",
+                sender.send_rate, sender.sent, sender.queued
+            );
+            report.sender.push(sender);
+        }
+    }
+
+    if run.wants("fanout") {
+        eprintln!("bench: restock fan-out to {FANOUT_LINES} waiting lines");
+        let fanout = measure_fanout(&run).await?;
+        eprintln!(
+            "bench:   {} of {} in the ledger after {:.1} s",
+            fanout.in_ledger, fanout.lines, fanout.seconds
+        );
+        report.fanout = Some(fanout);
+    }
+
+    if run.wants("growth") {
+        eprintln!("bench: cost growth");
+        for stored in GROWTH_STORED {
+            eprintln!("bench:   {stored} orders stored");
+            report.growth.push(measure_growth(&run, stored).await?);
+        }
     }
 
     report.elapsed = started.elapsed();
+    if run.only.is_some() {
+        eprintln!(
+            "bench: partial run (BENCH_ONLY) done in {:.0} s; bench/report.md left as it was",
+            report.elapsed.as_secs_f64()
+        );
+        return Ok(());
+    }
     let dir = Path::new("bench");
     std::fs::write(dir.join("report.md"), report.markdown())?;
     chart::draw(&dir.join("report.png"), &report.panels())?;
@@ -119,6 +183,14 @@ async fn main() -> Result<()> {
         report.elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+/// The partition count `topics create` gives a base topic.
+fn partitions_of(base: &str) -> usize {
+    topics::TOPICS
+        .iter()
+        .find(|(name, _)| *name == base)
+        .map_or(1, |(_, partitions)| usize::try_from(*partitions).unwrap_or(1))
 }
 
 /// The loadgen arguments of an ingest backlog: `orders` two-line orders,
@@ -192,6 +264,7 @@ async fn pipeline(run: &Run, world: &World, args: &LoadgenArgs, replicas: usize)
     for _ in 0..replicas {
         services.push(world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?);
     }
+    world::wait_assigned(&services.iter().collect::<Vec<_>>(), partitions_of(topics::ORDERS)).await?;
     let started = Instant::now();
     let published = loadgen::publish(args, &world.settings, false).await?;
     let expected = i64::try_from(published.total)?;
@@ -263,6 +336,8 @@ async fn measure_latency(run: &Run) -> Result<Latency> {
     let world = World::create(&run.settings, &run.id, "latency").await?;
     let orders = world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?;
     let sender = start_sender(run, &world, SENDER_RATE).await?;
+    world::wait_assigned(&[&orders], partitions_of(topics::ORDERS)).await?;
+    world::wait_assigned(&[&sender], partitions_of(topics::EMAIL_REQUESTS)).await?;
     let args = LoadgenArgs {
         rate: LATENCY_RATE,
         wall_clock: true,
@@ -427,6 +502,8 @@ async fn measure_fanout(run: &Run) -> Result<Fanout> {
             ],
         )
         .await?;
+    world::wait_assigned(&[&stock], partitions_of(topics::STOCK)).await?;
+    world::wait_assigned(&[&sender], partitions_of(topics::EMAIL_REQUESTS)).await?;
     let arrival = StockArrival {
         event_id: format!("bench-fanout-{}", run.id),
         occurred_at: chrono::Utc::now(),

@@ -150,7 +150,8 @@ impl World {
             ("AWS_REGION", stack_value("AWS_REGION")?),
             ("AWS_ACCESS_KEY_ID", stack_value("AWS_ACCESS_KEY_ID")?),
             ("AWS_SECRET_ACCESS_KEY", stack_value("AWS_SECRET_ACCESS_KEY")?),
-            ("RUST_LOG", "warn".into()),
+            // BENCH_LOG: the services' log filter, to look inside a run.
+            ("RUST_LOG", std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())),
         ];
         env.retain(|(_, value)| !value.is_empty());
         Ok(env.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
@@ -210,6 +211,31 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Waits until the consumers of one group (`replicas`) own all
+/// `partitions` of their topic between them, each at least one: joining a
+/// group takes the broker seconds (the coordinator waits for more members
+/// before it assigns), which is start-up, not throughput, so the timed
+/// part of a measurement starts after it.
+pub async fn wait_assigned(replicas: &[&Service], partitions: usize) -> Result<()> {
+    const ASSIGNED: &str = "backorder_consumer_assigned_partitions";
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut owned = Vec::with_capacity(replicas.len());
+        for replica in replicas {
+            owned.push(replica.metric(ASSIGNED).await?);
+        }
+        let total: f64 = owned.iter().sum();
+        let each = owned.iter().all(|o| *o >= 1.0) || replicas.len() > partitions;
+        if total >= partitions as f64 && each {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("after 60 s the group owns {total} of {partitions} partitions ({owned:?} per replica)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A running release service.
 pub struct Service {
     pub name: String,
@@ -238,6 +264,28 @@ impl Service {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The sum of a metric's samples on the service's `/metrics` (0 when
+    /// it has none yet).
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (key, value) = line.rsplit_once(' ')?;
+                let metric = key.split('{').next()?;
+                if metric == name {
+                    value.parse::<f64>().ok()
+                } else {
+                    None
+                }
+            })
+            .sum())
     }
 
     /// Peak resident memory so far (VmHWM), in MiB.
