@@ -104,7 +104,7 @@ impl OrdersHandler {
                     .map(|(line_id, p)| (o.order_id.as_str(), line_id.as_str(), p.to))
             })
             .collect();
-        promises::schedule_overdue(&**tx, &ends, self.overdue_grace_days).await?;
+        promises::schedule_overdue(tx, &ends, self.overdue_grace_days).await?;
         // The nurture cadence starts one interval after the order; lines
         // with a long ETA are enrolled now.
         let today = now.date_naive();
@@ -120,7 +120,7 @@ impl OrdersHandler {
                 self.nurture.first_timer(&o.order_id, now, enrolled)
             })
             .collect();
-        timers::schedule_all(&**tx, &nurture).await?;
+        timers::schedule_all(tx, &nurture).await?;
         let first_email = emails.len();
         for order in placed {
             tracing::debug!(order_id = %order.order_id, new = new.contains(&order.order_id), "order recorded");
@@ -135,7 +135,7 @@ impl OrdersHandler {
             ));
         }
         let decisions: Vec<(&EmailRequested, Option<&str>)> = emails[first_email..].iter().map(|e| (e, None)).collect();
-        email_decisions::record_all(&**tx, &decisions, now).await?;
+        email_decisions::record_all(tx, &decisions, now).await?;
         tracing::info!(orders = placed.len(), new = new.len(), "orders recorded");
         Ok(())
     }
@@ -201,7 +201,7 @@ impl Handler for OrdersHandler {
             .await?;
         // Events other consumers parked waiting for these orders are
         // retried as soon as this commits (DESIGN invariant 4).
-        parking::state_arrived(&*tx, &stored_orders).await?;
+        parking::state_arrived(&tx, &stored_orders).await?;
         tx.commit().await?;
         let emails: Vec<&EmailRequested> = emails.iter().collect();
         OutboundRecord::encode_all(&self.codec, &self.email_requests_topic, &emails)
