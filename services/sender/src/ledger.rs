@@ -137,8 +137,11 @@ pub async fn claim_due(
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let token: i64 = rand::random();
     let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
+    // Not a cached prepared statement: PostgreSQL would move it to a
+    // generic plan, and one for `LIMIT $1` over the queue can be far worse
+    // than the custom plan each claim gets.
+    let rows = client
+        .query(
             "WITH due AS (
                  SELECT dedup_key, in_flight_since IS NOT NULL AS ambiguous
                    FROM email_ledger
@@ -158,9 +161,9 @@ pub async fn claim_due(
                     ARRAY(SELECT s.reason FROM email_suppression s
                            WHERE s.address = lower(btrim(l.recipient)) ORDER BY s.reason),
                     (SELECT c.country FROM customers c WHERE c.customer_id = l.customer_id)",
+            &[&limit, &lease_ms, &token, &now],
         )
         .await?;
-    let rows = client.query(&statement, &[&limit, &lease_ms, &token, &now]).await?;
     rows.into_iter()
         .map(|r| {
             Ok(ClaimedEmail {
