@@ -82,15 +82,6 @@ impl OrdersHandler {
             .filter(|o| seen.insert(o.order_id.as_str()))
             .collect();
         let new = store::insert_orders(tx, &distinct).await?;
-        let purchases: Vec<(&str, &str, &str)> = placed
-            .iter()
-            .flat_map(|o| {
-                o.lines
-                    .iter()
-                    .map(|l| (o.customer.customer_id.as_str(), o.order_id.as_str(), l.sku.as_str()))
-            })
-            .collect();
-        store::record_co_purchases(tx, &purchases).await?;
         let order_ids: Vec<&str> = distinct.iter().map(|o| o.order_id.as_str()).collect();
         let promises = store::promise_backordered_lines(tx, &order_ids).await?;
         let no_promises = Vec::new();
@@ -136,6 +127,19 @@ impl OrdersHandler {
         }
         let decisions: Vec<(&EmailRequested, Option<&str>)> = emails[first_email..].iter().map(|e| (e, None)).collect();
         email_decisions::record_all(tx, &decisions, now).await?;
+        // Last: co-purchase counts are shared rows (a pair of popular SKUs
+        // is counted by every partition's batches), so their row locks are
+        // taken as late as possible and held only until the commit, not
+        // through the rest of the batch.
+        let purchases: Vec<(&str, &str, &str)> = placed
+            .iter()
+            .flat_map(|o| {
+                o.lines
+                    .iter()
+                    .map(|l| (o.customer.customer_id.as_str(), o.order_id.as_str(), l.sku.as_str()))
+            })
+            .collect();
+        store::record_co_purchases(tx, &purchases).await?;
         tracing::info!(orders = placed.len(), new = new.len(), "orders recorded");
         Ok(())
     }
