@@ -154,7 +154,18 @@ impl World {
             ("RUST_LOG", std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())),
         ];
         env.retain(|(_, value)| !value.is_empty());
-        Ok(env.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        // BENCH_SERVICE_ENV: `KEY=value` pairs (comma-separated) for every
+        // service, to compare settings (e.g. BACKORDER_DB_POOL_SIZE=4).
+        if let Ok(extra) = std::env::var("BENCH_SERVICE_ENV") {
+            env.extend(
+                extra
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string())),
+            );
+        }
+        Ok(env)
     }
 
     /// Starts the release build of `service` in this world (plus `extra`
