@@ -222,6 +222,60 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// CPU time (user and system) process `pid` has used, in seconds.
+pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its `)`.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Ok((ticks(11) + ticks(12)) / clock_ticks())
+}
+
+/// Clock ticks per second of /proc times (USER_HZ, 100 on Linux).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+impl World {
+    /// CPU seconds used so far by each PostgreSQL backend serving this
+    /// world's database (the services' connections), by pid.
+    pub async fn backend_cpu(&self) -> Result<std::collections::HashMap<u32, f64>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        let mut cpu = std::collections::HashMap::new();
+        for row in rows {
+            let pid: i32 = row.try_get(0)?;
+            let pid = u32::try_from(pid)?;
+            // A backend may exit between the query and the read.
+            if let Ok(seconds) = process_cpu_seconds(pid) {
+                cpu.insert(pid, seconds);
+            }
+        }
+        Ok(cpu)
+    }
+}
+
+/// CPU seconds used so far by the local broker (`.stack/tansu.pid`), if known.
+pub fn broker_cpu_seconds() -> Option<f64> {
+    let pid: u32 = std::fs::read_to_string(".stack/tansu.pid").ok()?.trim().parse().ok()?;
+    process_cpu_seconds(pid).ok()
+}
+
 /// Waits until the consumers of one group (`replicas`) own all
 /// `partitions` of their topic between them, each at least one: joining a
 /// group takes the broker seconds (the coordinator waits for more members
@@ -297,6 +351,12 @@ impl Service {
                 }
             })
             .sum())
+    }
+
+    /// CPU time the process has used so far (user and system), in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let pid = self.child.id().context("the service has exited")?;
+        process_cpu_seconds(pid)
     }
 
     /// Peak resident memory so far (VmHWM), in MiB.
