@@ -62,6 +62,12 @@ pub struct Cpu {
 }
 
 impl Cpu {
+    /// The measured processes' CPU time as a share of the cores' time.
+    pub fn total_share(&self) -> f64 {
+        let capacity = self.wall * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+        (self.consumers + self.postgres + self.broker.unwrap_or(0.0)) / capacity.max(1e-9)
+    }
+
     /// One line: each part's CPU seconds and share of the two cores' time.
     pub fn describe(&self) -> String {
         let capacity = self.wall * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
@@ -535,20 +541,28 @@ impl Report {
             if ingest.one_replica < TARGET_INGEST {
                 let _ = writeln!(
                     md,
-                    "Not the broker's consume path: the plain consume reads {:.0}× the pipeline's rate. Time is \
-                     no longer lost waiting between batches (a fetch gathers a batch for every partition it can \
-                     run, up to four side by side, and each commits on its own); the run is CPU-bound on the two \
-                     shared cores. Where the CPU went in the one-replica run (from /proc, this run): {}. \
+                    "Not the broker's consume path: the plain consume reads {:.0}× the pipeline's rate. Batches \
+                     no longer wait for one another (a fetch gathers a batch for every partition it can run, up to \
+                     four side by side, each committed on its own). Where the time went in the one-replica run \
+                     (CPU seconds from /proc, this run): {}. Together that is {:.0}% of the two cores' time: {}. \
                      PostgreSQL does most of the work: each order writes customers, orders and lines (what COPY \
                      writes, without conflict checks) and also customer SKUs, co-purchase counts, the promise \
                      update, timers and the email decision, each with its unique index, so its work per order is \
-                     several times COPY's. The pipeline reaches {:.0}% of COPY's rate; 20,000/s would need \
-                     PostgreSQL to do all of that in less time than COPY takes for the three plain tables, which \
-                     this machine cannot. Next steps: fewer writes per order (co-purchase counts and timers \
-                     derived later, in bulk), COPY into staging tables. A second replica shares the same two \
-                     cores, broker and PostgreSQL, so it adds no capacity here.",
+                     several times COPY's; the broker's share is the orders read and the confirmation requests \
+                     written and acknowledged. The pipeline reaches {:.0}% of COPY's rate; 20,000/s would need \
+                     PostgreSQL to do all of that in less time than COPY takes for the three plain tables. Next \
+                     steps: fewer writes per order (co-purchase counts and timers derived later, in bulk), COPY \
+                     into staging tables. A second replica shares the same two cores, broker and PostgreSQL.",
                     ingest.raw_consume / ingest.one_replica.max(1e-9),
                     ingest.cpu.describe(),
+                    ingest.cpu.total_share() * 100.0,
+                    if ingest.cpu.total_share() >= 0.8 {
+                        "the run is bound by the cores"
+                    } else {
+                        "the rest is waiting, not computing: round trips between the consumer, PostgreSQL and the \
+                         broker, and row locks that concurrent partitions' transactions share (customers, \
+                         co-purchase counts), which is why more partitions at once, or a second replica, add little"
+                    },
                     ingest.one_replica / ingest.copy.max(1e-9) * 100.0
                 );
             } else {
