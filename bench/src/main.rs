@@ -442,6 +442,7 @@ async fn measure_latency(run: &Run) -> Result<Latency> {
         configured_rate: f64::from(SENDER_RATE),
         rss_orders,
         rss_sender,
+        publish_rate: published.total as f64 / published.elapsed.as_secs_f64().max(1e-9),
     })
 }
 

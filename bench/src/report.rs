@@ -106,6 +106,9 @@ pub struct Latency {
     pub configured_rate: f64,
     pub rss_orders: f64,
     pub rss_sender: f64,
+    /// Orders per second loadgen actually published (it asks for 500/s,
+    /// waiting for each fiftieth of a second's acknowledgement in turn).
+    pub publish_rate: f64,
 }
 
 /// One StockArrival covering `lines` waiting lines, to their arrival
@@ -363,14 +366,18 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "| latency event → SES-accepted at 500 orders/s, p99 | {:.0} ms (p50 {:.0} ms, p95 {:.0} ms) | ≤ 300 ms | {} |",
+                "| latency event → SES-accepted at 500 orders/s asked ({:.0}/s published), p99 | {:.0} ms (p50 {:.0} ms, p95 {:.0} ms) | ≤ 300 ms | {} |",
+                l.publish_rate,
                 l.p99_ms,
                 l.p50_ms,
                 l.p95_ms,
-                if l.p99_ms <= TARGET_P99_MS {
-                    "met".to_string()
-                } else {
-                    format!("**missed** by {:.0} ms", l.p99_ms - TARGET_P99_MS)
+                match (
+                    l.p99_ms <= TARGET_P99_MS,
+                    l.publish_rate >= 0.95 * f64::from(crate::LATENCY_RATE)
+                ) {
+                    (true, true) => "met".to_string(),
+                    (true, false) => "met, but **not at 500 orders/s**: the publisher fell short".to_string(),
+                    (false, _) => format!("**missed** by {:.0} ms", l.p99_ms - TARGET_P99_MS),
                 }
             );
             let _ = writeln!(
@@ -511,15 +518,18 @@ impl Report {
             }
         }
         if let Some(l) = &self.latency {
-            let _ = writeln!(md, "\n## Latency at a steady 500 orders/s\n");
+            let _ = writeln!(md, "\n## Latency, 500 orders/s asked\n");
             let _ = writeln!(
                 md,
-                "{} orders published at 500/s with `loadgen --wall-clock` (the event time is when it was sent) to \
+                "{} orders published with `loadgen --rate 500 --wall-clock` (the event time is when it was sent; \
+                 it reached {:.0} orders/s: it waits for each fiftieth of a second's acknowledgement before the \
+                 next, so a slow acknowledgement lowers the rate) to \
                  orders-consumer and the sender (configured for {} sends/s) against moto. {} of {} requested \
                  emails were accepted by SES{}. From the event's `occurred_at` to the ledger's `sent_at` (set when \
                  SES accepted the email): p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms. Peak RSS: orders-consumer \
                  {:.1} MiB, sender {:.1} MiB.",
                 thousands(l.orders as f64),
+                l.publish_rate,
                 thousands(l.configured_rate),
                 thousands(l.sent as f64),
                 thousands(l.requested as f64),
@@ -576,10 +586,13 @@ impl Report {
         if let Some(latency) = &self.latency {
             let _ = writeln!(
                 md,
-                "\nLatency: at 500 orders/s the orders-consumer keeps up, so the wait is in the sender: {} sends/s in \
-                 that run against the endpoint (moto), below the 500 confirmations per second the orders ask for, \
-                 so each waits behind those queued before it. The target needs an endpoint that accepts the order \
-                 rate; the sender's own ceiling is measured below.",
+                "\nLatency: loadgen published {:.0} orders/s of the 500 asked (each fiftieth of a second waits for \
+                 the broker's acknowledgement of the one before, which on the loaded machine takes longer than \
+                 20 ms), and the sender sent {} emails/s against moto in that run. The wait between an order and \
+                 SES accepting its confirmation is the consumer's batch (gathered for up to 20 ms, then applied \
+                 and acknowledged), the sender's intake, its next claim and its paced slot; at the full 500/s the \
+                 endpoint (moto, a few hundred sends/s at most here, see the ceiling below) would queue the rest.",
+                latency.publish_rate,
                 thousands(latency.send_rate)
             );
         }
