@@ -24,7 +24,7 @@ use backorderctl::loadgen::{self, LoadgenArgs};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::report::{Fanout, Growth, Ingest, Latency, Report, SenderRun};
+use crate::report::{Cpu, Fanout, Growth, Ingest, Latency, Report, SenderRun};
 use crate::world::World;
 
 /// Orders in each ingest backlog (override with BENCH_ORDERS).
@@ -62,6 +62,22 @@ struct Run {
     /// Service logs of this run.
     log_dir: PathBuf,
     orders: u64,
+    /// BENCH_ONLY: the measurements to run (comma-separated names of
+    /// [`MEASUREMENTS`]); None runs them all. A partial run prints its
+    /// figures and leaves bench/report.md alone, which must come from one
+    /// whole run.
+    only: Option<Vec<String>>,
+}
+
+/// The measurements BENCH_ONLY may name.
+const MEASUREMENTS: [&str; 6] = ["ingest", "ingest1", "latency", "sender", "fanout", "growth"];
+
+impl Run {
+    fn wants(&self, measurement: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|m| m == measurement))
+    }
 }
 
 #[tokio::main]
@@ -78,6 +94,16 @@ async fn main() -> Result<()> {
         bin_dir: PathBuf::from(std::env::var("BENCH_BIN_DIR").unwrap_or_else(|_| "target/release".into())),
         log_dir: PathBuf::from("target/bench-logs"),
         orders,
+        only: match std::env::var("BENCH_ONLY") {
+            Ok(raw) => {
+                let only: Vec<String> = raw.split(',').map(|m| m.trim().to_string()).collect();
+                if let Some(unknown) = only.iter().find(|m| !MEASUREMENTS.contains(&m.as_str())) {
+                    bail!("BENCH_ONLY names {unknown:?}; known: {}", MEASUREMENTS.join(", "));
+                }
+                Some(only)
+            }
+            Err(_) => None,
+        },
     };
     for service in ["orders-consumer", "stock-consumer", "sender"] {
         if !run.bin_dir.join(service).is_file() {
@@ -89,28 +115,71 @@ async fn main() -> Result<()> {
     }
     let mut report = Report::new(report::machine(&run.bin_dir).await?, orders);
 
-    eprintln!("bench: orders ingest, one replica ({orders} orders)");
-    let ingest = measure_ingest(&run).await?;
-    report.ingest = Some(ingest);
-
-    eprintln!("bench: latency at {LATENCY_RATE} orders/s for {LATENCY_SECONDS} s");
-    report.latency = Some(measure_latency(&run).await?);
-
-    for rate in SENDER_RATES {
-        eprintln!("bench: sender draining {SENDER_QUEUE} emails at a configured {rate}/s");
-        report.sender.push(measure_sender(&run, rate).await?);
+    if run.wants("ingest") {
+        eprintln!("bench: orders ingest, one replica ({orders} orders)");
+        let ingest = measure_ingest(&run).await?;
+        report.ingest = Some(ingest);
+    } else if run.wants("ingest1") {
+        eprintln!("bench: orders ingest, one replica only ({orders} orders)");
+        let world = World::create(&run.settings, &run.id, "ingest1").await?;
+        let one = pipeline(&run, &world, &backlog(run.orders, "lg"), 1).await?;
+        eprintln!(
+            "bench:   pipeline {:.0} orders/s, peak RSS {:.1?} MiB; {}",
+            one.rate,
+            one.rss,
+            one.cpu.describe()
+        );
+        world.drop_database().await?;
     }
 
-    eprintln!("bench: restock fan-out to {FANOUT_LINES} waiting lines");
-    report.fanout = Some(measure_fanout(&run).await?);
+    if run.wants("latency") {
+        eprintln!("bench: latency at {LATENCY_RATE} orders/s for {LATENCY_SECONDS} s");
+        let latency = measure_latency(&run).await?;
+        eprintln!(
+            "bench:   p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms; {:.0} sends/s",
+            latency.p50_ms, latency.p95_ms, latency.p99_ms, latency.send_rate
+        );
+        report.latency = Some(latency);
+    }
 
-    eprintln!("bench: cost growth");
-    for stored in GROWTH_STORED {
-        eprintln!("bench:   {stored} orders stored");
-        report.growth.push(measure_growth(&run, stored).await?);
+    if run.wants("sender") {
+        for rate in SENDER_RATES {
+            eprintln!("bench: sender draining {SENDER_QUEUE} emails at a configured {rate}/s");
+            let sender = measure_sender(&run, rate).await?;
+            eprintln!(
+                "bench:   {:.1} sends/s, {} of {} sent",
+                sender.send_rate, sender.sent, sender.queued
+            );
+            report.sender.push(sender);
+        }
+    }
+
+    if run.wants("fanout") {
+        eprintln!("bench: restock fan-out to {FANOUT_LINES} waiting lines");
+        let fanout = measure_fanout(&run).await?;
+        eprintln!(
+            "bench:   {} of {} in the ledger after {:.1} s (allocation {:?} s, handled {:?} s)",
+            fanout.in_ledger, fanout.lines, fanout.seconds, fanout.allocation, fanout.handled
+        );
+        report.fanout = Some(fanout);
+    }
+
+    if run.wants("growth") {
+        eprintln!("bench: cost growth");
+        for stored in GROWTH_STORED {
+            eprintln!("bench:   {stored} orders stored");
+            report.growth.push(measure_growth(&run, stored).await?);
+        }
     }
 
     report.elapsed = started.elapsed();
+    if run.only.is_some() {
+        eprintln!(
+            "bench: partial run (BENCH_ONLY) done in {:.0} s; bench/report.md left as it was",
+            report.elapsed.as_secs_f64()
+        );
+        return Ok(());
+    }
     let dir = Path::new("bench");
     std::fs::write(dir.join("report.md"), report.markdown())?;
     chart::draw(&dir.join("report.png"), &report.panels())?;
@@ -119,6 +188,14 @@ async fn main() -> Result<()> {
         report.elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+/// The partition count `topics create` gives a base topic.
+fn partitions_of(base: &str) -> usize {
+    topics::TOPICS
+        .iter()
+        .find(|(name, _)| *name == base)
+        .map_or(1, |(_, partitions)| usize::try_from(*partitions).unwrap_or(1))
 }
 
 /// The loadgen arguments of an ingest backlog: `orders` two-line orders,
@@ -139,8 +216,9 @@ async fn measure_ingest(run: &Run) -> Result<Ingest> {
     let args = backlog(run.orders, "lg");
 
     let world = World::create(&run.settings, &run.id, "ingest1").await?;
-    let (one_replica, rss_one) = pipeline(run, &world, &args, 1).await?;
-    eprintln!("bench:   pipeline {one_replica:.0} orders/s");
+    let one = pipeline(run, &world, &args, 1).await?;
+    let (one_replica, rss_one, cpu) = (one.rate, one.rss, one.cpu);
+    eprintln!("bench:   pipeline {one_replica:.0} orders/s; {}", cpu.describe());
     let raw_consume = raw_consume(&world, run.orders).await?;
     eprintln!("bench:   plain consume {raw_consume:.0} messages/s");
     world.drop_database().await?;
@@ -153,7 +231,8 @@ async fn measure_ingest(run: &Run) -> Result<Ingest> {
 
     eprintln!("bench: orders ingest, two replicas in one group");
     let world = World::create(&run.settings, &run.id, "ingest2").await?;
-    let (two_replicas, rss_two) = pipeline(run, &world, &args, 2).await?;
+    let two = pipeline(run, &world, &args, 2).await?;
+    let (two_replicas, rss_two) = (two.rate, two.rss);
     eprintln!("bench:   pipeline {two_replicas:.0} orders/s");
     world.drop_database().await?;
 
@@ -164,6 +243,7 @@ async fn measure_ingest(run: &Run) -> Result<Ingest> {
         copy,
         rss_one,
         rss_two,
+        cpu,
     })
 }
 
@@ -174,7 +254,7 @@ async fn measure_growth(run: &Run, stored: u64) -> Result<Growth> {
     let prefill = backlog(stored, "pre");
     let copy_time = copy::copy_orders(&world.pool, &prefill).await?;
     eprintln!("bench:     pre-filled in {:.1} s", copy_time.as_secs_f64());
-    let (rate, rss) = pipeline(run, &world, &backlog(run.orders / 2, "lg"), 1).await?;
+    let Pipeline { rate, rss, .. } = pipeline(run, &world, &backlog(run.orders / 2, "lg"), 1).await?;
     eprintln!("bench:     pipeline {rate:.0} orders/s");
     world.drop_database().await?;
     Ok(Growth {
@@ -184,14 +264,30 @@ async fn measure_growth(run: &Run, stored: u64) -> Result<Growth> {
     })
 }
 
+/// What one pipeline measurement gave.
+struct Pipeline {
+    /// Orders per second from the first publish to the last commit.
+    rate: f64,
+    /// Each replica's peak RSS (MiB).
+    rss: Vec<f64>,
+    /// Where the CPU went meanwhile.
+    cpu: Cpu,
+}
+
 /// Starts `replicas` orders-consumers in one group, publishes the backlog
 /// and waits until the group has committed all of it: orders per second
-/// from the first publish to the last commit, and each replica's peak RSS.
-async fn pipeline(run: &Run, world: &World, args: &LoadgenArgs, replicas: usize) -> Result<(f64, Vec<f64>)> {
+/// from the first publish to the last commit, each replica's peak RSS, and
+/// the CPU seconds the consumers, their PostgreSQL backends and the broker
+/// used in that time (from /proc: the profile of where the time goes).
+async fn pipeline(run: &Run, world: &World, args: &LoadgenArgs, replicas: usize) -> Result<Pipeline> {
     let mut services = Vec::new();
     for _ in 0..replicas {
         services.push(world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?);
     }
+    world::wait_assigned(&services.iter().collect::<Vec<_>>(), partitions_of(topics::ORDERS)).await?;
+    let consumers_before: f64 = services.iter().map(|s| s.cpu_seconds()).sum::<Result<f64>>()?;
+    let backends_before = world.backend_cpu().await?;
+    let broker_before = world::broker_cpu_seconds();
     let started = Instant::now();
     let published = loadgen::publish(args, &world.settings, false).await?;
     let expected = i64::try_from(published.total)?;
@@ -200,11 +296,28 @@ async fn pipeline(run: &Run, world: &World, args: &LoadgenArgs, replicas: usize)
         .await;
     let elapsed = started.elapsed();
     let rss = services.iter().map(|s| s.peak_rss_mib()).collect::<Result<Vec<_>>>();
+    let consumers_after: Result<f64> = services.iter().map(|s| s.cpu_seconds()).sum();
+    let backends_after = world.backend_cpu().await?;
+    let broker_after = world::broker_cpu_seconds();
     for service in services {
         service.stop().await?;
     }
     outcome?;
-    Ok((published.total as f64 / elapsed.as_secs_f64(), rss?))
+    let cpu = Cpu {
+        wall: elapsed.as_secs_f64(),
+        consumers: consumers_after? - consumers_before,
+        // A backend opened during the run counts from zero.
+        postgres: backends_after
+            .iter()
+            .map(|(pid, after)| after - backends_before.get(pid).copied().unwrap_or(0.0))
+            .sum(),
+        broker: broker_after.zip(broker_before).map(|(after, before)| after - before),
+    };
+    Ok(Pipeline {
+        rate: published.total as f64 / elapsed.as_secs_f64(),
+        rss: rss?,
+        cpu,
+    })
 }
 
 /// The broker's plain consume rate: one rdkafka consumer that reads the
@@ -263,6 +376,8 @@ async fn measure_latency(run: &Run) -> Result<Latency> {
     let world = World::create(&run.settings, &run.id, "latency").await?;
     let orders = world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?;
     let sender = start_sender(run, &world, SENDER_RATE).await?;
+    world::wait_assigned(&[&orders], partitions_of(topics::ORDERS)).await?;
+    world::wait_assigned(&[&sender], partitions_of(topics::EMAIL_REQUESTS)).await?;
     let args = LoadgenArgs {
         rate: LATENCY_RATE,
         wall_clock: true,
@@ -327,6 +442,7 @@ async fn measure_latency(run: &Run) -> Result<Latency> {
         configured_rate: f64::from(SENDER_RATE),
         rss_orders,
         rss_sender,
+        publish_rate: published.total as f64 / published.elapsed.as_secs_f64().max(1e-9),
     })
 }
 
@@ -412,7 +528,15 @@ async fn measure_fanout(run: &Run) -> Result<Fanout> {
              ANALYZE customers; ANALYZE orders; ANALYZE order_lines;"
         ))
         .await?;
-    let stock = world.start(&run.bin_dir, &run.log_dir, "stock-consumer", &[]).await?;
+    // Its log of the arrival says how long allocation and emission took.
+    let stock = world
+        .start(
+            &run.bin_dir,
+            &run.log_dir,
+            "stock-consumer",
+            &[("RUST_LOG", "warn,stock_consumer::allocation=info".into())],
+        )
+        .await?;
     // The sender records requests in its ledger at once; it sends them
     // slowly, so that sending does not compete with the fan-out for the
     // two cores (the sender's rate is measured on its own).
@@ -427,6 +551,8 @@ async fn measure_fanout(run: &Run) -> Result<Fanout> {
             ],
         )
         .await?;
+    world::wait_assigned(&[&stock], partitions_of(topics::STOCK)).await?;
+    world::wait_assigned(&[&sender], partitions_of(topics::EMAIL_REQUESTS)).await?;
     let arrival = StockArrival {
         event_id: format!("bench-fanout-{}", run.id),
         occurred_at: chrono::Utc::now(),
@@ -458,6 +584,7 @@ async fn measure_fanout(run: &Run) -> Result<Fanout> {
     let elapsed = started.elapsed();
     let rss_stock = stock.peak_rss_mib()?;
     let rss_sender = sender.peak_rss_mib()?;
+    let (allocation, handled) = arrival_timings(&stock.log);
     stock.stop().await?;
     sender.stop().await?;
     drop(client);
@@ -468,5 +595,23 @@ async fn measure_fanout(run: &Run) -> Result<Fanout> {
         seconds: elapsed.as_secs_f64(),
         rss_stock,
         rss_sender,
+        allocation,
+        handled,
     })
+}
+
+/// Seconds allocating and seconds in all, from stock-consumer's
+/// `arrival handled` log line (JSON), if it is there.
+fn arrival_timings(log: &Path) -> (Option<f64>, Option<f64>) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let Some(line) = text.lines().rev().find(|l| l.contains("\"arrival handled\"")) else {
+        return (None, None);
+    };
+    // Flat numeric fields: `"allocation_ms":1234,`.
+    let seconds = |field: &str| {
+        let rest = line.split(&format!("\"{field}\":")).nth(1)?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<f64>().ok().map(|ms| ms / 1000.0)
+    };
+    (seconds("allocation_ms"), seconds("elapsed_ms"))
 }

@@ -150,10 +150,22 @@ impl World {
             ("AWS_REGION", stack_value("AWS_REGION")?),
             ("AWS_ACCESS_KEY_ID", stack_value("AWS_ACCESS_KEY_ID")?),
             ("AWS_SECRET_ACCESS_KEY", stack_value("AWS_SECRET_ACCESS_KEY")?),
-            ("RUST_LOG", "warn".into()),
+            // BENCH_LOG: the services' log filter, to look inside a run.
+            ("RUST_LOG", std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())),
         ];
         env.retain(|(_, value)| !value.is_empty());
-        Ok(env.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        // BENCH_SERVICE_ENV: `KEY=value` pairs (comma-separated) for every
+        // service, to compare settings (e.g. BACKORDER_DB_POOL_SIZE=4).
+        if let Ok(extra) = std::env::var("BENCH_SERVICE_ENV") {
+            env.extend(
+                extra
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string())),
+            );
+        }
+        Ok(env)
     }
 
     /// Starts the release build of `service` in this world (plus `extra`
@@ -210,6 +222,85 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// CPU time (user and system) process `pid` has used, in seconds.
+pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its `)`.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Ok((ticks(11) + ticks(12)) / clock_ticks())
+}
+
+/// Clock ticks per second of /proc times (USER_HZ, 100 on Linux).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+impl World {
+    /// CPU seconds used so far by each PostgreSQL backend serving this
+    /// world's database (the services' connections), by pid.
+    pub async fn backend_cpu(&self) -> Result<std::collections::HashMap<u32, f64>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        let mut cpu = std::collections::HashMap::new();
+        for row in rows {
+            let pid: i32 = row.try_get(0)?;
+            let pid = u32::try_from(pid)?;
+            // A backend may exit between the query and the read.
+            if let Ok(seconds) = process_cpu_seconds(pid) {
+                cpu.insert(pid, seconds);
+            }
+        }
+        Ok(cpu)
+    }
+}
+
+/// CPU seconds used so far by the local broker (`.stack/tansu.pid`), if known.
+pub fn broker_cpu_seconds() -> Option<f64> {
+    let pid: u32 = std::fs::read_to_string(".stack/tansu.pid").ok()?.trim().parse().ok()?;
+    process_cpu_seconds(pid).ok()
+}
+
+/// Waits until the consumers of one group (`replicas`) own all
+/// `partitions` of their topic between them, each at least one: joining a
+/// group takes the broker seconds (the coordinator waits for more members
+/// before it assigns), which is start-up, not throughput, so the timed
+/// part of a measurement starts after it.
+pub async fn wait_assigned(replicas: &[&Service], partitions: usize) -> Result<()> {
+    const ASSIGNED: &str = "backorder_consumer_assigned_partitions";
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut owned = Vec::with_capacity(replicas.len());
+        for replica in replicas {
+            owned.push(replica.metric(ASSIGNED).await?);
+        }
+        let total: f64 = owned.iter().sum();
+        let each = owned.iter().all(|o| *o >= 1.0) || replicas.len() > partitions;
+        if total >= partitions as f64 && each {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("after 60 s the group owns {total} of {partitions} partitions ({owned:?} per replica)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A running release service.
 pub struct Service {
     pub name: String,
@@ -238,6 +329,34 @@ impl Service {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The sum of a metric's samples on the service's `/metrics` (0 when
+    /// it has none yet).
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (key, value) = line.rsplit_once(' ')?;
+                let metric = key.split('{').next()?;
+                if metric == name {
+                    value.parse::<f64>().ok()
+                } else {
+                    None
+                }
+            })
+            .sum())
+    }
+
+    /// CPU time the process has used so far (user and system), in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let pid = self.child.id().context("the service has exited")?;
+        process_cpu_seconds(pid)
     }
 
     /// Peak resident memory so far (VmHWM), in MiB.

@@ -28,6 +28,84 @@ pub enum DbError {
     Migration(#[from] refinery::Error),
 }
 
+/// A client or transaction the shared SQL helpers run on, and how they
+/// prepare their statements: from the connection's statement cache when
+/// it comes from the pool (`deadpool_postgres` types: one round trip per
+/// statement once the connection has seen it), or afresh for a plain
+/// `tokio_postgres` client or transaction (parse, then execute), as before.
+/// Hot paths pass the pool's transaction to get the cache.
+pub trait Statements: Sync {
+    /// What the prepared statements run on.
+    type Client: tokio_postgres::GenericClient + Sync;
+
+    fn client(&self) -> &Self::Client;
+
+    fn prepared(
+        &self,
+        query: &str,
+    ) -> impl std::future::Future<Output = Result<tokio_postgres::Statement, tokio_postgres::Error>> + Send;
+}
+
+impl<'a> Statements for deadpool_postgres::Transaction<'a> {
+    type Client = tokio_postgres::Transaction<'a>;
+
+    fn client(&self) -> &Self::Client {
+        self
+    }
+
+    fn prepared(
+        &self,
+        query: &str,
+    ) -> impl std::future::Future<Output = Result<tokio_postgres::Statement, tokio_postgres::Error>> + Send {
+        self.prepare_cached(query)
+    }
+}
+
+impl Statements for deadpool_postgres::Object {
+    type Client = tokio_postgres::Client;
+
+    fn client(&self) -> &Self::Client {
+        self
+    }
+
+    fn prepared(
+        &self,
+        query: &str,
+    ) -> impl std::future::Future<Output = Result<tokio_postgres::Statement, tokio_postgres::Error>> + Send {
+        self.prepare_cached(query)
+    }
+}
+
+impl<'a> Statements for tokio_postgres::Transaction<'a> {
+    type Client = Self;
+
+    fn client(&self) -> &Self::Client {
+        self
+    }
+
+    fn prepared(
+        &self,
+        query: &str,
+    ) -> impl std::future::Future<Output = Result<tokio_postgres::Statement, tokio_postgres::Error>> + Send {
+        self.prepare(query)
+    }
+}
+
+impl Statements for tokio_postgres::Client {
+    type Client = Self;
+
+    fn client(&self) -> &Self::Client {
+        self
+    }
+
+    fn prepared(
+        &self,
+        query: &str,
+    ) -> impl std::future::Future<Output = Result<tokio_postgres::Statement, tokio_postgres::Error>> + Send {
+        self.prepare(query)
+    }
+}
+
 /// Builds a pool of at most `size` connections. Connections are opened
 /// lazily, so building succeeds while the database is down.
 pub fn pool(database_url: &str, size: usize) -> Result<Pool, DbError> {

@@ -8,9 +8,10 @@
 //! calls [`schedule_overdue`], in the transaction that does it.
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use tokio_postgres::GenericClient;
 
-use crate::db::DbError;
+use tokio_postgres::GenericClient as _;
+
+use crate::db::{DbError, Statements};
 
 /// The timer kind (stock-consumer fires it).
 pub const OVERDUE_TIMER: &str = "promise-overdue";
@@ -30,7 +31,7 @@ pub fn overdue_at(promised_to: NaiveDate, grace_days: i64) -> DateTime<Utc> {
 /// Moves the overdue timers of `lines` (order id, line id, promised end):
 /// a known end (re)schedules it, an unknown one cancels it. One statement
 /// per kind of change, whatever the number of lines.
-pub async fn schedule_overdue<C: GenericClient>(
+pub async fn schedule_overdue<C: Statements>(
     client: &C,
     lines: &[(&str, &str, Option<NaiveDate>)],
     grace_days: i64,
@@ -51,19 +52,27 @@ pub async fn schedule_overdue<C: GenericClient>(
     }
     if !keys.is_empty() {
         client
+            .client()
             .execute(
-                "INSERT INTO timers (timer_key, kind, due_at, payload)
+                &client
+                    .prepared(
+                        "INSERT INTO timers (timer_key, kind, due_at, payload)
                  SELECT k, $4, d, p FROM unnest($1::text[], $2::timestamptz[], $3::jsonb[]) AS u(k, d, p)
                  ON CONFLICT (timer_key) DO UPDATE
                     SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, state = 'pending', fired_at = NULL",
+                    )
+                    .await?,
                 &[&keys, &due, &payloads, &OVERDUE_TIMER],
             )
             .await?;
     }
     if !unknown.is_empty() {
         client
+            .client()
             .execute(
-                "UPDATE timers SET state = 'cancelled' WHERE timer_key = ANY($1) AND state = 'pending'",
+                &client
+                    .prepared("UPDATE timers SET state = 'cancelled' WHERE timer_key = ANY($1) AND state = 'pending'")
+                    .await?,
                 &[&unknown],
             )
             .await?;

@@ -17,7 +17,7 @@
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
-use crate::db::DbError;
+use crate::db::{DbError, Statements};
 use crate::order_lines::LineStatus;
 use crate::timers::{self, Timer};
 
@@ -42,7 +42,7 @@ pub fn release_arrival_id(order_id: &str, line_id: &str) -> String {
 /// SKU's reserve, and a release timer is scheduled for every SKU whose
 /// reserve then holds units. Lines whose cancellation was already asked
 /// for released theirs then. Returns the timers scheduled.
-pub async fn release_for_cancelled_lines<C: GenericClient>(
+pub async fn release_for_cancelled_lines<C: GenericClient + Statements>(
     client: &C,
     order_id: &str,
     line_ids: &[String],

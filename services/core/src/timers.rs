@@ -30,7 +30,7 @@ use tokio_postgres::{GenericClient, Transaction};
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::db::DbError;
+use crate::db::{DbError, Statements};
 use crate::kafka::{HandlerError, OutboundRecord, Producer};
 use crate::lifecycle::Lifecycle;
 
@@ -45,11 +45,16 @@ pub struct Timer {
 
 /// Schedules `timer` unless a timer with its key exists (in any state).
 /// Returns whether it was new.
-pub async fn schedule<C: GenericClient>(client: &C, timer: &Timer) -> Result<bool, DbError> {
+pub async fn schedule<C: Statements>(client: &C, timer: &Timer) -> Result<bool, DbError> {
     let inserted = client
+        .client()
         .execute(
-            "INSERT INTO timers (timer_key, kind, due_at, payload) VALUES ($1, $2, $3, $4)
+            &client
+                .prepared(
+                    "INSERT INTO timers (timer_key, kind, due_at, payload) VALUES ($1, $2, $3, $4)
              ON CONFLICT (timer_key) DO NOTHING",
+                )
+                .await?,
             &[&timer.key, &timer.kind, &timer.due_at, &timer.payload],
         )
         .await?;
@@ -59,7 +64,7 @@ pub async fn schedule<C: GenericClient>(client: &C, timer: &Timer) -> Result<boo
 /// Schedules every timer of `timers` whose key is not known yet (in any
 /// state), in one multi-row statement; returns how many were new. Keys
 /// may repeat: the first one counts, as with [`schedule`] one at a time.
-pub async fn schedule_all<C: GenericClient>(client: &C, timers: &[Timer]) -> Result<u64, DbError> {
+pub async fn schedule_all<C: Statements>(client: &C, timers: &[Timer]) -> Result<u64, DbError> {
     if timers.is_empty() {
         return Ok(0);
     }
@@ -68,10 +73,15 @@ pub async fn schedule_all<C: GenericClient>(client: &C, timers: &[Timer]) -> Res
     let due: Vec<DateTime<Utc>> = timers.iter().map(|t| t.due_at).collect();
     let payloads: Vec<&serde_json::Value> = timers.iter().map(|t| &t.payload).collect();
     Ok(client
+        .client()
         .execute(
-            "INSERT INTO timers (timer_key, kind, due_at, payload)
+            &client
+                .prepared(
+                    "INSERT INTO timers (timer_key, kind, due_at, payload)
              SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[])
              ON CONFLICT (timer_key) DO NOTHING",
+                )
+                .await?,
             &[&keys, &kinds, &due, &payloads],
         )
         .await?)

@@ -333,7 +333,7 @@ pub async fn recorded<C: GenericClient>(client: &C, decision_id: &str) -> Result
 /// campaign ended as decided, and for a cancellation the lines' pending
 /// emails stopped (nurture and delay notices skip lines whose cancellation
 /// was asked for).
-pub async fn close_for_decision<C: GenericClient>(
+pub async fn close_for_decision<C: GenericClient + backorder_core::db::Statements>(
     client: &C,
     order_id: &str,
     offer: Option<(&str, &OfferOption)>,

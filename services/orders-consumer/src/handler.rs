@@ -82,15 +82,6 @@ impl OrdersHandler {
             .filter(|o| seen.insert(o.order_id.as_str()))
             .collect();
         let new = store::insert_orders(tx, &distinct).await?;
-        let purchases: Vec<(&str, &str, &str)> = placed
-            .iter()
-            .flat_map(|o| {
-                o.lines
-                    .iter()
-                    .map(|l| (o.customer.customer_id.as_str(), o.order_id.as_str(), l.sku.as_str()))
-            })
-            .collect();
-        store::record_co_purchases(tx, &purchases).await?;
         let order_ids: Vec<&str> = distinct.iter().map(|o| o.order_id.as_str()).collect();
         let promises = store::promise_backordered_lines(tx, &order_ids).await?;
         let no_promises = Vec::new();
@@ -104,7 +95,7 @@ impl OrdersHandler {
                     .map(|(line_id, p)| (o.order_id.as_str(), line_id.as_str(), p.to))
             })
             .collect();
-        promises::schedule_overdue(&**tx, &ends, self.overdue_grace_days).await?;
+        promises::schedule_overdue(tx, &ends, self.overdue_grace_days).await?;
         // The nurture cadence starts one interval after the order; lines
         // with a long ETA are enrolled now.
         let today = now.date_naive();
@@ -120,7 +111,7 @@ impl OrdersHandler {
                 self.nurture.first_timer(&o.order_id, now, enrolled)
             })
             .collect();
-        timers::schedule_all(&**tx, &nurture).await?;
+        timers::schedule_all(tx, &nurture).await?;
         let first_email = emails.len();
         for order in placed {
             tracing::debug!(order_id = %order.order_id, new = new.contains(&order.order_id), "order recorded");
@@ -135,7 +126,20 @@ impl OrdersHandler {
             ));
         }
         let decisions: Vec<(&EmailRequested, Option<&str>)> = emails[first_email..].iter().map(|e| (e, None)).collect();
-        email_decisions::record_all(&**tx, &decisions, now).await?;
+        email_decisions::record_all(tx, &decisions, now).await?;
+        // Last: co-purchase counts are shared rows (a pair of popular SKUs
+        // is counted by every partition's batches), so their row locks are
+        // taken as late as possible and held only until the commit, not
+        // through the rest of the batch.
+        let purchases: Vec<(&str, &str, &str)> = placed
+            .iter()
+            .flat_map(|o| {
+                o.lines
+                    .iter()
+                    .map(|l| (o.customer.customer_id.as_str(), o.order_id.as_str(), l.sku.as_str()))
+            })
+            .collect();
+        store::record_co_purchases(tx, &purchases).await?;
         tracing::info!(orders = placed.len(), new = new.len(), "orders recorded");
         Ok(())
     }
@@ -201,7 +205,7 @@ impl Handler for OrdersHandler {
             .await?;
         // Events other consumers parked waiting for these orders are
         // retried as soon as this commits (DESIGN invariant 4).
-        parking::state_arrived(&*tx, &stored_orders).await?;
+        parking::state_arrived(&tx, &stored_orders).await?;
         tx.commit().await?;
         let emails: Vec<&EmailRequested> = emails.iter().collect();
         OutboundRecord::encode_all(&self.codec, &self.email_requests_topic, &emails)

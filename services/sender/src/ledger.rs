@@ -143,6 +143,9 @@ pub async fn claim_due(
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let token: i64 = rand::random();
     let client = pool.get().await?;
+    // Not a cached prepared statement: PostgreSQL would move it to a
+    // generic plan, and one for `LIMIT $1` over the queue can be far worse
+    // than the custom plan each claim gets.
     let rows = client
         .query(
             "WITH due AS (
@@ -232,8 +235,8 @@ pub async fn start_send(
 ) -> Result<Started, DbError> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let client = pool.get().await?;
-    let row = client
-        .query_opt(
+    let statement = client
+        .prepare_cached(
             "WITH owned AS (
                  SELECT l.dedup_key, clock_timestamp() <= $4 AS on_time,
                         l.in_flight_since IS NOT NULL AS ambiguous,
@@ -255,6 +258,11 @@ pub async fn start_send(
                   WHERE l.dedup_key = owned.dedup_key AND owned.on_time AND owned.suppressed IS NULL
                  RETURNING 1)
              SELECT (SELECT count(*) FROM marked) > 0, owned.ambiguous, owned.suppressed FROM owned",
+        )
+        .await?;
+    let row = client
+        .query_opt(
+            &statement,
             &[&email.dedup_key, &email.claim_token, &lease_ms, &deadline],
         )
         .await?;
@@ -275,12 +283,14 @@ pub async fn start_send(
 pub async fn renew_lease(pool: &Pool, email: &ClaimedEmail, lease: Duration) -> Result<bool, DbError> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let client = pool.get().await?;
-    let updated = client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "UPDATE email_ledger SET lease_until = now() + $3::bigint * interval '1 millisecond'
               WHERE dedup_key = $1 AND state = 'sending' AND claim_token = $2",
-            &[&email.dedup_key, &email.claim_token, &lease_ms],
         )
+        .await?;
+    let updated = client
+        .execute(&statement, &[&email.dedup_key, &email.claim_token, &lease_ms])
         .await?;
     Ok(updated == 1)
 }
@@ -290,12 +300,17 @@ pub async fn renew_lease(pool: &Pool, email: &ClaimedEmail, lease: Duration) -> 
 /// the other claimant counts as ambiguous).
 pub async fn mark_sent(pool: &Pool, email: &ClaimedEmail, message_id: &str, subject: &str) -> Result<bool, DbError> {
     let client = pool.get().await?;
-    let updated = client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "UPDATE email_ledger
                 SET state = 'sent', ses_message_id = $3, subject = $4, sent_at = now(), in_flight_since = NULL,
                     lease_until = NULL, last_error = NULL, updated_at = now()
               WHERE dedup_key = $1 AND claim_token = $2 AND state = 'sending'",
+        )
+        .await?;
+    let updated = client
+        .execute(
+            &statement,
             &[&email.dedup_key, &email.claim_token, &message_id, &subject],
         )
         .await?;

@@ -70,7 +70,7 @@ impl Handler for ShipmentsHandler {
                     // Shipped lines leave their campaign at once: no offer
                     // or reminder after the item is on its way.
                     campaigns::end_for_lines(&*tx, order_id, Some(&shipment.line_ids), EndReason::Shipped, now).await?;
-                    parking::state_arrived(&*tx, &[keys::shipment_state(&shipment.shipment_id)]).await?;
+                    parking::state_arrived(&tx, &[keys::shipment_state(&shipment.shipment_id)]).await?;
                     if !order_lines::has_open_backorder(&*tx, order_id).await? {
                         // Nothing left waiting for stock: the nurture cadence ends.
                         timers::cancel_prefix(&*tx, &keys::nurture_prefix(order_id)).await?;
@@ -82,7 +82,7 @@ impl Handler for ShipmentsHandler {
                     }
                     let pending = store::pending_lines(&tx, order_id).await?;
                     let email = emails::shipped(shipment, &contact, &shipped, &pending);
-                    email_decisions::record(&*tx, &email, None, now).await?;
+                    email_decisions::record(&tx, &email, None, now).await?;
                     tracing::info!(order_id, shipment_id = %shipment.shipment_id, pending = pending.len(), "shipped email decided");
                     emails.push(email);
                 }

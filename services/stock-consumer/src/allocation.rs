@@ -18,6 +18,8 @@
 //! allocates nothing more and requests the same emails (same dedup keys)
 //! only if their acknowledgement was never recorded.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use backorder_core::codec::Codec;
@@ -346,13 +348,18 @@ impl Allocator {
             return Ok(0);
         }
         let mut total = 0;
+        // A page's requests are acknowledged while the next page is read,
+        // recorded and encoded: one page at most in flight, so memory stays
+        // bounded. The arrival is marked acknowledged only after the last.
+        let mut sending: Option<Sending<'_>> = None;
         // Arrival notices: one per order served, by order id.
         let mut after = String::new();
         loop {
             self.continue_unless_shutdown(arrival_id)?;
-            let rows = client
-                .query(
-                    "WITH page AS (
+            let page = async {
+                let rows = client
+                    .query(
+                        "WITH page AS (
                          SELECT DISTINCT order_id FROM stock_allocations
                           WHERE arrival_id = $1 AND order_id > $2
                           ORDER BY order_id
@@ -367,34 +374,43 @@ impl Allocator {
                        JOIN customers c ON c.customer_id = o.customer_id
                       GROUP BY a.order_id, c.customer_id
                       ORDER BY a.order_id",
-                    &[&arrival_id, &after, &EMIT_PAGE],
-                )
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.try_get(0)?;
-            let mut decisions = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let order_id: String = row.try_get(0)?;
-                let customer = Customer {
-                    customer_id: row.try_get(1)?,
-                    email: row.try_get(2)?,
-                    name: row.try_get(3)?,
-                    locale: row.try_get(4)?,
+                        &[&arrival_id, &after, &EMIT_PAGE],
+                    )
+                    .await?;
+                let Some(last) = rows.last() else {
+                    return Ok::<_, StockError>(None);
                 };
-                let names: Vec<String> = row.try_get(5)?;
-                let quantities: Vec<i32> = row.try_get(6)?;
-                let line_ids: Vec<String> = row.try_get(7)?;
-                let items: Vec<ArrivedItem> = names
-                    .into_iter()
-                    .zip(quantities)
-                    .map(|(product_name, quantity)| ArrivedItem { product_name, quantity })
-                    .collect();
-                let request = emails::arrival_notice(arrival_id, &order_id, &customer, &items, occurred_at);
-                let line = (line_ids.len() == 1).then(|| line_ids.into_iter().next()).flatten();
-                decisions.push((request, line));
-            }
-            total += self.request(&client, &decisions, emails::ARRIVAL_NOTICE, now).await?;
-            if (rows.len() as i64) < EMIT_PAGE {
+                let last: String = last.try_get(0)?;
+                let mut decisions = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let order_id: String = row.try_get(0)?;
+                    let customer = Customer {
+                        customer_id: row.try_get(1)?,
+                        email: row.try_get(2)?,
+                        name: row.try_get(3)?,
+                        locale: row.try_get(4)?,
+                    };
+                    let names: Vec<String> = row.try_get(5)?;
+                    let quantities: Vec<i32> = row.try_get(6)?;
+                    let line_ids: Vec<String> = row.try_get(7)?;
+                    let items: Vec<ArrivedItem> = names
+                        .into_iter()
+                        .zip(quantities)
+                        .map(|(product_name, quantity)| ArrivedItem { product_name, quantity })
+                        .collect();
+                    let request = emails::arrival_notice(arrival_id, &order_id, &customer, &items, occurred_at);
+                    let line = (line_ids.len() == 1).then(|| line_ids.into_iter().next()).flatten();
+                    decisions.push((request, line));
+                }
+                let records = self.decide(&client, &decisions, now).await?;
+                Ok(Some((last, rows.len(), records)))
+            };
+            let (sent, page) = overlapped(sending.take(), page).await?;
+            total += sent;
+            let Some((last, rows, records)) = page else { break };
+            after = last;
+            sending = Some(Box::pin(self.send(records, emails::ARRIVAL_NOTICE)));
+            if (rows as i64) < EMIT_PAGE {
                 break;
             }
         }
@@ -402,9 +418,10 @@ impl Allocator {
         let mut after = String::new();
         loop {
             self.continue_unless_shutdown(arrival_id)?;
-            let rows = client
-                .query(
-                    "SELECT n.cart_id, cu.customer_id, cu.email, cu.name, cu.locale,
+            let page = async {
+                let rows = client
+                    .query(
+                        "SELECT n.cart_id, cu.customer_id, cu.email, cu.name, cu.locale,
                             COALESCE(p.name, n.sku), p.price_minor, p.currency
                        FROM back_in_stock_notices n
                        JOIN carts ca ON ca.cart_id = n.cart_id
@@ -413,37 +430,49 @@ impl Allocator {
                       WHERE n.arrival_id = $1 AND n.sku = $2 AND n.cart_id > $3
                       ORDER BY n.cart_id
                       LIMIT $4",
-                    &[&arrival_id, &sku, &after, &EMIT_PAGE],
-                )
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.try_get(0)?;
-            let mut decisions = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let cart_id: String = row.try_get(0)?;
-                let customer = Customer {
-                    customer_id: row.try_get(1)?,
-                    email: row.try_get(2)?,
-                    name: row.try_get(3)?,
-                    locale: row.try_get(4)?,
+                        &[&arrival_id, &sku, &after, &EMIT_PAGE],
+                    )
+                    .await?;
+                let Some(last) = rows.last() else {
+                    return Ok::<_, StockError>(None);
                 };
-                let name: String = row.try_get(5)?;
-                let currency: Option<String> = row.try_get(7)?;
-                let request = emails::back_in_stock(
-                    &cart_id,
-                    &sku,
-                    &customer,
-                    &name,
-                    row.try_get(6)?,
-                    currency.as_deref(),
-                    occurred_at,
-                );
-                decisions.push((request, None));
-            }
-            total += self.request(&client, &decisions, emails::BACK_IN_STOCK, now).await?;
-            if (rows.len() as i64) < EMIT_PAGE {
+                let last: String = last.try_get(0)?;
+                let mut decisions = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let cart_id: String = row.try_get(0)?;
+                    let customer = Customer {
+                        customer_id: row.try_get(1)?,
+                        email: row.try_get(2)?,
+                        name: row.try_get(3)?,
+                        locale: row.try_get(4)?,
+                    };
+                    let name: String = row.try_get(5)?;
+                    let currency: Option<String> = row.try_get(7)?;
+                    let request = emails::back_in_stock(
+                        &cart_id,
+                        &sku,
+                        &customer,
+                        &name,
+                        row.try_get(6)?,
+                        currency.as_deref(),
+                        occurred_at,
+                    );
+                    decisions.push((request, None));
+                }
+                let records = self.decide(&client, &decisions, now).await?;
+                Ok(Some((last, rows.len(), records)))
+            };
+            let (sent, page) = overlapped(sending.take(), page).await?;
+            total += sent;
+            let Some((last, rows, records)) = page else { break };
+            after = last;
+            sending = Some(Box::pin(self.send(records, emails::BACK_IN_STOCK)));
+            if (rows as i64) < EMIT_PAGE {
                 break;
             }
+        }
+        if let Some(last) = sending.take() {
+            total += last.await?;
         }
         client
             .execute(
@@ -463,23 +492,43 @@ impl Allocator {
         Ok(())
     }
 
-    /// Records the decisions, then produces the requests and waits for the
-    /// broker's acknowledgement.
-    async fn request(
+    /// Records the decisions and encodes the requests.
+    async fn decide(
         &self,
         client: &backorder_core::deadpool_postgres::Object,
         decisions: &[(backorder_core::events::internal::EmailRequested, Option<String>)],
-        template: &'static str,
         now: DateTime<Utc>,
-    ) -> Result<usize, StockError> {
+    ) -> Result<Vec<OutboundRecord>, StockError> {
         let decided: Vec<_> = decisions.iter().map(|(r, l)| (r, l.as_deref())).collect();
-        email_decisions::record_all(&***client, &decided, now).await?;
+        email_decisions::record_all(client, &decided, now).await?;
         let requests: Vec<_> = decisions.iter().map(|(r, _)| r).collect();
-        let records = OutboundRecord::encode_all(&self.codec, &self.email_topic, &requests).await?;
+        Ok(OutboundRecord::encode_all(&self.codec, &self.email_topic, &requests).await?)
+    }
+
+    /// Produces the requests and waits for the broker's acknowledgement.
+    async fn send(&self, records: Vec<OutboundRecord>, template: &'static str) -> Result<usize, StockError> {
         self.producer.send_all(&records).await?;
         metrics::counter!("backorder_stock_emails_requested_total", "template" => template)
             .increment(records.len() as u64);
         Ok(records.len())
+    }
+}
+
+/// A page of requests on its way to the broker.
+type Sending<'a> = Pin<Box<dyn Future<Output = Result<usize, StockError>> + Send + 'a>>;
+
+/// Runs `page` while the previous page (if any) is being acknowledged;
+/// returns how many that one sent, and what `page` gave.
+async fn overlapped<T>(
+    sending: Option<Sending<'_>>,
+    page: impl Future<Output = Result<T, StockError>>,
+) -> Result<(usize, T), StockError> {
+    match sending {
+        Some(sending) => {
+            let (sent, page) = tokio::join!(sending, page);
+            Ok((sent?, page?))
+        }
+        None => Ok((0, page.await?)),
     }
 }
 

@@ -47,5 +47,17 @@ pub fn consumer_config(settings: &Settings, group: &str) -> ClientConfig {
         .set("session.timeout.ms", session.to_string())
         .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
         .set("enable.partition.eof", "false");
+    // librdkafka queues a fetched partition's messages in one run of
+    // up to this many bytes (1 MiB by default, thousands of orders), so
+    // a batch gathered from a backlog would hold one partition only and
+    // the runtime could not apply partitions side by side. Smaller runs
+    // interleave the partitions of one fetch; a larger message is still
+    // fetched whole. BACKORDER_KAFKA__MAX_PARTITION_FETCH_BYTES overrides it.
+    if config.get("max.partition.fetch.bytes").is_none() {
+        config.set("max.partition.fetch.bytes", MAX_PARTITION_FETCH_BYTES.to_string());
+    }
     config
 }
+
+/// See [`consumer_config`]: a few hundred typical events per partition.
+const MAX_PARTITION_FETCH_BYTES: usize = 128 * 1024;

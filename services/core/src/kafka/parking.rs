@@ -25,11 +25,12 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage, Timestamp};
-use tokio_postgres::GenericClient;
+
+use tokio_postgres::GenericClient as _;
 
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::db::DbError;
+use crate::db::{DbError, Statements};
 
 /// Where parked events are kept and how they are retried.
 #[derive(Clone, Debug)]
@@ -93,12 +94,11 @@ impl ParkingLot {
     /// Which of `keys` have an event parked on `topic`.
     pub async fn parked_keys(&self, topic: &str, keys: &[&str]) -> Result<HashSet<String>, DbError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT DISTINCT park_key FROM parked_events WHERE topic = $1 AND park_key = ANY($2)",
-                &[&topic, &keys],
-            )
+        // Asked before every batch: prepared once per connection.
+        let statement = client
+            .prepare_cached("SELECT DISTINCT park_key FROM parked_events WHERE topic = $1 AND park_key = ANY($2)")
             .await?;
+        let rows = client.query(&statement, &[&topic, &keys]).await?;
         rows.iter()
             .map(|r| r.try_get::<_, String>(0).map_err(DbError::from))
             .collect()
@@ -226,16 +226,21 @@ pub(crate) async fn claim_due(
 /// Makes every event parked waiting for one of `refs` due at once. Call it
 /// in the transaction that stores the state (`order:<id>` when an order is
 /// stored), so the parked events are retried as soon as it is committed.
-pub async fn state_arrived<C: GenericClient>(client: &C, refs: &[String]) -> Result<u64, DbError> {
+pub async fn state_arrived<C: Statements>(client: &C, refs: &[String]) -> Result<u64, DbError> {
     if refs.is_empty() {
         return Ok(0);
     }
     // `parked_at` is on the same clock as the retry schedule and already
     // past, so no clock read is needed here.
     Ok(client
+        .client()
         .execute(
-            "UPDATE parked_events SET next_retry_at = parked_at
+            &client
+                .prepared(
+                    "UPDATE parked_events SET next_retry_at = parked_at
               WHERE waiting_for = ANY($1) AND next_retry_at > parked_at",
+                )
+                .await?,
             &[&refs],
         )
         .await?)

@@ -160,7 +160,10 @@ fn producer_config(settings: &Settings) -> rdkafka::ClientConfig {
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        // A batch's records are handed over together and then awaited, so
+        // they are already queued when the first is sent: a longer linger
+        // would only add to every batch's wait for its acknowledgements.
+        .set("linger.ms", "1")
         .set("message.timeout.ms", "30000")
         .set("topic.metadata.propagation.max.ms", "5000")
         .set("allow.auto.create.topics", "false")

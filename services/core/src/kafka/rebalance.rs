@@ -99,6 +99,15 @@ impl Partitions {
             state.owned.insert(*partition, epoch);
             state.committed.remove(partition);
         }
+        self.report_owned(&state);
+    }
+
+    /// How many partitions this replica owns (a replica that owns none
+    /// consumes nothing: a group larger than the partition count, or a
+    /// group still joining).
+    fn report_owned(&self, state: &Ownership) {
+        metrics::gauge!("backorder_consumer_assigned_partitions", "topic" => self.topic.clone())
+            .set(state.owned.len() as f64);
     }
 
     /// Forgets `partitions` and returns what this replica had committed for them.
@@ -111,6 +120,7 @@ impl Partitions {
                 last.push((*partition, offset));
             }
         }
+        self.report_owned(&state);
         last
     }
 

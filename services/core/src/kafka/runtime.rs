@@ -285,7 +285,7 @@ impl<H: Handler> Runtime<H> {
             // time; every one is finished before the next fetch, so rebalance
             // callbacks (run inside `recv()`) still never overlap a handler.
             let abandoned = futures::stream::iter(by_partition)
-                .map(|(partition, (epoch, messages))| self.run_partition_batch(partition, epoch, messages))
+                .map(|(partition, (epoch, messages))| self.run_partition(partition, epoch, messages))
                 .buffer_unordered(self.options.partition_concurrency.max(1))
                 .fold(false, |abandoned, outcome| async move {
                     abandoned || matches!(outcome, BatchOutcome::Abandoned)
@@ -307,8 +307,23 @@ impl<H: Handler> Runtime<H> {
         tracing::info!(topic = %self.topic, "consumer stopped");
     }
 
-    /// Processes one partition's share of a fetched batch and commits its
-    /// offset once the batch is durable and its outputs acknowledged.
+    /// Processes one partition's share of a fetched batch, in batches of at
+    /// most `max_batch` messages one after another (each committed before
+    /// the next starts, so the partition keeps its order).
+    async fn run_partition(&self, partition: i32, epoch: u64, mut messages: Vec<OwnedMessage>) -> BatchOutcome {
+        let max_batch = self.options.max_batch.max(1);
+        while !messages.is_empty() {
+            let rest = messages.split_off(messages.len().min(max_batch));
+            if let BatchOutcome::Abandoned = self.run_partition_batch(partition, epoch, messages).await {
+                return BatchOutcome::Abandoned;
+            }
+            messages = rest;
+        }
+        BatchOutcome::Done
+    }
+
+    /// Processes one partition's batch and commits its offset once the
+    /// batch is durable and its outputs acknowledged.
     async fn run_partition_batch(&self, partition: i32, epoch: u64, messages: Vec<OwnedMessage>) -> BatchOutcome {
         let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
             return BatchOutcome::Done;
@@ -367,10 +382,20 @@ impl<H: Handler> Runtime<H> {
                 }
             }
         };
-        let mut batch = Vec::with_capacity(self.options.max_batch.min(1024));
+        // `max_batch` for each partition that can run at the same time: a
+        // fetch from a backlog then gives every such partition a full batch
+        // (librdkafka hands out a partition's messages in runs of up to
+        // `max.partition.fetch.bytes`), instead of one partition's batch
+        // leaving the others idle until the next fetch.
+        let gather = self
+            .options
+            .max_batch
+            .max(1)
+            .saturating_mul(self.options.partition_concurrency.max(1));
+        let mut batch = Vec::with_capacity(gather.min(4096));
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.options.linger;
-        while batch.len() < self.options.max_batch {
+        while batch.len() < gather {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(message)) => batch.extend(self.tag(message.detach())),
                 Ok(Err(error)) => {
