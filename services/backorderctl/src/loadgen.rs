@@ -17,10 +17,13 @@ use backorder_core::events::offers::{OfferChoice, OfferResponse};
 use backorder_core::events::orders::{Availability, Customer, OrderLine, OrderPlaced};
 use backorder_core::events::shipments::{ShipmentDelivered, ShipmentDispatched};
 use backorder_core::events::stock::{DelayReasonCode, ProductUpserted, StockArrival, SupplierEtaChanged};
+use backorder_core::kafka::producer::ProduceError;
 use backorder_core::kafka::{OutboundRecord, Producer, Topics};
 use chrono::{DateTime, Days, TimeZone, Utc};
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use futures::FutureExt;
+use futures::stream::{FuturesOrdered, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,7 +43,7 @@ no offer issued, so the offers consumer rejects them as it rejects forged links)
 The same arguments publish the same records (ids, keys and payloads), so a run
 can be repeated; --wall-clock instead stamps each record with the time it is sent
 (for latency measured from the event). --rate paces the records per second;
-without it they go as fast as the broker acknowledges them. --orders-only
+without it they go as fast as the broker takes them. --orders-only
 publishes just the orders (ingest benchmarks). A progress bar shows on a
 terminal; a table of what was published per record type ends the run.";
 
@@ -461,6 +464,32 @@ fn orders_bar(orders: u64) -> ProgressBar {
     bar
 }
 
+/// Counts an acknowledged chunk; a failed one ends the run with how many
+/// records were acknowledged before it (chunks complete in order, so a
+/// rerun can tell what reached the broker).
+fn acknowledge(
+    (count, sent): (usize, Result<Vec<(i32, i64)>, ProduceError>),
+    acknowledged: &mut usize,
+    total: u64,
+    bootstrap: &str,
+) -> Result<(), CtlError> {
+    match sent {
+        Ok(_) => {
+            *acknowledged += count;
+            Ok(())
+        }
+        Err(source) => Err(CtlError::Publish {
+            bootstrap: bootstrap.to_string(),
+            acknowledged: *acknowledged,
+            total: usize::try_from(total).unwrap_or(usize::MAX),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// Chunks handed to the producer and not yet acknowledged, at most.
+const MAX_CHUNKS_IN_FLIGHT: usize = 64;
+
 /// How many records one `send_all` carries: at a paced rate, a fiftieth of
 /// a second's worth, so pacing stays smooth; otherwise the publish chunk.
 fn chunk_size(rate: u32) -> usize {
@@ -512,6 +541,9 @@ pub async fn publish(args: &LoadgenArgs, settings: &Settings, show_progress: boo
     let chunk_size = chunk_size(args.rate);
     let started = Instant::now();
     let mut chunk: Vec<OutboundRecord> = Vec::with_capacity(chunk_size);
+    let mut in_flight = FuturesOrdered::new();
+    let mut acknowledged = 0usize;
+    let bootstrap = settings.kafka_bootstrap_servers.as_str();
     loop {
         chunk.clear();
         for mut record in generator.by_ref().take(chunk_size) {
@@ -537,18 +569,30 @@ pub async fn publish(args: &LoadgenArgs, settings: &Settings, show_progress: boo
             let due = started + Duration::from_secs_f64(summary.total as f64 / f64::from(args.rate));
             tokio::time::sleep_until(due.into()).await;
         }
-        if let Some(producer) = &producer
-            && let Err(source) = producer.send_all(&chunk).await
-        {
-            bar.abandon();
-            return Err(CtlError::Publish {
-                bootstrap: settings.kafka_bootstrap_servers.clone(),
-                acknowledged: usize::try_from(summary.total).unwrap_or(usize::MAX) - chunk.len(),
-                total: usize::try_from(summary.total).unwrap_or(usize::MAX),
-                source: Box::new(source),
+        if let Some(producer) = &producer {
+            // Chunks are not awaited one by one (a paced run would then
+            // publish only as fast as the broker's round trip allows): up to
+            // MAX_CHUNKS_IN_FLIGHT are, in order. Each chunk's first poll,
+            // right here, hands its records to the producer behind the
+            // chunks before it, so a key's records keep their order.
+            let records = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_size));
+            in_flight.push_back(async move {
+                let sent = producer.send_all(&records).await;
+                (records.len(), sent)
             });
+            if let Some(Some(done)) = in_flight.next().now_or_never() {
+                acknowledge(done, &mut acknowledged, summary.total, bootstrap).inspect_err(|_| bar.abandon())?;
+            }
+            while in_flight.len() > MAX_CHUNKS_IN_FLIGHT {
+                if let Some(done) = in_flight.next().await {
+                    acknowledge(done, &mut acknowledged, summary.total, bootstrap).inspect_err(|_| bar.abandon())?;
+                }
+            }
         }
         bar.set_position(generator.orders_placed());
+    }
+    while let Some(done) = in_flight.next().await {
+        acknowledge(done, &mut acknowledged, summary.total, bootstrap).inspect_err(|_| bar.abandon())?;
     }
     bar.finish_and_clear();
     summary.elapsed = started.elapsed();
