@@ -126,11 +126,16 @@ impl ClaimedEmail {
 /// replicas never claim the same row. A row held by quiet hours is due
 /// only once the service clock reads `now` past its `not_before`.
 ///
-/// The emails of one order go out in the order they were decided: a row
-/// waits while an earlier-decided email of its order is still queued or
-/// being sent (unless quiet hours hold that one). Otherwise a confirmation
-/// and the update decided right after it, claimed together, could reach
-/// the customer the other way round.
+/// The emails of one order go out in order:
+/// - the confirmation first: every other email of the order waits while
+///   its confirmation is queued or being sent, or was decided (in the
+///   transaction that stored the order, so before anything else about it)
+///   and has not reached the ledger yet. Another service's update can
+///   reach the ledger first; the wait for a confirmation that never
+///   arrives ends 10 minutes after its decision.
+/// - the others in the order they were decided: a row waits while an
+///   earlier-decided one of its order is queued or being sent (unless
+///   quiet hours hold that one).
 pub async fn claim_due(
     pool: &Pool,
     limit: i64,
@@ -156,9 +161,20 @@ pub async fn claim_due(
                          OR (state = 'sending' AND lease_until < now()))
                     AND NOT EXISTS (
                         SELECT 1
+                          FROM email_decisions conf
+                          LEFT JOIN email_ledger c ON c.dedup_key = conf.dedup_key
+                         WHERE conf.order_id = email_ledger.order_id
+                           AND conf.template = 'order_confirmation'
+                           AND conf.dedup_key <> email_ledger.dedup_key
+                           AND (c.state IN ('queued', 'sending')
+                                OR (c.dedup_key IS NULL AND conf.decided_at > $4 - interval '10 minutes')))
+                    AND NOT EXISTS (
+                        SELECT 1
                           FROM email_decisions mine, email_ledger e
                           JOIN email_decisions theirs ON theirs.dedup_key = e.dedup_key
                          WHERE mine.dedup_key = email_ledger.dedup_key
+                           AND mine.template <> 'order_confirmation'
+                           AND theirs.template <> 'order_confirmation'
                            AND e.order_id = email_ledger.order_id
                            AND e.state IN ('queued', 'sending')
                            AND (e.not_before IS NULL OR e.not_before <= $4)
