@@ -10,7 +10,9 @@
 
 mod chart;
 mod copy;
+mod profile;
 mod report;
+mod ses;
 mod world;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +26,9 @@ use backorderctl::loadgen::{self, LoadgenArgs};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::profile::{Profile, Profiler};
 use crate::report::{Cpu, Fanout, Growth, Ingest, Latency, Report, SenderRun};
+use crate::ses::PrivateSes;
 use crate::world::World;
 
 /// Orders in each ingest backlog (override with BENCH_ORDERS).
@@ -122,7 +126,7 @@ async fn main() -> Result<()> {
     } else if run.wants("ingest1") {
         eprintln!("bench: orders ingest, one replica only ({orders} orders)");
         let world = World::create(&run.settings, &run.id, "ingest1").await?;
-        let one = pipeline(&run, &world, &backlog(run.orders, "lg"), 1).await?;
+        let one = pipeline(&run, &world, &backlog(run.orders, "lg"), 1, true).await?;
         eprintln!(
             "bench:   pipeline {:.0} orders/s, peak RSS {:.1?} MiB; {}",
             one.rate,
@@ -216,8 +220,9 @@ async fn measure_ingest(run: &Run) -> Result<Ingest> {
     let args = backlog(run.orders, "lg");
 
     let world = World::create(&run.settings, &run.id, "ingest1").await?;
-    let one = pipeline(run, &world, &args, 1).await?;
+    let one = pipeline(run, &world, &args, 1, true).await?;
     let (one_replica, rss_one, cpu) = (one.rate, one.rss, one.cpu);
+    let profile = one.profile.unwrap_or_else(|| Err("not recorded".into()));
     eprintln!("bench:   pipeline {one_replica:.0} orders/s; {}", cpu.describe());
     let raw_consume = raw_consume(&world, run.orders).await?;
     eprintln!("bench:   plain consume {raw_consume:.0} messages/s");
@@ -231,7 +236,7 @@ async fn measure_ingest(run: &Run) -> Result<Ingest> {
 
     eprintln!("bench: orders ingest, two replicas in one group");
     let world = World::create(&run.settings, &run.id, "ingest2").await?;
-    let two = pipeline(run, &world, &args, 2).await?;
+    let two = pipeline(run, &world, &args, 2, false).await?;
     let (two_replicas, rss_two) = (two.rate, two.rss);
     eprintln!("bench:   pipeline {two_replicas:.0} orders/s");
     world.drop_database().await?;
@@ -244,6 +249,7 @@ async fn measure_ingest(run: &Run) -> Result<Ingest> {
         rss_one,
         rss_two,
         cpu,
+        profile,
     })
 }
 
@@ -254,7 +260,7 @@ async fn measure_growth(run: &Run, stored: u64) -> Result<Growth> {
     let prefill = backlog(stored, "pre");
     let copy_time = copy::copy_orders(&world.pool, &prefill).await?;
     eprintln!("bench:     pre-filled in {:.1} s", copy_time.as_secs_f64());
-    let Pipeline { rate, rss, .. } = pipeline(run, &world, &backlog(run.orders / 2, "lg"), 1).await?;
+    let Pipeline { rate, rss, .. } = pipeline(run, &world, &backlog(run.orders / 2, "lg"), 1, false).await?;
     eprintln!("bench:     pipeline {rate:.0} orders/s");
     world.drop_database().await?;
     Ok(Growth {
@@ -272,14 +278,17 @@ struct Pipeline {
     rss: Vec<f64>,
     /// Where the CPU went meanwhile.
     cpu: Cpu,
+    /// The perf profile of the timed part, when asked for (Err: why none).
+    profile: Option<Result<Profile, String>>,
 }
 
 /// Starts `replicas` orders-consumers in one group, publishes the backlog
 /// and waits until the group has committed all of it: orders per second
 /// from the first publish to the last commit, each replica's peak RSS, and
 /// the CPU seconds the consumers, their PostgreSQL backends and the broker
-/// used in that time (from /proc: the profile of where the time goes).
-async fn pipeline(run: &Run, world: &World, args: &LoadgenArgs, replicas: usize) -> Result<Pipeline> {
+/// used in that time (from /proc), and with `profile` a perf profile of
+/// the whole machine over the timed part.
+async fn pipeline(run: &Run, world: &World, args: &LoadgenArgs, replicas: usize, profile: bool) -> Result<Pipeline> {
     let mut services = Vec::new();
     for _ in 0..replicas {
         services.push(world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?);
@@ -288,6 +297,11 @@ async fn pipeline(run: &Run, world: &World, args: &LoadgenArgs, replicas: usize)
     let consumers_before: f64 = services.iter().map(|s| s.cpu_seconds()).sum::<Result<f64>>()?;
     let backends_before = world.backend_cpu().await?;
     let broker_before = world::broker_cpu_seconds();
+    let profiler = if profile {
+        Some(Profiler::start(&run.log_dir, &world.label).await?)
+    } else {
+        None
+    };
     let started = Instant::now();
     let published = loadgen::publish(args, &world.settings, false).await?;
     let expected = i64::try_from(published.total)?;
@@ -299,6 +313,17 @@ async fn pipeline(run: &Run, world: &World, args: &LoadgenArgs, replicas: usize)
     let consumers_after: Result<f64> = services.iter().map(|s| s.cpu_seconds()).sum();
     let backends_after = world.backend_cpu().await?;
     let broker_after = world::broker_cpu_seconds();
+    let profile = match profiler {
+        Some(Ok(profiler)) => {
+            let consumers = services.iter().filter_map(world::Service::pid).collect();
+            let broker = world::broker_pid().into_iter().collect();
+            Some(Ok(profiler
+                .stop(&[("orders-consumer", consumers), ("broker", broker)])
+                .await?))
+        }
+        Some(Err(why)) => Some(Err(why)),
+        None => None,
+    };
     for service in services {
         service.stop().await?;
     }
@@ -317,6 +342,7 @@ async fn pipeline(run: &Run, world: &World, args: &LoadgenArgs, replicas: usize)
         rate: published.total as f64 / elapsed.as_secs_f64(),
         rss: rss?,
         cpu,
+        profile,
     })
 }
 
@@ -373,7 +399,10 @@ async fn start_sender(run: &Run, world: &World, rate: u32) -> Result<world::Serv
 /// and the sender run against moto; loadgen stamps each order with the
 /// time it is sent; the ledger's `sent_at` is when SES accepted the email.
 async fn measure_latency(run: &Run) -> Result<Latency> {
-    let world = World::create(&run.settings, &run.id, "latency").await?;
+    let mut world = World::create(&run.settings, &run.id, "latency").await?;
+    // Dropped (and stopped) when the measurement ends.
+    let ses = PrivateSes::start(&run.log_dir).await?;
+    world.ses_endpoint.clone_from(&ses.url);
     let orders = world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?;
     let sender = start_sender(run, &world, SENDER_RATE).await?;
     world::wait_assigned(&[&orders], partitions_of(topics::ORDERS)).await?;
@@ -451,7 +480,10 @@ async fn measure_latency(run: &Run) -> Result<Latency> {
 /// configured `rate`; sends per second from the first accepted email to
 /// the last.
 async fn measure_sender(run: &Run, rate: u32) -> Result<SenderRun> {
-    let world = World::create(&run.settings, &run.id, &format!("sender{rate}")).await?;
+    let mut world = World::create(&run.settings, &run.id, &format!("sender{rate}")).await?;
+    // Dropped (and stopped) when the measurement ends.
+    let ses = PrivateSes::start(&run.log_dir).await?;
+    world.ses_endpoint.clone_from(&ses.url);
     let orders = world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?;
     let published = loadgen::publish(&backlog(SENDER_QUEUE, "sd"), &world.settings, false).await?;
     let outcome = world
@@ -509,7 +541,10 @@ async fn measure_sender(run: &Run, rate: u32) -> Result<SenderRun> {
 /// covering them all is published; timed until every order's
 /// arrival-notice request is in the sender's ledger.
 async fn measure_fanout(run: &Run) -> Result<Fanout> {
-    let world = World::create(&run.settings, &run.id, "fanout").await?;
+    let mut world = World::create(&run.settings, &run.id, "fanout").await?;
+    // Dropped (and stopped) when the measurement ends.
+    let ses = PrivateSes::start(&run.log_dir).await?;
+    world.ses_endpoint.clone_from(&ses.url);
     let client = world.pool.get().await?;
     client
         .batch_execute(&format!(

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::chart::{Bar, Panel};
+use crate::profile::Profile;
 use crate::world::stack_value;
 
 /// Targets of issue 12 (2 cores, broker and PostgreSQL on the same machine).
@@ -48,6 +49,8 @@ pub struct Ingest {
     pub rss_two: Vec<f64>,
     /// Where the CPU went during the one-replica run.
     pub cpu: Cpu,
+    /// perf's profile of the one-replica run (Err: why there is none).
+    pub profile: Result<Profile, String>,
 }
 
 /// CPU seconds used during one timed run (from /proc), beside its wall time.
@@ -66,6 +69,26 @@ impl Cpu {
     pub fn total_share(&self) -> f64 {
         let capacity = self.wall * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
         (self.consumers + self.postgres + self.broker.unwrap_or(0.0)) / capacity.max(1e-9)
+    }
+
+    /// CPU microseconds per order of each part and in all, and the rate
+    /// at which that work would fill every core with no waiting at all:
+    /// the ceiling of this machine for this pipeline.
+    pub fn per_order(&self, orders: u64) -> String {
+        let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+        let micros = |seconds: f64| seconds / (orders.max(1) as f64) * 1e6;
+        let total = self.consumers + self.postgres + self.broker.unwrap_or(0.0);
+        format!(
+            "each order cost {:.0} µs of CPU: PostgreSQL {:.0} µs, the broker {}, orders-consumer {:.0} µs. Even \
+             with no waiting at all, {} cores doing only that work would ingest at most {} orders/s",
+            micros(total),
+            micros(self.postgres),
+            self.broker
+                .map_or_else(|| "unknown".to_string(), |b| format!("{:.0} µs", micros(b))),
+            micros(self.consumers),
+            cores,
+            thousands(cores / (total / orders.max(1) as f64).max(1e-12)),
+        )
     }
 
     /// One line: each part's CPU seconds and share of the two cores' time.
@@ -235,6 +258,38 @@ fn thousands(value: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// The perf profile of the one-replica ingest: where every CPU's samples
+/// went, idle included, and each part's hottest functions.
+fn profile_section(md: &mut String, profile: &Result<Profile, String>) {
+    let _ = writeln!(md, "\n### Profile of the one-replica ingest\n");
+    let profile = match profile {
+        Ok(profile) => profile,
+        Err(why) => {
+            let _ = writeln!(md, "No profile: {why}.");
+            return;
+        }
+    };
+    let _ = writeln!(
+        md,
+        "`perf record -a` over the timed part (both cores, {} samples a second each; `idle` is time no process \
+         computed in).\n\n| process | share of the cores' samples |\n|---|---|",
+        crate::profile::FREQUENCY
+    );
+    for (group, share) in &profile.shares {
+        let _ = writeln!(md, "| {group} | {share:.1}% |");
+    }
+    for (group, functions) in &profile.hot {
+        let _ = writeln!(
+            md,
+            "\nHottest in {group} (share of its own samples):\n\n| share | library | function |\n|---|---|---|"
+        );
+        for (share, dso, symbol) in functions {
+            let symbol = symbol.replace('|', "\\|");
+            let _ = writeln!(md, "| {share:.1}% | {dso} | `{symbol}` |");
+        }
+    }
 }
 
 impl Report {
@@ -562,7 +617,10 @@ impl Report {
                      written and acknowledged. The pipeline reaches {:.0}% of COPY's rate; 20,000/s would need \
                      PostgreSQL to do all of that in less time than COPY takes for the three plain tables. Next \
                      steps: fewer writes per order (co-purchase counts and timers derived later, in bulk), COPY \
-                     into staging tables. A second replica shares the same two cores, broker and PostgreSQL.",
+                     into staging tables. A second replica shares the same two cores, broker and PostgreSQL.\n\n\
+                     The CPU budget settles what this machine can reach: {}, so the 20,000/s target is out of \
+                     reach here whatever the consumer does with its waiting; it would take both a cheaper broker per \
+                     record and fewer PostgreSQL writes per order.",
                     ingest.raw_consume / ingest.one_replica.max(1e-9),
                     ingest.cpu.describe(),
                     ingest.cpu.total_share() * 100.0,
@@ -573,7 +631,8 @@ impl Report {
                          broker, and row locks that concurrent partitions' transactions share (customers, \
                          co-purchase counts), which is why more partitions at once, or a second replica, add little"
                     },
-                    ingest.one_replica / ingest.copy.max(1e-9) * 100.0
+                    ingest.one_replica / ingest.copy.max(1e-9) * 100.0,
+                    ingest.cpu.per_order(self.orders)
                 );
             } else {
                 let _ = writeln!(
@@ -582,6 +641,9 @@ impl Report {
                     thousands(lower)
                 );
             }
+        }
+        if let Some(ingest) = &self.ingest {
+            profile_section(&mut md, &ingest.profile);
         }
         if let Some(latency) = &self.latency {
             let _ = writeln!(

@@ -21,6 +21,9 @@ pub struct World {
     pub settings: Settings,
     pub pool: Pool,
     pub topics: Topics,
+    /// The SES endpoint its services send to: the stack's moto, unless a
+    /// measurement that sends gives it a private one.
+    pub ses_endpoint: String,
     /// The cluster's admin connection string, to drop the database after.
     admin_url: String,
     db_name: String,
@@ -53,6 +56,7 @@ impl World {
             settings,
             pool,
             topics,
+            ses_endpoint: stack_value("AWS_ENDPOINT_URL_SESV2")?,
             admin_url,
             db_name,
         })
@@ -146,7 +150,7 @@ impl World {
             // Everything comes from here, nothing from .stack/env.
             ("BACKORDER_STACK_ENV", "/nonexistent".into()),
             ("BACKORDER_SES_FROM", stack_value("BACKORDER_SES_FROM")?),
-            ("AWS_ENDPOINT_URL_SESV2", stack_value("AWS_ENDPOINT_URL_SESV2")?),
+            ("AWS_ENDPOINT_URL_SESV2", self.ses_endpoint.clone()),
             ("AWS_REGION", stack_value("AWS_REGION")?),
             ("AWS_ACCESS_KEY_ID", stack_value("AWS_ACCESS_KEY_ID")?),
             ("AWS_SECRET_ACCESS_KEY", stack_value("AWS_SECRET_ACCESS_KEY")?),
@@ -217,7 +221,7 @@ async fn admin_execute(admin_url: &str, sql: &str) -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
@@ -272,8 +276,12 @@ impl World {
 
 /// CPU seconds used so far by the local broker (`.stack/tansu.pid`), if known.
 pub fn broker_cpu_seconds() -> Option<f64> {
-    let pid: u32 = std::fs::read_to_string(".stack/tansu.pid").ok()?.trim().parse().ok()?;
-    process_cpu_seconds(pid).ok()
+    process_cpu_seconds(broker_pid()?).ok()
+}
+
+/// The local broker's pid, from `make up`'s pid file.
+pub fn broker_pid() -> Option<u32> {
+    std::fs::read_to_string(".stack/tansu.pid").ok()?.trim().parse().ok()
 }
 
 /// Waits until the consumers of one group (`replicas`) own all
@@ -351,6 +359,11 @@ impl Service {
                 }
             })
             .sum())
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// CPU time the process has used so far (user and system), in seconds.
