@@ -26,7 +26,8 @@ impl PrivateSes {
     /// Starts moto on a free loopback port and creates the sender's
     /// identity in it, as `make up` does for the stack's.
     pub async fn start(log_dir: &Path) -> Result<Self> {
-        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
+        // Relative to the checkout, where `make bench` runs, as `.stack/` is.
+        let bin = PathBuf::from(".venv/bin/moto_server");
         if !bin.is_file() {
             bail!("{} is missing: start the local stack with `make up`", bin.display());
         }

@@ -151,6 +151,11 @@ pub async fn claim_due(
     // Not a cached prepared statement: PostgreSQL would move it to a
     // generic plan, and one for `LIMIT $1` over the queue can be far worse
     // than the custom plan each claim gets.
+    // `OFFSET 0` keeps each NOT EXISTS a per-row lookup (by order id, on
+    // `email_decisions_order` and `email_ledger_order`) instead of letting
+    // the planner turn it into an anti-join: with statistics that lag a
+    // fast-growing queue it chose to read every confirmation ever decided
+    // on each claim, work that grows with the shop's whole history.
     let rows = client
         .query(
             "WITH due AS (
@@ -167,7 +172,8 @@ pub async fn claim_due(
                            AND conf.template = 'order_confirmation'
                            AND conf.dedup_key <> email_ledger.dedup_key
                            AND (c.state IN ('queued', 'sending')
-                                OR (c.dedup_key IS NULL AND conf.decided_at > $4 - interval '10 minutes')))
+                                OR (c.dedup_key IS NULL AND conf.decided_at > $4 - interval '10 minutes'))
+                        OFFSET 0)
                     AND NOT EXISTS (
                         SELECT 1
                           FROM email_decisions mine, email_ledger e
@@ -178,7 +184,8 @@ pub async fn claim_due(
                            AND e.order_id = email_ledger.order_id
                            AND e.state IN ('queued', 'sending')
                            AND (e.not_before IS NULL OR e.not_before <= $4)
-                           AND (theirs.decided_at, theirs.dedup_key) < (mine.decided_at, mine.dedup_key))
+                           AND (theirs.decided_at, theirs.dedup_key) < (mine.decided_at, mine.dedup_key)
+                        OFFSET 0)
                   ORDER BY next_attempt_at
                   LIMIT $1
                   FOR UPDATE SKIP LOCKED)
