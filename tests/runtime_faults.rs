@@ -399,10 +399,7 @@ async fn a_batch_that_failed_half_way_is_replayed_after_a_crash_without_duplicat
     let buyers = CUSTOMERS as i64 + 1;
     assert_eq!(
         pairs,
-        vec![
-            ("LAMP-01".to_string(), "MUG-01".to_string(), buyers),
-            ("MUG-01".to_string(), "LAMP-01".to_string(), buyers),
-        ],
+        vec![("LAMP-01".to_string(), "MUG-01".to_string(), buyers)],
         "each customer's pair counted once, however often it was replayed"
     );
 }

@@ -676,15 +676,15 @@ impl Report {
         if let Some(paced) = self.sender.first() {
             let _ = writeln!(
                 md,
-                "\nSender at its configured rate: {:.1}% of {}/s. The pacing hands out at most ⌊rate / 1.05⌋ send \
-                 slots per second ({} here, {:.1}% of the rate), keeping 5% of every second for network and \
+                "\nSender at its configured rate: {:.1}% of {}/s. The pacing hands out at most ⌊rate / 1.04⌋ send \
+                 slots per second ({} here, {:.1}% of the rate), keeping 4% of every second for network and \
                  scheduling jitter so that SES never counts more than its rate in any one second; that is the \
                  highest share the sender aims for. Below it, a slot lost to a late start or a slow reservation \
                  (one database round trip each, one at a time per replica) is not made up.",
                 paced.send_rate / paced.configured_rate.max(1e-9) * 100.0,
                 thousands(paced.configured_rate),
-                (paced.configured_rate / 1.05).floor(),
-                (paced.configured_rate / 1.05).floor() / paced.configured_rate.max(1e-9) * 100.0
+                (paced.configured_rate / 1.04).floor(),
+                (paced.configured_rate / 1.04).floor() / paced.configured_rate.max(1e-9) * 100.0
             );
         }
         if let Some(ceiling) = self.sender.get(1) {

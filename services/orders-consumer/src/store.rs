@@ -104,7 +104,15 @@ pub async fn upsert_customers(tx: &Transaction<'_>, customers: &[CustomerUpsert<
                  country = COALESCE(EXCLUDED.country, customers.country),
                  tags = ARRAY(SELECT DISTINCT unnest(customers.tags || EXCLUDED.tags) ORDER BY 1),
                  first_seen_at = LEAST(customers.first_seen_at, EXCLUDED.first_seen_at),
-                 updated_at = now()",
+                 updated_at = now()
+             -- A returning customer whose details did not change is not
+             -- written again: no new row version, no index entries.
+             WHERE (customers.email, customers.name, customers.locale, customers.country, customers.tags,
+                    customers.first_seen_at)
+                   IS DISTINCT FROM
+                   (EXCLUDED.email, EXCLUDED.name, EXCLUDED.locale, COALESCE(EXCLUDED.country, customers.country),
+                    ARRAY(SELECT DISTINCT unnest(customers.tags || EXCLUDED.tags) ORDER BY 1),
+                    LEAST(customers.first_seen_at, EXCLUDED.first_seen_at))",
         )
         .await?;
     tx.execute(&statement, &[&ids, &emails, &names, &locales, &countries, &tags, &seen])
@@ -317,10 +325,11 @@ pub async fn upsert_cart_with_customer(tx: &Transaction<'_>, cart: &CartAbandone
 
 /// Counts, for ranking alternatives, that each customer bought each SKU of
 /// their orders together with everything they bought before: only SKUs
-/// new to the customer add pairs (both directions), so a replayed order or
-/// a repeat purchase counts nothing twice. Several orders of one customer
-/// in one batch count what they would one after another (every pair with
-/// at least one new SKU, once per direction). One statement for the batch.
+/// new to the customer add pairs (one row per unordered pair, the lower SKU
+/// first), so a replayed order or a repeat purchase counts nothing twice.
+/// Several orders of one customer in one batch count what they would one
+/// after another (every pair with at least one new SKU, once). One
+/// statement for the batch.
 /// `purchases` are (customer, order, sku) in event order.
 pub async fn record_co_purchases(tx: &Transaction<'_>, purchases: &[(&str, &str, &str)]) -> Result<(), Error> {
     // The first order that brought a SKU to a customer is the one kept, as
@@ -346,11 +355,12 @@ pub async fn record_co_purchases(tx: &Transaction<'_>, purchases: &[(&str, &str,
              -- customer_skus: `old` is what the customers had bought before.
              old AS (SELECT customer_id, sku FROM customer_skus
                       WHERE customer_id = ANY(ARRAY(SELECT DISTINCT unnest($1::text[])))),
+             -- One row per unordered pair, the lower SKU first (V303).
              pairs AS (
-                 SELECT n.sku AS a, o.sku AS b FROM new n JOIN old o USING (customer_id)
-                 UNION ALL SELECT o.sku, n.sku FROM new n JOIN old o USING (customer_id)
+                 SELECT least(n.sku, o.sku) AS a, greatest(n.sku, o.sku) AS b
+                   FROM new n JOIN old o USING (customer_id)
                  UNION ALL SELECT n1.sku, n2.sku FROM new n1 JOIN new n2
-                                  ON n1.customer_id = n2.customer_id AND n1.sku <> n2.sku)
+                                  ON n1.customer_id = n2.customer_id AND n1.sku < n2.sku)
              INSERT INTO co_purchases (sku, other_sku, customers)
              SELECT a, b, count(*) FROM pairs GROUP BY a, b ORDER BY a, b
              ON CONFLICT (sku, other_sku) DO UPDATE SET customers = co_purchases.customers + EXCLUDED.customers",

@@ -72,7 +72,8 @@ pub async fn alternatives(
                 "SELECT p.sku, p.name, p.price_minor, COALESCE(cp.customers, 0)::bigint AS co
                    FROM products d
                    JOIN products p ON p.need = d.need AND p.sku <> d.sku
-                   LEFT JOIN co_purchases cp ON cp.sku = d.sku AND cp.other_sku = p.sku
+                   LEFT JOIN co_purchases cp
+                          ON cp.sku = least(d.sku, p.sku) AND cp.other_sku = greatest(d.sku, p.sku)
                   WHERE d.sku = $1 AND d.need IS NOT NULL
                     AND p.cataloged_at IS NOT NULL AND p.available_quantity > 0
                     AND (cardinality(p.seasons) = 0 OR $2 = ANY(p.seasons))
