@@ -735,6 +735,58 @@ async fn two_replicas_share_one_ledger_and_send_no_key_twice() {
     assert_eq!(ambiguous, 0);
 }
 
+/// A claim checks the order of each order's emails for a window of the
+/// earliest due rows first. Here every row of that window waits for its
+/// order's confirmation (decided with the order, not in the ledger yet), and
+/// another order's email is queued behind them: the claim must look past
+/// the window rather than find nothing until the confirmation arrives.
+#[tokio::test]
+async fn emails_waiting_for_their_orders_confirmation_do_not_hold_back_another_orders_email_queued_behind_them() {
+    let app = TestApp::spawn().await;
+    let held_order = format!("held-{}", app.id);
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO email_decisions (dedup_key, order_id, template, decided_at)
+             VALUES ($1, $2, 'order_confirmation', now())",
+            &[&format!("confirmation-of-{held_order}"), &held_order],
+        )
+        .await
+        .unwrap();
+    // More than any window a claim starts with (4 × its limit + 100, and
+    // the limit is at most twice the 64 workers).
+    let held: Vec<EmailRequested> = (0..1000)
+        .map(|i| {
+            let mut email = request(
+                &app,
+                &format!("h{i}"),
+                &format!("h{i}"),
+                EmailCategory::Transactional,
+                None,
+            );
+            email.order_id = Some(held_order.clone());
+            email
+        })
+        .collect();
+    publish_all(&app, &held).await;
+    let _sender = app.start_service("sender").await;
+    wait_until("the held emails in the ledger", PATIENCE, || async {
+        (count_in_state(&app, "queued").await == 1000).then_some(())
+    })
+    .await;
+    publish_all(
+        &app,
+        &[request(&app, "free", "free", EmailCategory::Transactional, None)],
+    )
+    .await;
+    wait_state(&app, "free", "sent").await;
+    assert_eq!(
+        count_in_state(&app, "queued").await,
+        1000,
+        "the held emails still wait for their confirmation"
+    );
+}
+
 // ---------------------------------------------------------------- suppression
 
 async fn post_sns(sender: &ServiceProcess, body: &Value) -> u16 {

@@ -27,7 +27,7 @@
 use std::time::Duration;
 
 use backorder_core::db::DbError;
-use backorder_core::deadpool_postgres::Pool;
+use backorder_core::deadpool_postgres::{Object, Pool};
 use backorder_core::events::internal::EmailRequested;
 use chrono::{DateTime, Utc};
 
@@ -148,6 +148,29 @@ pub async fn claim_due(
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let token: i64 = rand::random();
     let client = pool.get().await?;
+    // The ordering checks run only for a window of the earliest due rows,
+    // so a claim costs the same whether ten or a hundred thousand emails
+    // wait. Rows waiting for an earlier email of their order can fill the
+    // window while that email is due later (retried, or behind the
+    // window): then the claim finds nothing, and it looks at the whole
+    // queue instead, so nothing waits for ever.
+    let window = limit.saturating_mul(4).saturating_add(100);
+    let claimed = claim_due_within(&client, limit, Some(window), lease_ms, token, now).await?;
+    if !claimed.is_empty() {
+        return Ok(claimed);
+    }
+    claim_due_within(&client, limit, None, lease_ms, token, now).await
+}
+
+/// [`claim_due`] among the first `window` due rows (None: all of them).
+async fn claim_due_within(
+    client: &Object,
+    limit: i64,
+    window: Option<i64>,
+    lease_ms: i64,
+    token: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<ClaimedEmail>, DbError> {
     // Not a cached prepared statement: PostgreSQL would move it to a
     // generic plan, and one for `LIMIT $1` over the queue can be far worse
     // than the custom plan each claim gets.
@@ -158,10 +181,19 @@ pub async fn claim_due(
     // on each claim, work that grows with the shop's whole history.
     let rows = client
         .query(
-            "WITH due AS (
+            "WITH earliest AS MATERIALIZED (
+                 SELECT dedup_key
+                   FROM email_ledger
+                  WHERE (state = 'queued' AND next_attempt_at <= now()
+                         AND (not_before IS NULL OR not_before <= $4))
+                     OR (state = 'sending' AND lease_until < now())
+                  ORDER BY next_attempt_at
+                  LIMIT $5),
+             due AS (
                  SELECT dedup_key, in_flight_since IS NOT NULL AS ambiguous
                    FROM email_ledger
-                  WHERE ((state = 'queued' AND next_attempt_at <= now()
+                  WHERE dedup_key IN (SELECT dedup_key FROM earliest)
+                    AND ((state = 'queued' AND next_attempt_at <= now()
                           AND (not_before IS NULL OR not_before <= $4))
                          OR (state = 'sending' AND lease_until < now()))
                     AND NOT EXISTS (
@@ -199,7 +231,7 @@ pub async fn claim_due(
                     ARRAY(SELECT s.reason FROM email_suppression s
                            WHERE s.address = lower(btrim(l.recipient)) ORDER BY s.reason),
                     (SELECT c.country FROM customers c WHERE c.customer_id = l.customer_id)",
-            &[&limit, &lease_ms, &token, &now],
+            &[&limit, &lease_ms, &token, &now, &window],
         )
         .await?;
     rows.into_iter()
