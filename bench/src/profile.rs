@@ -23,6 +23,10 @@ pub struct Profiler {
     data: PathBuf,
 }
 
+/// A process group's hottest functions: (share of the group's own
+/// samples, library, function).
+pub type HotFunctions = Vec<(f64, String, String)>;
+
 /// What the profile showed.
 pub struct Profile {
     /// Share of all samples per process group ("idle" is the CPUs' idle
@@ -30,7 +34,7 @@ pub struct Profile {
     pub shares: Vec<(String, f64)>,
     /// Per process group, its hottest functions: (share of the group's own
     /// samples, library, function).
-    pub hot: Vec<(String, Vec<(f64, String, String)>)>,
+    pub hot: Vec<(String, HotFunctions)>,
 }
 
 impl Profiler {
@@ -145,7 +149,7 @@ fn threads_of(pid: u32) -> Vec<u32> {
 
 /// The hottest functions among the samples `filter` selects, as shares of
 /// those samples.
-async fn functions(data: &Path, filter: &[&str]) -> Result<Vec<(f64, String, String)>> {
+async fn functions(data: &Path, filter: &[&str]) -> Result<HotFunctions> {
     let mut args = vec!["--sort", "dso,sym", "--percentage", "relative"];
     args.extend_from_slice(filter);
     Ok(report(data, &args)
