@@ -39,7 +39,7 @@ const GROWTH_STORED: [u64; 3] = [10_000, 100_000, 1_000_000];
 const INGEST_DEADLINE: Duration = Duration::from_secs(240);
 /// The steady order rate of the latency measurement, and for how long.
 const LATENCY_RATE: u32 = 500;
-const LATENCY_SECONDS: u64 = 20;
+const LATENCY_SECONDS: u64 = 10;
 /// The send rate the sender is configured with in the latency measurement:
 /// above the order rate, so that the configured rate is not what limits.
 const SENDER_RATE: u32 = 1_000;
@@ -53,7 +53,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(180);
 /// Confirmations queued for each sender measurement, and the configured
 /// rates: one below what the local SES endpoint accepts (does the sender
 /// keep its configured pace?), one far above it (where is the ceiling?).
-const SENDER_QUEUE: u64 = 3_000;
+const SENDER_QUEUE: u64 = 2_000;
 const SENDER_RATES: [u32; 2] = [200, 20_000];
 
 /// What the run needs to know about where it runs.
