@@ -376,6 +376,16 @@ async fn raw_consume(world: &World, expected: u64) -> Result<f64> {
     .await?
 }
 
+/// A world for a measurement that sends: its services send to a private
+/// SES endpoint, which stops when the returned handle is dropped (keep it
+/// for the whole measurement).
+async fn sending_world(run: &Run, label: &str) -> Result<(World, PrivateSes)> {
+    let mut world = World::create(&run.settings, &run.id, label).await?;
+    let ses = PrivateSes::start(&run.log_dir).await?;
+    world.ses_endpoint.clone_from(&ses.url);
+    Ok((world, ses))
+}
+
 /// Starts a sender held to `rate` sends per second (the account rate
 /// SES would report, which moto does not), polling often so that the
 /// measurement sees its pace rather than its idle wake-ups.
@@ -399,10 +409,7 @@ async fn start_sender(run: &Run, world: &World, rate: u32) -> Result<world::Serv
 /// and the sender run against moto; loadgen stamps each order with the
 /// time it is sent; the ledger's `sent_at` is when SES accepted the email.
 async fn measure_latency(run: &Run) -> Result<Latency> {
-    let mut world = World::create(&run.settings, &run.id, "latency").await?;
-    // Dropped (and stopped) when the measurement ends.
-    let ses = PrivateSes::start(&run.log_dir).await?;
-    world.ses_endpoint.clone_from(&ses.url);
+    let (world, _ses) = sending_world(run, "latency").await?;
     let orders = world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?;
     let sender = start_sender(run, &world, SENDER_RATE).await?;
     world::wait_assigned(&[&orders], partitions_of(topics::ORDERS)).await?;
@@ -480,10 +487,7 @@ async fn measure_latency(run: &Run) -> Result<Latency> {
 /// configured `rate`; sends per second from the first accepted email to
 /// the last.
 async fn measure_sender(run: &Run, rate: u32) -> Result<SenderRun> {
-    let mut world = World::create(&run.settings, &run.id, &format!("sender{rate}")).await?;
-    // Dropped (and stopped) when the measurement ends.
-    let ses = PrivateSes::start(&run.log_dir).await?;
-    world.ses_endpoint.clone_from(&ses.url);
+    let (world, _ses) = sending_world(run, &format!("sender{rate}")).await?;
     let orders = world.start(&run.bin_dir, &run.log_dir, "orders-consumer", &[]).await?;
     let published = loadgen::publish(&backlog(SENDER_QUEUE, "sd"), &world.settings, false).await?;
     let outcome = world
@@ -541,10 +545,7 @@ async fn measure_sender(run: &Run, rate: u32) -> Result<SenderRun> {
 /// covering them all is published; timed until every order's
 /// arrival-notice request is in the sender's ledger.
 async fn measure_fanout(run: &Run) -> Result<Fanout> {
-    let mut world = World::create(&run.settings, &run.id, "fanout").await?;
-    // Dropped (and stopped) when the measurement ends.
-    let ses = PrivateSes::start(&run.log_dir).await?;
-    world.ses_endpoint.clone_from(&ses.url);
+    let (world, _ses) = sending_world(run, "fanout").await?;
     let client = world.pool.get().await?;
     client
         .batch_execute(&format!(

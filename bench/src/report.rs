@@ -9,6 +9,7 @@ use anyhow::Result;
 use crate::chart::{Bar, Panel};
 use crate::profile::Profile;
 use crate::world::stack_value;
+use sender::pace::HEADROOM;
 
 /// Targets of issue 12 (2 cores, broker and PostgreSQL on the same machine).
 const TARGET_INGEST: f64 = 20_000.0;
@@ -679,17 +680,21 @@ impl Report {
             let _ = writeln!(md, "\nRestock fan-out: {parts}.");
         }
         if let Some(paced) = self.sender.first() {
+            // The sender's own pacing constant, so this text cannot drift from it.
+            let slots = (paced.configured_rate * HEADROOM).floor();
             let _ = writeln!(
                 md,
-                "\nSender at its configured rate: {:.1}% of {}/s. The pacing hands out at most ⌊rate / 1.04⌋ send \
-                 slots per second ({} here, {:.1}% of the rate), keeping 4% of every second for network and \
+                "\nSender at its configured rate: {:.1}% of {}/s. The pacing hands out at most ⌊rate / {:.2}⌋ send \
+                 slots per second ({} here, {:.1}% of the rate), keeping {:.0}% of every second for network and \
                  scheduling jitter so that SES never counts more than its rate in any one second; that is the \
                  highest share the sender aims for. Below it, a slot lost to a late start or a slow reservation \
                  (one database round trip each, one at a time per replica) is not made up.",
                 paced.send_rate / paced.configured_rate.max(1e-9) * 100.0,
                 thousands(paced.configured_rate),
-                (paced.configured_rate / 1.04).floor(),
-                (paced.configured_rate / 1.04).floor() / paced.configured_rate.max(1e-9) * 100.0
+                1.0 / HEADROOM,
+                slots,
+                slots / paced.configured_rate.max(1e-9) * 100.0,
+                (1.0 / HEADROOM - 1.0) * 100.0
             );
         }
         if let Some(ceiling) = self.sender.get(1) {

@@ -193,6 +193,8 @@ async fn claim_due_within(
                  SELECT dedup_key, in_flight_since IS NOT NULL AS ambiguous
                    FROM email_ledger
                   WHERE dedup_key IN (SELECT dedup_key FROM earliest)
+                    -- Again here, not only in `earliest`: FOR UPDATE re-checks
+                    -- these conditions on a row another claim changed meanwhile.
                     AND ((state = 'queued' AND next_attempt_at <= now()
                           AND (not_before IS NULL OR not_before <= $4))
                          OR (state = 'sending' AND lease_until < now()))
